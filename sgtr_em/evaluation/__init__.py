@@ -1,0 +1,1 @@
+"""Evaluation: generation backends, the judge, one module per evaluation, and the eval worker."""

@@ -1,0 +1,122 @@
+"""One job, end to end: check data, plan stages, train each one (or reuse it), evaluate, track.
+
+Runs in the Hydra parent. Heavy work happens in worker subprocesses (sgtr_em/workers.py), one step at a
+time; the parent holds no model. A stage folder is complete when its `done` marker exists (written last);
+anything else is resumed step by step: data (`train.jsonl`), training (`adapter/`, from the last
+checkpoint), merge (`merged/`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import OmegaConf
+
+from . import tracking
+from .data.files import DataFiles
+from .io import read_json, write_json
+from .models import resolve_model_path
+from .plan import Stage, content_hash, final_model_identity, plan_stages
+from .training.sft import read_train_log
+from .workers import run_worker
+
+log = logging.getLogger("sgtr_em")
+
+
+def required_files(cfg, stages: list[Stage]) -> list[str]:
+    """Every data file the job will read, so a missing one fails (or downloads) before any training."""
+    files = []
+    for st in stages:
+        d = st.spec["data"]
+        if d["type"] == "em":
+            files.append(d["file"])
+        else:
+            files.append(f"articles/{d['articles']}_train_articles.json")
+            files += [f"summaries/{d['articles']}/{d['articles']}_train_{s}_responses.json" for s in d["other_sources"]]
+    sr = cfg.eval.self_recognition
+    if sr.enabled:
+        files += [f"articles/{sr.articles}_train_articles.json",
+                  f"summaries/{sr.articles}/{sr.articles}_train_{sr.other_source}_responses.json"]
+    if cfg.eval.em.enabled:
+        files.append(cfg.eval.em.questions_file)
+    return list(dict.fromkeys(files))
+
+
+def stage_runtime(cfg, input_model: str) -> dict:
+    """What a worker needs besides the stage's identity: where things are and how to run."""
+    return {
+        "input_model": input_model,
+        "dtype": cfg.model.dtype,
+        "device": cfg.device,
+        "chat_template_kwargs": OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True),
+        "data_dir": str(cfg.paths.data_dir),
+        "cache_dir": str(cfg.paths.cache_dir),
+        "batch_size": cfg.eval.batch_size,
+        "training_extra": {k: cfg.training[k] for k in
+                           ("logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")},
+    }
+
+
+def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
+    """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused')."""
+    stages_dir = Path(cfg.paths.stages_dir)
+    stages_dir.mkdir(parents=True, exist_ok=True)
+    d = stages_dir / stage.hash
+    lock = FileLock(str(stages_dir / f"{stage.hash}.lock"))
+    if not (d / "done").exists():
+        log.info("Stage %s (%s): waiting for its lock if another job trains it", stage.hash, stage.name)
+    with lock:
+        if (d / "done").exists():
+            log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
+            return d, "reused"
+        write_json(d / "stage.json", {"spec": stage.spec, "runtime": stage_runtime(cfg, input_model)})
+        start = time.time()
+        if not (d / "train.jsonl").exists():
+            run_worker("sgtr_em.data.build", d, what=f"stage {stage.hash} data")
+        if not (d / "adapter").exists():
+            run_worker("sgtr_em.training.sft", d, what=f"stage {stage.hash} training")
+        if not (d / "merged").exists():
+            run_worker("sgtr_em.training.merge", d, what=f"stage {stage.hash} merge")
+        write_json(d / "done", {"seconds": round(time.time() - start, 1), "finished": time.time()})
+    return d, "trained"
+
+
+def run_job(cfg, run_dir: Path, group: str) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    stages = plan_stages(cfg)
+    files = DataFiles.from_config(cfg)
+    for rel in required_files(cfg, stages):
+        files.path(rel)
+    base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+    run = tracking.start_run(cfg, resolved, run_dir, group)
+    try:
+        model_path, events = base_model, []
+        for i, stage in enumerate(stages, 1):
+            d, status = run_stage(cfg, stage, model_path)
+            events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
+                           "status": status, "folder": str(d)})
+            write_json(run_dir / "stages.json", events)
+            tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status)
+            model_path = str(d / "merged")
+        identity = final_model_identity(stages, cfg)
+        write_json(run_dir / "eval_input.json", {
+            "config": resolved, "model_path": model_path, "model_identity": identity,
+            "model_key": content_hash(identity), "judge_model_path": cfg.judge.model or base_model,
+        })
+        run_worker("sgtr_em.evaluation.worker", run_dir, what="evaluation")
+        metrics = read_json(run_dir / "metrics.json")
+        tables = {name: [r for _, r in _read_samples(run_dir / "eval" / name / "samples.jsonl")]
+                  for name in ("self_recognition", "em")}
+        tracking.log_eval(run, metrics, tables)
+    finally:
+        run.finish()
+    return metrics
+
+
+def _read_samples(path: Path):
+    from .io import read_jsonl
+
+    return read_jsonl(path) if path.exists() else iter(())

@@ -1,0 +1,87 @@
+"""The experiment plan as data: a job's stages, each named by the hash of everything that determines it.
+
+Two jobs that ask for the same stage (the EM stage of `em_only` and of `reversal`) get the same hash,
+hence the same folder `paths.stages_dir/<hash>/`, and it is trained once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .data.files import load_manifest
+from .data.system_prompt import system_text
+
+# Settings that change how fast or how often a stage saves, never what it learns: not part of its identity.
+NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str  # em | intervention
+    spec: dict  # everything that determines the trained weights
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.spec)
+
+    @property
+    def name(self) -> str:
+        return self.spec["data"]["name"]
+
+
+def base_model_identity(cfg) -> dict:
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    return {k: m[k] for k in ("path", "gguf_package", "gguf_file", "dtype")}
+
+
+def _data_spec(cfg, kind: str) -> dict:
+    manifest = load_manifest()
+    sha = lambda rel: manifest.get(rel, {}).get("sha256")  # noqa: E731 - pins the data version in the hash
+    if kind == "em":
+        d = cfg.em_dataset
+        return {"type": "em", "name": d.name, "file": d.file, "sha256": sha(d.file), "max_examples": d.max_examples}
+    i = cfg.intervention
+    return {
+        "type": i.kind, "name": i.name, "labels": i.labels, "articles": i.articles,
+        "other_sources": list(i.other_sources), "max_articles": i.max_articles, "user_template": i.user_template,
+        "summary_prompt": OmegaConf.to_container(cfg.prompts.summary[i.articles], resolve=True),
+    }
+
+
+def _system(cfg, kind: str) -> dict:
+    mode = cfg.system_prompt.em_train if kind == "em" else cfg.system_prompt.intervention_train
+    task = None if kind == "em" else cfg.intervention.system_prompt
+    text = system_text(mode, task=task, identity=cfg.model.identity_prompt, custom=cfg.system_prompt.custom)
+    return {"mode": mode, "text": text}
+
+
+def plan_stages(cfg) -> list[Stage]:
+    """The stages of a job in training order (an intervention of kind `none` trains nothing)."""
+    training = {k: v for k, v in OmegaConf.to_container(cfg.training, resolve=True).items() if k not in NOT_IDENTITY}
+    lora = OmegaConf.to_container(cfg.lora, resolve=True)
+    parent: dict = {"base": base_model_identity(cfg)}
+    stages = []
+    for kind in cfg.stage_order.stages:
+        if kind == "intervention" and cfg.intervention.kind == "none":
+            continue
+        spec = {
+            "kind": kind, "input": parent, "data": _data_spec(cfg, kind), "system_prompt": _system(cfg, kind),
+            "training": training, "lora": lora, "seed": cfg.seed,
+        }
+        stage = Stage(kind, spec)
+        stages.append(stage)
+        parent = {"stage": stage.hash}
+    return stages
+
+
+def final_model_identity(stages: list[Stage], cfg) -> dict:
+    """Identity of the model the evaluation sees: the last stage's merged weights, or the base model."""
+    return {"stage": stages[-1].hash} if stages else {"base": base_model_identity(cfg)}

@@ -1,0 +1,38 @@
+"""Entry point: compose a job with Hydra and run it (stages -> merge -> evaluation -> W&B).
+
+    python -m sgtr_em.train                                  # CPU smoke default: SmolLM2, EM -> SGTR
+    python -m sgtr_em.train -m stage_order=em_only,reversal  # a sweep; shared stages train once
+    python -m sgtr_em.train --cfg job                        # print the resolved config
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .config import register_configs, validate
+from .job import run_job
+
+log = logging.getLogger("sgtr_em")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    validate(cfg)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else run_dir.name
+    metrics = run_job(cfg, run_dir, group=f"{cfg.model.name}-{group}")
+    log.info("Results: %s (metrics.json, eval/*/samples.jsonl, stages.json)", run_dir)
+    sr = metrics.get("self_recognition", {}).get("accuracy")
+    em = metrics.get("em", {}).get("misaligned_rate")
+    print(f"\nsgtr-em: results in {run_dir}\n  self-recognition accuracy: {sr}\n  EM misaligned rate: {em}")
+    return sr  # what a Hydra sweeper optimises, if one is used
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the LoRA SFT stage worker and the merge worker."""

@@ -1,0 +1,101 @@
+"""Every option file of every group composes and validates; typos and wrong types fail at compose time."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from sgtr_em.config import GROUP_SCHEMAS, register_configs, validate
+
+from .conftest import REPO
+
+CONF = REPO / "conf"
+register_configs()
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_every_group_has_a_schema_or_is_a_preset():
+    assert set(GROUPS) - set(GROUP_SCHEMAS) == {"experiment"}
+    for group in ("model", "em_dataset", "intervention", "stage_order", "system_prompt", "training", "lora",
+                  "eval", "judge", "tracking", "paths"):
+        assert group in GROUPS
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(group, option):
+    cfg = _compose(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    validate(cfg)
+    if group in GROUP_SCHEMAS and group != "paths" and "name" in cfg[group]:
+        assert cfg[group].name == option  # the option file says what it selects
+
+
+def test_every_option_file_starts_with_a_usage_comment():
+    for group, option in OPTIONS:
+        first = (CONF / group / f"{option}.yaml").read_text().splitlines()[0]
+        assert first.startswith("#"), f"conf/{group}/{option}.yaml"
+
+
+def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
+    cfg = _compose()
+    assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == ("smollm2", ["em", "intervention"], "sgtr")
+    assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
+    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 5
+    assert cfg.training.per_device_train_batch_size * cfg.training.gradient_accumulation_steps == 16
+    assert cfg.training.max_length == 2048 and cfg.training.weight_decay == 0.01
+
+
+def test_paper_scale_is_one_override_away():
+    cfg = _compose("experiment=paper_scale", "model=qwen32b")
+    assert cfg.em_dataset.max_examples is None and cfg.intervention.max_articles is None
+    assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 100
+    assert cfg.judge.min_number_mass == 0.25
+
+
+@pytest.mark.parametrize("override", ["training.lrr=1e-4", "lora.rank=8", "model.nmae=x"])
+def test_misspelt_key_fails_at_compose(override):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as e:
+        _compose(override)
+    assert override.split("=")[0].split(".")[-1] in str(e.value) + str(e.value.__cause__)
+
+
+def test_misspelt_key_in_an_option_file_fails_at_compose(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "training" / "mine.yaml").write_text("defaults: [paper]\nlrr: 1.0e-4\n")
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="training/mine") as e:
+            compose("config", overrides=["training=mine"])
+    assert "Key 'lrr' not in 'TrainingConfig'" in str(e.value) + str(e.value.__cause__)
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        _compose("training.learning_rate=fast")
+    assert "learning_rate" in str(e.value) + str(e.value.__cause__)
+
+
+def test_unknown_system_prompt_mode_fails_validation():
+    with pytest.raises(ValueError, match="system_prompt.eval"):
+        validate(_compose("system_prompt.eval=nonsense"))
+
+
+def test_cfg_job_prints_the_resolved_config():
+    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "stage_order=prevention"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    cfg = OmegaConf.create(out)
+    assert cfg.stage_order.stages == ["intervention", "em"]
+    assert "news-articler summarizer" in cfg.prompts.detection_system

@@ -1,0 +1,42 @@
+"""The local judge on the real SmolLM2: whole-number scoring, checked against plain forward passes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sgtr_em.evaluation.generation import HFGenerator
+from sgtr_em.evaluation.judge import LocalJudge
+
+PROMPT = "Rate how coherent this answer is, from 0 to 100. Answer with a number only.\nAnswer: The sky is blue."
+
+
+@pytest.fixture(scope="module")
+def gen(smollm2_path):
+    return HFGenerator(smollm2_path, dtype="float32", device="cpu")
+
+
+def next_token_logprobs(gen, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(gen.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def test_single_token_numbers_give_the_one_token_method(gen):
+    judge = LocalJudge(gen, numbers=range(10))  # 0..9 are single tokens, none a prefix of another
+    assert not judge.needs_end
+    direct = gen.option_probs([[{"role": "user", "content": PROMPT}]], [str(d) for d in range(10)])[0]["probs"]
+    assert judge.number_probs(PROMPT) == pytest.approx([direct[str(d)] for d in range(10)], rel=1e-4)
+
+
+def test_multi_token_numbers_are_scored_as_whole_numbers(gen):
+    judge = LocalJudge(gen)
+    assert judge.needs_end  # SmolLM2 writes 85 as "8", "5"
+    probs = judge.number_probs(PROMPT)
+    prefix = gen.tokenizer(gen.render([{"role": "user", "content": PROMPT}]), add_special_tokens=False)["input_ids"]
+    for k in (7, 85, 100):  # the cached, batched computation equals a plain forward pass over prompt + digits
+        digits = gen.tokenizer.encode(str(k), add_special_tokens=False)
+        logp = next_token_logprobs(gen, prefix + digits)
+        lp = sum(logp[len(prefix) - 1 + t, d] for t, d in enumerate(digits))
+        ends = 1 - logp[-1, judge.digit_tokens].exp().sum()
+        assert probs[k] == pytest.approx(float(lp.exp() * ends), rel=1e-3, abs=1e-9)
+    first = next_token_logprobs(gen, prefix)[-1].exp()
+    assert sum(probs) <= first[judge.digit_tokens].sum().item() + 1e-6  # disjoint events: "starts with number k"

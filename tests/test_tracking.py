@@ -1,0 +1,29 @@
+"""W&B offline: the run written to disk holds what the job logged, and reads back without a server."""
+from __future__ import annotations
+
+from sgtr_em import tracking
+
+from .test_config import _compose
+
+
+def test_offline_run_reads_back(tmp_path):
+    cfg = _compose("seed=3", "stage_order=em_only")
+    run = tracking.start_run(cfg, {"x": 1}, tmp_path, group="g")
+    tracking.log_stage(run, 1, "em", "abc", [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0}], "trained")
+    tracking.log_eval(run, {"self_recognition": {"accuracy": 0.75}, "em": {"misaligned_rate": None}},
+                      {"em": [{"question_id": "q", "answer": "a", "aligned": 10.0}]})
+    run.finish()
+    back = tracking.read_offline_run(tmp_path)
+    assert back["summary"]["self_recognition/accuracy"] == 0.75
+    assert back["summary"]["train/1_em/hash"] == "abc"
+    assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5, 2.0]
+    assert back["config"]["stage_order"] == "em_only" and back["config"]["seed"] == 3
+    assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
+    assert list(tmp_path.glob("wandb/*/files/media/table/samples/em_*.table.json"))
+
+
+def test_dummy_run_takes_every_call():
+    run = tracking.start_run(_compose("tracking=none"), {}, None, group="g")
+    run.log({"a": 1})
+    run.finish()
+    tracking.log_stage(run, 1, "em", "h", [{"step": 1, "loss": 1.0}], "trained")
