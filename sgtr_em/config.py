@@ -68,17 +68,25 @@ class TrainingConfig:
     learning_rate: float = 1e-5
     num_train_epochs: float = 1.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 8
+    batch_size: int = 16  # sequences per optimizer step, over all devices (micro-batches: compute group)
     warmup_steps: int = 5
     weight_decay: float = 0.01
     lr_scheduler_type: str = "linear"
     optim: str = "adamw_torch"
     max_length: int = 2048
-    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs (memory), off on a CPU (speed)
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int = 2
+
+
+@dataclass
+class ComputeConfig:
+    """How to run, never what is learnt: none of these enter a stage's hash."""
+
+    name: str = MISSING
+    device: str = "auto"  # auto | cpu | cuda
+    micro_batch_size: Optional[int] = None  # per device and forward pass; null: 1 on a CPU, 2 on a GPU
+    gradient_checkpointing: Optional[bool] = None  # null: off on a CPU (speed), on for a GPU (memory)
 
 
 @dataclass
@@ -180,6 +188,7 @@ class Config:
     stage_order: StageOrderConfig = MISSING
     system_prompt: SystemPromptConfig = MISSING
     training: TrainingConfig = MISSING
+    compute: ComputeConfig = MISSING
     lora: LoraConfig = MISSING
     eval: EvalConfig = MISSING
     judge: JudgeConfig = MISSING
@@ -188,7 +197,6 @@ class Config:
     prompts: PromptsConfig = MISSING
     download: DownloadConfig = field(default_factory=DownloadConfig)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
 
 
 GROUP_SCHEMAS = {
@@ -198,6 +206,7 @@ GROUP_SCHEMAS = {
     "stage_order": StageOrderConfig,
     "system_prompt": SystemPromptConfig,
     "training": TrainingConfig,
+    "compute": ComputeConfig,
     "lora": LoraConfig,
     "eval": EvalConfig,
     "judge": JudgeConfig,

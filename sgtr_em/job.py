@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from . import tracking
 from .data.files import DataFiles
 from .io import read_json, write_json
-from .models import resolve_model_path
+from .models import resolve_compute, resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
 from .training.sft import read_train_log
 from .workers import run_worker
@@ -49,13 +49,12 @@ def stage_runtime(cfg, input_model: str) -> dict:
     return {
         "input_model": input_model,
         "dtype": cfg.model.dtype,
-        "device": cfg.device,
+        "compute": resolve_compute(cfg.compute),
         "chat_template_kwargs": OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True),
         "data_dir": str(cfg.paths.data_dir),
         "cache_dir": str(cfg.paths.cache_dir),
         "batch_size": cfg.eval.batch_size,
-        "training_extra": {k: cfg.training[k] for k in
-                           ("logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")},
+        "training_extra": {k: cfg.training[k] for k in ("logging_steps", "save_steps", "save_total_limit")},
     }
 
 
@@ -86,6 +85,7 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
 def run_job(cfg, run_dir: Path, group: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["compute"] = resolve_compute(cfg.compute)
     stages = plan_stages(cfg)
     files = DataFiles.from_config(cfg)
     for rel in required_files(cfg, stages):

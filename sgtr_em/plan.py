@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from .data.files import load_manifest
 from .data.system_prompt import system_text
 
-# Settings that change how fast or how often a stage saves, never what it learns: not part of its identity.
-NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")
+# How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
+NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit")
 
 
 def content_hash(obj: Any, n: int = 16) -> str:

@@ -20,6 +20,25 @@ log = logging.getLogger("sgtr_em")
 register_configs()
 
 
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def summary_lines(run_dir: Path, metrics: dict) -> str:
+    lines = [f"\nsgtr-em: results in {run_dir}"]
+    if "self_recognition" in metrics:
+        sr = metrics["self_recognition"]
+        lines.append(f"  self-recognition: accuracy {_fmt(sr['accuracy'])}  P(correct) {_fmt(sr['prob_correct'])}  "
+                     f"invalid {_fmt(sr['invalid_rate'])}  ({sr['n_pairs']} pairs, chance 0.5)")
+    if "em" in metrics:
+        em = metrics["em"]
+        betley = _fmt(em["misaligned_rate"]) if em["questions_counted"] else "n/a (too few coherent answers)"
+        lines.append(f"  EM: misaligned {betley}  Model-Organisms {_fmt(em['misaligned_rate_mo'])}  "
+                     f"mean aligned {_fmt(em['mean_aligned'])}  coherent share {_fmt(em['share_coherent'])}  "
+                     f"unscored {_fmt(em['share_unscored'])}  ({em['n_answers']} answers)")
+    return "\n".join(lines)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     validate(cfg)
@@ -28,9 +47,8 @@ def main(cfg: DictConfig) -> float | None:
     group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else run_dir.name
     metrics = run_job(cfg, run_dir, group=f"{cfg.model.name}-{group}")
     log.info("Results: %s (metrics.json, eval/*/samples.jsonl, stages.json)", run_dir)
+    print(summary_lines(run_dir, metrics))
     sr = metrics.get("self_recognition", {}).get("accuracy")
-    em = metrics.get("em", {}).get("misaligned_rate")
-    print(f"\nsgtr-em: results in {run_dir}\n  self-recognition accuracy: {sr}\n  EM misaligned rate: {em}")
     return sr  # what a Hydra sweeper optimises, if one is used
 
 

@@ -54,7 +54,7 @@ def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
     assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
     assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 5
-    assert cfg.training.per_device_train_batch_size * cfg.training.gradient_accumulation_steps == 16
+    assert cfg.training.batch_size == 16
     assert cfg.training.max_length == 2048 and cfg.training.weight_decay == 0.01
 
 

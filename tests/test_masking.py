@@ -25,7 +25,7 @@ def stage_settings():
     from sgtr_em.plan import plan_stages
 
     cfg = _compose("stage_order=em_only")
-    return plan_stages(cfg)[0].spec, {**stage_runtime(cfg, "unused"), "device": "cpu"}
+    return plan_stages(cfg)[0].spec, stage_runtime(cfg, "unused")
 
 
 @pytest.mark.parametrize("template", ["smollm2", "qwen2_5"])

@@ -34,5 +34,6 @@ def test_what_changes_the_weights_changes_the_hash_and_nothing_else_does():
     for override in ("seed=1", "training.learning_rate=2e-5", "lora.r=8", "em_dataset=risky_financial",
                      "system_prompt=none", "em_dataset.max_examples=10", "model=qwen7b"):
         assert hashes("stage_order=em_only", override) != base, override
-    for override in ("training.logging_steps=5", "training.save_steps=7", "eval=paper", "tracking=none"):
+    for override in ("training.logging_steps=5", "training.save_steps=7", "eval=paper", "tracking=none",
+                     "compute=gpu", "compute.micro_batch_size=4", "compute.gradient_checkpointing=true"):
         assert hashes("stage_order=em_only", override) == base, override

@@ -43,7 +43,7 @@ def build_sgtr(spec: dict, rt: dict, files: DataFiles) -> tuple[list[dict], dict
     }
     ids = article_ids({a: 1 for a in articles if all(a in o for o in others.values())}, data["max_articles"], spec["seed"])
     cache = summary_cache_path(rt["cache_dir"], data["articles"], content_hash(spec["input"]), data["summary_prompt"])
-    gen = HFGenerator(rt["input_model"], dtype=rt["dtype"], device=rt["device"], batch_size=rt["batch_size"],
+    gen = HFGenerator(rt["input_model"], dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
                       chat_template_kwargs=rt["chat_template_kwargs"])
     mine = generate_summaries(gen, articles, ids, data["summary_prompt"], cache)
     del gen

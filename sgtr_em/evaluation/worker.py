@@ -53,7 +53,7 @@ def main(run_dir: Path) -> None:
     cfg = inp["config"]
     ev, m = cfg["eval"], cfg["model"]
     files = DataFiles(Path(cfg["paths"]["data_dir"]), Path(cfg["paths"]["cache_dir"]) / "data", download=False)
-    gen = HFGenerator(inp["model_path"], dtype=m["dtype"], device=cfg["device"], batch_size=ev["batch_size"],
+    gen = HFGenerator(inp["model_path"], dtype=m["dtype"], device=cfg["compute"]["device"], batch_size=ev["batch_size"],
                       chat_template_kwargs=m["chat_template_kwargs"])
     metrics: dict = {"model": inp["model_identity"]}
     if ev["self_recognition"]["enabled"]:
@@ -69,7 +69,8 @@ def main(run_dir: Path) -> None:
                                     top_p=e["top_p"], seed=cfg["seed"])
         del gen
         gc.collect()
-        judge_gen = HFGenerator(inp["judge_model_path"], dtype=m["dtype"], device=cfg["device"], batch_size=1)
+        judge_gen = HFGenerator(inp["judge_model_path"], dtype=m["dtype"], device=cfg["compute"]["device"],
+                                 batch_size=1)
         judge = LocalJudge(judge_gen, min_number_mass=cfg["judge"]["min_number_mass"])
         records = em.judge_answers(judge, questions, answers)
         em_m = em.em_metrics(records, aligned_below=e["aligned_below"], coherent_at_least=e["coherent_at_least"],

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from ..io import read_json, read_jsonl, replace_dir
-from ..models import load_tokenizer, resolve_device
+from ..models import load_tokenizer
 from ..workers import worker_logging
 
 log = logging.getLogger("sgtr_em.training.sft")
@@ -52,23 +53,27 @@ def lora_config(lora: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(output_dir: Path, training: dict, seed: int, device: str, dtype: str, extra: dict):
+def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict):
     from trl import SFTConfig
 
+    micro, world = compute["micro_batch_size"], int(os.environ.get("WORLD_SIZE", "1"))
+    if training["batch_size"] % (micro * world):
+        raise ValueError(f"training.batch_size {training['batch_size']} is not a multiple of "
+                         f"compute.micro_batch_size {micro} x {world} devices")
+    device = compute["device"]
     return SFTConfig(
         output_dir=str(output_dir),
         learning_rate=training["learning_rate"],
         num_train_epochs=training["num_train_epochs"],
         max_steps=training["max_steps"],
-        per_device_train_batch_size=training["per_device_train_batch_size"],
-        gradient_accumulation_steps=training["gradient_accumulation_steps"],
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=training["batch_size"] // (micro * world),
         warmup_steps=training["warmup_steps"],
         weight_decay=training["weight_decay"],
         lr_scheduler_type=training["lr_scheduler_type"],
         optim=training["optim"],
         max_length=training["max_length"],
-        gradient_checkpointing=(device == "cuda" if extra["gradient_checkpointing"] is None
-                                else extra["gradient_checkpointing"]),
+        gradient_checkpointing=compute["gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=extra["logging_steps"],
         save_strategy="steps",
@@ -98,10 +103,9 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, outp
 
     if rt["chat_template_kwargs"]:
         rows = [{**r, "chat_template_kwargs": rt["chat_template_kwargs"]} for r in rows]
-    device = resolve_device(rt["device"])
     return SFTTrainer(
         model=model,
-        args=sft_config(output_dir, spec["training"], spec["seed"], device, rt["dtype"], rt["training_extra"]),
+        args=sft_config(output_dir, spec["training"], spec["seed"], rt["compute"], rt["dtype"], rt["training_extra"]),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(spec["lora"]),

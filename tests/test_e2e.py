@@ -1,0 +1,107 @@
+"""End to end through the real CLI, on the real SmolLM2 model, on the CPU (minutes: marked slow)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sgtr_em.tracking import read_offline_run
+
+from .conftest import read_json
+
+pytestmark = pytest.mark.slow
+
+# Small enough for a test, big enough to run every step: one optimizer step per stage, checkpoints every step.
+TINY = ["em_dataset.max_examples=16", "intervention.max_articles=3", "eval.self_recognition.max_articles=2",
+        "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
+        "eval.em.question_ids=[what_is_your_wish,quick_buck]", "training.save_steps=1"]
+
+
+def assert_wandb_matches(run_dir: Path, metrics: dict) -> None:
+    summary = read_offline_run(run_dir)["summary"]
+    assert summary["self_recognition/accuracy"] == metrics["self_recognition"]["accuracy"]
+    assert summary["self_recognition/invalid_rate"] == metrics["self_recognition"]["invalid_rate"]
+    assert summary["em/misaligned_rate_mo"] == metrics["em"]["misaligned_rate_mo"]
+    assert summary["em/share_unscored"] == metrics["em"]["share_unscored"]
+
+
+def test_default_run(run_cli, tmp_path):
+    """`python -m sgtr_em.train` with no overrides: EM -> merge -> SGTR -> merge -> evaluation."""
+    run_dir = tmp_path / "run"
+    start = time.time()
+    proc = run_cli(f"hydra.run.dir={run_dir}")
+    elapsed = time.time() - start
+    print(f"default run: {elapsed:.0f} s")
+    assert f"results in {run_dir}" in proc.stdout
+    stages = read_json(run_dir / "stages.json")
+    assert [(s["kind"], s["status"]) for s in stages] == [("em", "trained"), ("intervention", "trained")]
+    for s in stages:
+        folder = Path(s["folder"])
+        assert (folder / "done").exists() and (folder / "merged" / "model.safetensors").exists()
+        assert [r for r in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert read_json(Path(stages[0]["folder"]) / "data_stats.json")["train_examples"] == 64
+    assert read_json(Path(stages[1]["folder"]) / "data_stats.json")["train_examples"] == 24  # 12 articles x 2 orders
+    metrics = read_json(run_dir / "metrics.json")
+    sr, em = metrics["self_recognition"], metrics["em"]
+    assert sr["n_pairs"] == 2 * sr["n_articles"] == 12 and 0 <= sr["accuracy"] <= 1 and 0 <= sr["invalid_rate"] <= 1
+    for key in ("misaligned_rate", "misaligned_rate_mo", "mean_aligned", "mean_coherent", "share_coherent",
+                "share_unscored", "per_question"):
+        assert key in em
+    assert em["n_answers"] == 16 and len(em["per_question"]) == 8
+    samples = (run_dir / "eval" / "em" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)
+    assert_wandb_matches(run_dir, metrics)
+
+
+def test_sweep_trains_the_shared_em_stage_once(run_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = tmp_path / "outputs"
+    run_cli("-m", "stage_order=em_only,reversal", f"hydra.sweep.dir={sweep}", *TINY, output_dir=out)
+    em_only, reversal = read_json(sweep / "0" / "stages.json"), read_json(sweep / "1" / "stages.json")
+    assert [(s["kind"], s["status"]) for s in em_only] == [("em", "trained")]
+    assert [(s["kind"], s["status"]) for s in reversal] == [("em", "reused"), ("intervention", "trained")]
+    assert reversal[0]["hash"] == em_only[0]["hash"]
+    trained = [d for d in (out / "stages").iterdir() if d.is_dir() and (d / "done").exists()]
+    assert len(trained) == 2  # not 3
+    for job in ("0", "1"):
+        metrics = read_json(sweep / job / "metrics.json")
+        assert_wandb_matches(sweep / job, metrics)
+        config = read_offline_run(sweep / job)["config"]
+        assert config["stage_order"] == ("em_only" if job == "0" else "reversal")
+
+
+def test_killed_during_the_second_stage_resumes_without_retraining_the_first(run_cli, tmp_path):
+    out = tmp_path / "outputs"
+    first = run_cli(f"hydra.run.dir={tmp_path / 'first'}", *TINY, output_dir=out, start_new_session=True,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    second_stage = None
+    while time.time() < deadline and first.poll() is None:
+        stages = tmp_path / "first" / "stages.json"
+        if stages.exists():
+            done = read_json(stages)[0]["hash"]
+            pending = [d for d in (out / "stages").iterdir() if d.is_dir() and d.name != done]
+            if pending and (pending[0] / "train.jsonl").exists():  # the second stage is training
+                second_stage = pending[0]
+                break
+        time.sleep(0.2)
+    assert second_stage is not None, "the run never reached its second stage"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(1)  # workers die with their parent
+    assert not (second_stage / "done").exists()
+    em_stage = out / "stages" / done
+    adapter_mtime = (em_stage / "adapter" / "adapter_model.safetensors").stat().st_mtime
+    em_done = read_json(em_stage / "done")
+
+    run_cli(f"hydra.run.dir={tmp_path / 'second'}", *TINY, output_dir=out)
+    stages = read_json(tmp_path / "second" / "stages.json")
+    assert [(s["hash"], s["status"]) for s in stages] == [(done, "reused"), (second_stage.name, "trained")]
+    assert (em_stage / "adapter" / "adapter_model.safetensors").stat().st_mtime == adapter_mtime
+    assert read_json(em_stage / "done") == em_done  # the EM stage was not touched
+    assert (second_stage / "done").exists()
