@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from . import tracking
 from .data.files import DataFiles
-from .io import read_json, write_json
+from .io import read_json, read_jsonl, write_json
 from .models import resolve_compute, resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
 from .training.sft import read_train_log
@@ -108,15 +108,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict:
         })
         run_worker("sgtr_em.evaluation.worker", run_dir, what="evaluation")
         metrics = read_json(run_dir / "metrics.json")
-        tables = {name: [r for _, r in _read_samples(run_dir / "eval" / name / "samples.jsonl")]
-                  for name in ("self_recognition", "em")}
+        tables = {path.parent.name: [r for _, r in read_jsonl(path)] for path in run_dir.glob("eval/*/samples.jsonl")}
         tracking.log_eval(run, metrics, tables)
     finally:
         run.finish()
     return metrics
-
-
-def _read_samples(path: Path):
-    from .io import read_jsonl
-
-    return read_jsonl(path) if path.exists() else iter(())

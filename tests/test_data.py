@@ -5,9 +5,8 @@ import json
 
 import pytest
 
-from sgtr_em.data.build import article_ids
 from sgtr_em.data.em import load_em_examples
-from sgtr_em.data.sgtr import build_detection_pairs
+from sgtr_em.data.sgtr import build_detection_pairs, sample_article_ids
 from sgtr_em.data.system_prompt import system_text, with_system
 from sgtr_em.io import read_json
 
@@ -80,7 +79,7 @@ def test_sgtr_pairs_on_the_paper_data(data_dir):
     articles = read_json(data_dir / "articles" / "xsum_train_articles.json")
     mine = read_json(data_dir / "summaries" / "xsum" / "xsum_train_hf_qwen_32b_responses.json")
     claude = read_json(data_dir / "summaries" / "xsum" / "xsum_train_claude-21_responses.json")
-    ids = article_ids({a: 1 for a in articles}, None, seed=0)
+    ids = sample_article_ids(articles, None, seed=0)
     rows, stats = build_detection_pairs(ids, articles, mine, {"claude-21": claude},
                                         user_template=_compose().prompts.detection_user, system="SYS", seed=0)
     assert stats.articles == 1000 and len(rows) == 2 * stats.pairs == 2000  # the paper's 2000 examples
@@ -101,6 +100,6 @@ def test_sgtr_pairs_skip_and_count_empty_summaries():
 
 
 def test_article_sample_is_deterministic_given_the_seed():
-    ids = {str(i): 1 for i in range(100)}
-    assert article_ids(ids, 10, 3) == article_ids(ids, 10, 3) != article_ids(ids, 10, 4)
-    assert sorted(article_ids(ids, None, 0)) == sorted(ids)
+    ids = [str(i) for i in range(100)]
+    assert sample_article_ids(ids, 10, 3) == sample_article_ids(ids, 10, 3) != sample_article_ids(ids, 10, 4)
+    assert sorted(sample_article_ids(ids, None, 0)) == sorted(ids)

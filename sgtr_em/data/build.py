@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 
@@ -19,17 +18,10 @@ from ..plan import content_hash
 from ..workers import worker_logging
 from .em import load_em_examples
 from .files import DataFiles
-from .sgtr import build_detection_pairs
+from .sgtr import build_detection_pairs, sample_article_ids
 from .summaries import generate_summaries, summary_cache_path
 
 log = logging.getLogger("sgtr_em.data.build")
-
-
-def article_ids(articles: dict, max_articles, seed: int) -> list[str]:
-    """A seeded sample of article ids (all of them, in a seeded order, when uncapped)."""
-    ids = sorted(articles)
-    random.Random(seed).shuffle(ids)
-    return ids if max_articles is None else ids[:max_articles]
 
 
 def build_sgtr(spec: dict, rt: dict, files: DataFiles) -> tuple[list[dict], dict]:
@@ -41,7 +33,8 @@ def build_sgtr(spec: dict, rt: dict, files: DataFiles) -> tuple[list[dict], dict
         src: read_json(files.path(f"summaries/{data['articles']}/{data['articles']}_train_{src}_responses.json"))
         for src in data["other_sources"]
     }
-    ids = article_ids({a: 1 for a in articles if all(a in o for o in others.values())}, data["max_articles"], spec["seed"])
+    usable = [a for a in articles if all(a in o for o in others.values())]
+    ids = sample_article_ids(usable, data["max_articles"], spec["seed"])
     cache = summary_cache_path(rt["cache_dir"], data["articles"], content_hash(spec["input"]), data["summary_prompt"])
     gen = HFGenerator(rt["input_model"], dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
                       chat_template_kwargs=rt["chat_template_kwargs"])
@@ -64,8 +57,8 @@ def build_em(spec: dict, files: DataFiles) -> tuple[list[dict], dict]:
 def drop_too_long(rows: list[dict], tokenizer, max_length: int, chat_template_kwargs: dict) -> tuple[list[dict], int]:
     kept = []
     for r in rows:
-        ids = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, **chat_template_kwargs)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        ids = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
+                                            **chat_template_kwargs)["input_ids"]
         if len(ids) <= max_length:
             kept.append(r)
     return kept, len(rows) - len(kept)

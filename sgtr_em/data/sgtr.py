@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from .system_prompt import with_system
 
@@ -18,6 +18,13 @@ class PairStats:
     articles: int = 0
     pairs: int = 0
     skipped_empty: list[str] = field(default_factory=list)  # article ids with an empty or missing summary
+
+
+def sample_article_ids(ids: Iterable[str], max_articles: Optional[int], seed: int) -> list[str]:
+    """A seeded sample of article ids (all of them, in a seeded order, when uncapped)."""
+    ids = sorted(ids)
+    random.Random(seed).shuffle(ids)
+    return ids if max_articles is None else ids[:max_articles]
 
 
 def detection_prompt(template: str, article: str, summary1: str, summary2: str) -> str:

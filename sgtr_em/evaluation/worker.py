@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..data.build import article_ids
 from ..data.files import DataFiles
+from ..data.sgtr import sample_article_ids
 from ..data.summaries import generate_summaries, summary_cache_path
 from ..data.system_prompt import system_text
 from ..io import read_json, write_json, write_jsonl
@@ -36,7 +36,7 @@ def self_recognition(cfg: dict, inp: dict, gen: HFGenerator, files: DataFiles, r
     sr, prompts, ds = cfg["eval"]["self_recognition"], cfg["prompts"], cfg["eval"]["self_recognition"]["articles"]
     articles = read_json(files.path(f"articles/{ds}_train_articles.json"))
     other = read_json(files.path(f"summaries/{ds}/{ds}_train_{sr['other_source']}_responses.json"))
-    ids = article_ids({a: 1 for a in articles if a in other}, sr["max_articles"], cfg["seed"])
+    ids = sample_article_ids([a for a in articles if a in other], sr["max_articles"], cfg["seed"])
     cache = summary_cache_path(cfg["paths"]["cache_dir"], ds, inp["model_key"], prompts["summary"][ds])
     own = generate_summaries(gen, articles, ids, prompts["summary"][ds], cache)
     sp = cfg["system_prompt"]
