@@ -34,6 +34,9 @@ def resolve_compute(compute) -> dict:
         # Padded tokens cost full compute on a CPU: one sequence per pass; the paper's 2 on a GPU.
         "micro_batch_size": compute.micro_batch_size or (2 if on_gpu else 1),
         "gradient_checkpointing": on_gpu if compute.gradient_checkpointing is None else compute.gradient_checkpointing,
+        "checkpoint_fraction": compute.checkpoint_fraction,
+        "padding_free": compute.padding_free,
+        "liger": compute.liger,
     }
 
 

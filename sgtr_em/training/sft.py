@@ -35,6 +35,25 @@ class JsonlLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class SelectiveCheckpointing(TrainerCallback):
+    """Recompute only a share of the decoder layers: memory between full checkpointing and none, speed too.
+
+    The Trainer turns checkpointing on for every layer when training starts; this turns it back off for the
+    layers past the first `fraction` of them, spread evenly over the depth.
+    """
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        keep = round(self.fraction * len(layers))
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = (i * keep) // len(layers) != ((i + 1) * keep) // len(layers)
+
+
 def read_train_log(path: Path) -> list[dict]:
     """The logged steps in order, the last entry per step winning (a resumed run logs some steps again)."""
     if not path.exists():
@@ -72,7 +91,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         weight_decay=training["weight_decay"],
         lr_scheduler_type=training["lr_scheduler_type"],
         optim=training["optim"],
-        max_length=training["max_length"],
+        # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
+        max_length=None if compute["padding_free"] else training["max_length"],
         gradient_checkpointing=compute["gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=extra["logging_steps"],
@@ -80,6 +100,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         save_steps=extra["save_steps"],
         save_total_limit=extra["save_total_limit"],
         completion_only_loss=True,
+        padding_free=compute["padding_free"],
+        use_liger_kernel=compute["liger"],
         bf16=device == "cuda" and dtype == "bfloat16",
         use_cpu=device == "cpu",
         seed=seed,
@@ -103,25 +125,37 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, outp
 
     if rt["chat_template_kwargs"]:
         rows = [{**r, "chat_template_kwargs": rt["chat_template_kwargs"]} for r in rows]
+    compute = rt["compute"]
+    fraction = compute.get("checkpoint_fraction", 1.0)
+    selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction < 1 else []
     return SFTTrainer(
         model=model,
         args=sft_config(output_dir, spec["training"], spec["seed"], rt["compute"], rt["dtype"], rt["training_extra"]),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(spec["lora"]),
-        callbacks=list(callbacks),
+        callbacks=list(callbacks) + selective,
     )
 
 
-def main(stage_dir: Path) -> None:
+def load_training_model(path: str, dtype: str, compute: dict):
+    """The stage's input weights, with varlen attention when micro-batches are padding-free."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from .attention import VARLEN
+
+    attn = VARLEN if compute["padding_free"] else None
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attn)
+
+
+def main(stage_dir: Path) -> None:
 
     st = read_json(stage_dir / "stage.json")
     spec, rt = st["spec"], st["runtime"]
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for _, r in read_jsonl(stage_dir / "train.jsonl")]
     tokenizer = load_tokenizer(rt["input_model"], padding_side="right")
-    model = AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=getattr(torch, rt["dtype"]))
+    model = load_training_model(rt["input_model"], rt["dtype"], rt["compute"])
     out = stage_dir / "checkpoints"
     trainer = build_trainer(model, tokenizer, rows, spec, rt, out, [JsonlLogCallback(stage_dir / "train_log.jsonl")])
     resume = last_checkpoint(out)
