@@ -60,11 +60,12 @@ class GridPlan:
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override list of every job of the sweep (hydra.sweeper.params and command-line sweeps)."""
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
-    parsed = OverridesParser.create().parse_overrides(params + overrides)
-    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), max_batch_size=None)[0]
 
 
 def plan_grid(overrides: list[str]) -> GridPlan:
