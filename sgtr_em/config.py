@@ -253,6 +253,8 @@ def model_problems(cfg: Any) -> list[str]:
         return [f"model.backend: {m.backend!r} is not one of ('hf', 'openai')"]
     if (m.path is None) == (m.gguf_package is None):
         return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
+    if cfg.stage_order.stages and not cfg.lora.target_modules:
+        return [f"lora.target_modules is empty: set model.lora_target_modules (model {m.name}'s linear projections)"]
     return []
 
 

@@ -121,6 +121,8 @@ def test_self_summaries_precomputed_needs_the_models_paper_summaries():
 def test_lora_targets_come_from_the_model():
     assert _compose("model=gpt41").lora.target_modules == []
     assert _compose("model=olmo7b").lora.target_modules[-1] == "down_proj"
+    with pytest.raises(ValueError, match="set model.lora_target_modules"):
+        validate(_compose("model.lora_target_modules=[]"))
 
 
 def test_unknown_system_prompt_mode_fails_validation():
