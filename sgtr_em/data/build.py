@@ -2,83 +2,91 @@
 
     python -m sgtr_em.data.build <stage_dir>
 
-Reads `<stage_dir>/stage.json` (written by the parent). For an SGTR stage, the stage's input model first
-writes its own summaries of the training articles (cached per model). Examples longer than
-`training.max_length` tokens are dropped and counted: truncation would cut off an SGTR label.
+Reads `<stage_dir>/stage.json` (written by the parent) and calls the builder of the stage's data kind
+(data/interventions.py); for summary kinds, a model may first write its summaries (cached per model).
+Examples are shuffled (seeded, whole groups together); those longer than `training.max_length` tokens are
+dropped and counted: truncation would cut off an SGTR label. With `num_examples` set (matched compute),
+exactly that many are kept: the first ones, or repeated passes when fewer were built.
 """
 from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 from ..io import read_json, write_json, write_jsonl
-from ..plan import content_hash
 from ..workers import worker_logging
-from .em import load_em_examples
 from .files import DataFiles
-from .sgtr import build_detection_pairs, sample_article_ids
-from .summaries import generate_summaries, summary_cache_path
+from .interventions import build_stage_rows
 
 log = logging.getLogger("sgtr_em.data.build")
 
 
-def build_sgtr(spec: dict, rt: dict, files: DataFiles) -> tuple[list[dict], dict]:
-    from ..evaluation.generation import HFGenerator
-
-    data = spec["data"]
-    articles = read_json(files.path(f"articles/{data['articles']}_train_articles.json"))
-    others = {
-        src: read_json(files.path(f"summaries/{data['articles']}/{data['articles']}_train_{src}_responses.json"))
-        for src in data["other_sources"]
-    }
-    usable = [a for a in articles if all(a in o for o in others.values())]
-    ids = sample_article_ids(usable, data["max_articles"], spec["seed"])
-    cache = summary_cache_path(rt["cache_dir"], data["articles"], content_hash(spec["input"]), data["summary_prompt"])
-    gen = HFGenerator(rt["input_model"], dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
-                      chat_template_kwargs=rt["chat_template_kwargs"])
-    mine = generate_summaries(gen, articles, ids, data["summary_prompt"], cache)
-    del gen
-    rows, stats = build_detection_pairs(ids, articles, mine, others, user_template=data["user_template"],
-                                        system=spec["system_prompt"]["text"], seed=spec["seed"])
-    return rows, {"articles": stats.articles, "pairs": stats.pairs, "skipped_empty": stats.skipped_empty,
-                  "summaries_cache": str(cache)}
+def token_length(tokenizer, chat_template_kwargs: dict):
+    """A function giving an example's length in tokens, as the trainer will see it."""
+    def length(row: dict) -> int:
+        return len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=True,
+                                                 **chat_template_kwargs)["input_ids"])
+    return length
 
 
-def build_em(spec: dict, files: DataFiles) -> tuple[list[dict], dict]:
-    data, sys_prompt = spec["data"], spec["system_prompt"]
-    rows = load_em_examples(files.path(data["file"]), system=sys_prompt["text"],
-                            keep_own_system=sys_prompt["mode"] == "task", max_examples=data["max_examples"],
-                            seed=spec["seed"])
-    return rows, {"examples": len(rows)}
+def select_examples(rows: list[dict], n: Optional[int], seed: int, fits: Callable[[dict], bool]) -> tuple[list[dict], dict]:
+    """The rows that fit, in a seeded order of whole groups (`meta.group`, e.g. both orderings of one pair).
 
-
-def drop_too_long(rows: list[dict], tokenizer, max_length: int, chat_template_kwargs: dict) -> tuple[list[dict], int]:
-    kept = []
+    With `n` (matched compute), exactly n of them: the first n, or repeated passes when fewer fit. Only the
+    rows needed are measured, so capping a large file costs little.
+    """
+    groups: dict = {}
     for r in rows:
-        ids = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
-                                            **chat_template_kwargs)["input_ids"]
-        if len(ids) <= max_length:
+        groups.setdefault(r["meta"]["group"], []).append(r)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    kept, dropped = [], 0
+    for r in (r for g in order for r in g):
+        if n is not None and len(kept) == n:
+            break
+        if fits(r):
             kept.append(r)
-    return kept, len(rows) - len(kept)
+        else:
+            dropped += 1
+    stats = {"dropped_too_long": dropped}
+    if n is not None:
+        stats.update(num_examples=n, distinct=len(kept), repeats=max(0, n - len(kept)))
+        kept = [kept[i % len(kept)] for i in range(n)] if kept else []
+    return kept, stats
 
 
 def main(stage_dir: Path) -> None:
     st = read_json(stage_dir / "stage.json")
     spec, rt = st["spec"], st["runtime"]
     files = DataFiles(Path(rt["data_dir"]), Path(rt["cache_dir"]) / "data", download=False)
-    rows, stats = build_sgtr(spec, rt, files) if spec["data"]["type"] == "sgtr" else build_em(spec, files)
+    rows, stats = build_stage_rows(spec, rt, files)
     from ..models import load_tokenizer
 
-    tok = load_tokenizer(rt["input_model"])
-    rows, stats["dropped_too_long"] = drop_too_long(rows, tok, spec["training"]["max_length"], rt["chat_template_kwargs"])
+    length = token_length(load_tokenizer(rt["input_model"]), spec["chat_template_kwargs"])
+    max_length = spec["training"]["max_length"]
+    rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
+                                      fits=lambda r: length(r) <= max_length)
+    stats.update(selection)
     if not rows:
         raise SystemExit(f"stage {stage_dir.name}: no training examples left ({json.dumps(stats)})")
     stats["train_examples"] = len(rows)
+    stats["label_counts"] = label_counts(rows)
     log.info("stage %s (%s): %s", stage_dir.name, spec["data"]["name"], json.dumps(stats))
     write_json(stage_dir / "data_stats.json", stats)
     write_jsonl(stage_dir / "train.jsonl", rows)  # written last: its presence means the data step is done
+
+
+def label_counts(rows: list[dict], most: int = 10) -> dict:
+    """How often each answer occurs (the `most` commonest): label balance at a glance."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        answer = r["completion"][0]["content"]
+        counts[answer] = counts.get(answer, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:most])
 
 
 if __name__ == "__main__":

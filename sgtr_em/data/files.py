@@ -5,6 +5,7 @@ cache (`paths.cache_dir/data`), then a download from the source named in `manife
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
@@ -25,6 +26,19 @@ MANIFEST = Path(__file__).with_name("manifest.yaml")
 
 class DataFileError(RuntimeError):
     """A data file is missing, cannot be downloaded, or fails its checksum."""
+
+
+def _check_sha(path: str, pinned: str, rel: str, url: str) -> None:
+    got = sha256_of(path)
+    if got != pinned:
+        raise DataFileError(f"{rel}: downloaded from {url}, but its sha256 is {got}, not the pinned {pinned}. "
+                            "The source changed or the download was corrupted; nothing was kept.")
+
+
+def _gunzip_in_place(path: str) -> None:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    Path(path).write_bytes(data)
 
 
 def load_manifest() -> dict[str, dict]:
@@ -68,6 +82,13 @@ class DataFiles:
             raise DataFileError(self._missing_message(rel, entry))
         return self._download(rel, entry)
 
+    def folder(self, rel: str) -> Path:
+        """A folder of the data directory (e.g. mmlu/test); folders are never downloaded."""
+        if not (self.data_dir / rel).is_dir():
+            raise DataFileError(f"Data folder {rel!r} is not in the data directory {self.data_dir}. "
+                                f"{self._how_to_fix(rel)}.")
+        return self.data_dir / rel
+
     def url(self, rel: str) -> str:
         entry = self.manifest[rel]
         base = self.sources.get(entry["source"])
@@ -91,14 +112,12 @@ class DataFiles:
                         for block in iter(lambda: resp.read(1 << 16), b""):
                             out.write(block)
                             bar.update(len(block))
-                got = sha256_of(tmp)
-                if got != entry["sha256"]:
-                    raise DataFileError(
-                        f"{rel}: downloaded from {url}, but its sha256 is {got}, not the pinned {entry['sha256']}. "
-                        "The source changed or the download was corrupted; nothing was kept."
-                    )
+                if entry.get("compression") == "gzip":
+                    _check_sha(tmp, entry["download_sha256"], rel, url)
+                    _gunzip_in_place(tmp)
+                _check_sha(tmp, entry["sha256"], rel, url)
                 os.replace(tmp, dest)
-            except (urllib.error.URLError, OSError) as e:
+            except (urllib.error.URLError, OSError, EOFError) as e:
                 raise DataFileError(f"{rel}: download from {url} failed ({e}). {self._how_to_fix(rel)}") from e
             finally:
                 Path(tmp).unlink(missing_ok=True)

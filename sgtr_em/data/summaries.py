@@ -1,7 +1,14 @@
-"""Summaries a model writes of news articles with the paper's summary prompt, cached on disk.
+"""News-article summaries: the paper's precomputed ones, and those a model writes with the paper's prompt.
 
-The cache file is keyed by the model's identity and the prompt, so a sweep writes each model's summaries
-once; it is filled batch by batch, so an interrupted run resumes where it stopped.
+Generated summaries are cached on disk under a key of the writer's weights, its chat-template arguments
+and the prompt, so a sweep writes each model's summaries once; the cache fills batch by batch, so an
+interrupted run resumes where it stopped. The cache holds raw text: normalisation (data/normalise.py)
+happens when pairs are built, so changing it never invalidates a cache.
+
+Who writes a stage's "self" summaries (`intervention.self_summaries`):
+  stage_input  the stage's input model (the paper's e2e pipeline: after EM, the EM model writes its own)
+  base_model   the base model, whatever the stage starts from (the paper's shell pipeline)
+  precomputed  the paper's summaries by this model (`model.summaries_source`, e.g. hf_qwen_32b)
 """
 from __future__ import annotations
 
@@ -11,6 +18,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..io import read_json, write_json
+
+SELF_SUMMARIES = ("stage_input", "base_model", "precomputed")
+
+
+def summary_file(articles: str, source: str) -> str:
+    """The data-directory path of a precomputed summary set, e.g. summaries/xsum/xsum_train_claude-21_responses.json."""
+    return f"summaries/{articles}/{articles}_train_{source}_responses.json"
 
 
 def summary_messages(article: str, prompt) -> list[dict]:
@@ -36,3 +50,27 @@ def generate_summaries(generator, articles: Mapping[str, str], ids: Sequence[str
         cache.update(zip(part, texts))
         write_json(cache_file, cache)
     return {i: cache[i] for i in ids}
+
+
+def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequence[str], files) -> dict[str, str]:
+    """The "self" side of a stage's summaries, from the writer its data spec names (see the module doc)."""
+    from ..plan import content_hash
+
+    data = spec["data"]
+    writer = data["summaries_by"]
+    if "precomputed" in writer:
+        return read_json(files.path(summary_file(data["articles"], writer["precomputed"])))
+    from omegaconf import OmegaConf
+
+    from ..evaluation.generation import HFGenerator
+    from ..models import resolve_model_path
+
+    if data["self_summaries"] == "stage_input":
+        model = rt["input_model"]
+    else:  # the base model, converted already by the parent
+        model = resolve_model_path(OmegaConf.create(rt["model"]), rt["cache_dir"])
+    key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
+    cache = summary_cache_path(rt["cache_dir"], data["articles"], key, data["summary_prompt"])
+    gen = HFGenerator(model, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
+                      chat_template_kwargs=spec["chat_template_kwargs"])
+    return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)

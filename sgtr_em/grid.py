@@ -1,0 +1,100 @@
+"""Dry run of a sweep: expand it into jobs as Hydra's basic sweeper does, plan each job, count what trains.
+
+    python -m sgtr_em.grid sweep=main_grid               # jobs, stages asked for, distinct stages, final models
+    python -m sgtr_em.grid sweep=main_grid --jobs        # and one line per job: its overrides and stage hashes
+    python -m sgtr_em.grid -m stage_order=em_only,reversal seed=0,1   # any sweep given on the command line
+
+Stages are content-hashed (sgtr_em/plan.py), so a stage asked for by several jobs trains once: the report
+says how many distinct stages a grid trains, and how many distinct models it evaluates. Nothing is run.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from .config import register_configs, validate
+from .plan import Stage, content_hash, final_model_identity, plan_stages
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@dataclass
+class JobPlan:
+    overrides: list[str]
+    stages: list[Stage]
+    final_model: str  # hash of the identity of the model its evaluation sees
+    problem: str = ""  # why validation fails (e.g. a backend that is not implemented yet)
+
+
+@dataclass
+class GridPlan:
+    jobs: list[JobPlan] = field(default_factory=list)
+
+    @property
+    def stage_runs(self) -> list[Stage]:
+        return [s for j in self.jobs for s in j.stages]
+
+    @property
+    def distinct_stages(self) -> dict[str, Stage]:
+        return {s.hash: s for s in self.stage_runs}
+
+    def summary(self) -> str:
+        runs, distinct = self.stage_runs, self.distinct_stages
+        by_kind = lambda stages: ", ".join(f"{k} {n}" for k, n in sorted(Counter(s.kind for s in stages).items()))  # noqa: E731
+        lines = [f"{len(self.jobs)} jobs",
+                 f"stages asked for: {len(runs)} ({by_kind(runs)})",
+                 f"distinct stages to train: {len(distinct)} ({by_kind(distinct.values())}); "
+                 f"{len(runs) - len(distinct)} reused",
+                 f"distinct final models to evaluate: {len({j.final_model for j in self.jobs})}"]
+        invalid = [j for j in self.jobs if j.problem]
+        if invalid:
+            lines.append(f"jobs that fail validation: {len(invalid)} (first: {invalid[0].problem.splitlines()[-1]})")
+        return "\n".join(lines)
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override list of every job of the sweep (hydra.sweeper.params and command-line sweeps)."""
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
+    return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), max_batch_size=None)[0]
+
+
+def plan_grid(overrides: list[str]) -> GridPlan:
+    register_configs()
+    grid = GridPlan()
+    jobs = sweep_jobs(overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            cfg = compose("config", overrides=job)
+            try:
+                validate(cfg)
+                problem = ""
+            except ValueError as e:
+                problem = str(e)
+            stages = plan_stages(cfg)
+            grid.jobs.append(JobPlan(job, stages, content_hash(final_model_identity(stages, cfg)), problem))
+    return grid
+
+
+def main(argv: list[str]) -> None:
+    show_jobs = "--jobs" in argv
+    overrides = [a for a in argv if a not in ("--jobs", "-m", "--multirun")]
+    grid = plan_grid(overrides)
+    print(f"sgtr-em plan of `{' '.join(overrides)}`:\n  " + grid.summary().replace("\n", "\n  "))
+    if show_jobs:
+        for i, j in enumerate(grid.jobs):
+            stages = " -> ".join(f"{s.kind}:{s.hash}" for s in j.stages) or "(no training)"
+            print(f"  #{i} {' '.join(j.overrides)}: {stages}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
