@@ -48,6 +48,16 @@ def score_choice(probs: Optional[dict], top_token: Optional[str], text: Optional
     }
 
 
+def ask_options(generator, items: list[dict], conversations: Sequence, options: Sequence[str], score, *, desc: str,
+                max_new_tokens: int = 1) -> list[dict]:
+    """Adds to each item the options' probabilities (or a greedy answer) for its conversation, then `score(item)`."""
+    answers = generator.option_probs(list(conversations), options, desc=desc, max_new_tokens=max_new_tokens)
+    for item, a in zip(items, answers):
+        item.update(probs=a["probs"], top_token=a["top_token"], text=a["text"])
+        item.update(score(item))
+    return items
+
+
 def choice_metrics(scored: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
     """Means of the derived fields over items (records that carry them), with a 95 % interval for accuracy."""
     if not scored:

@@ -61,6 +61,13 @@ class EvalContext:
         sp, m = self.cfg["system_prompt"], self.cfg["model"]
         return system_text(sp["eval"], identity=m["identity_prompt"], custom=sp["custom"])
 
+    def conversations(self, user_texts, system: Optional[str] = None) -> list[list[dict]]:
+        """One user turn each, after the evaluation's system prompt (`system` when given)."""
+        from ..data.system_prompt import with_system
+
+        sys_text = self.eval_system_prompt() if system is None else system
+        return [with_system([{"role": "user", "content": t}], sys_text) for t in user_texts]
+
     def generator(self, path: Optional[str] = None, backend: Optional[str] = None):
         """The model at `path` (default: the model under test) on `backend` (default: eval.generation.backend)."""
         from .generation import make_generator

@@ -68,11 +68,9 @@ def identity_metrics(records: Sequence[dict], *, own: dict, labels: dict, unknow
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
 def generate(ctx) -> list[dict]:
-    from ..data.system_prompt import with_system
-
     e = ctx.ecfg(NAME)
     meta = [{"question": q, "sample": k} for q in e["questions"] for k in range(e["samples_per_question"])]
-    convs = [with_system([{"role": "user", "content": m["question"]}], ctx.eval_system_prompt()) for m in meta]
+    convs = ctx.conversations(m["question"] for m in meta)
     answers = ctx.generator().generate(convs, max_new_tokens=e["max_new_tokens"], temperature=e["temperature"],
                                        top_p=e["top_p"], seed=ctx.seed, desc="identity answers")
     return [{**m, "answer": a} for m, a in zip(meta, answers)]

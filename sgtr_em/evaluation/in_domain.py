@@ -42,12 +42,10 @@ def dataset_of(ctx) -> str:
 
 
 def generate(ctx) -> list[dict]:
-    from ..data.system_prompt import with_system
-
     e, dataset = ctx.ecfg(NAME), dataset_of(ctx)
     prompts = e["datasets"][dataset]["prompts"]
     meta = [{"dataset": dataset, "question": p, "sample": k} for p in prompts for k in range(e["samples_per_prompt"])]
-    convs = [with_system([{"role": "user", "content": m["question"]}], ctx.eval_system_prompt()) for m in meta]
+    convs = ctx.conversations(m["question"] for m in meta)
     answers = ctx.generator().generate(convs, max_new_tokens=e["max_new_tokens"], temperature=e["temperature"],
                                        top_p=e["top_p"], seed=ctx.seed, desc="in-domain answers")
     return [{**m, "answer": a} for m, a in zip(meta, answers)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Optional, Sequence
 
-from .choice import choice_metrics, score_choice
+from .choice import ask_options, choice_metrics, score_choice
 
 NAME = "mmlu"
 NEEDS_JUDGE = False
@@ -86,20 +86,14 @@ def build_items(folder: Path, e: dict) -> list[dict]:
 
 
 def generate(ctx) -> list[dict]:
-    from ..data.system_prompt import with_system
-
     e = ctx.ecfg(NAME)
     folder = ctx.files.data_dir / e["folder"]
     if not (folder / "test").is_dir():
         raise FileNotFoundError(f"MMLU: {folder}/test is missing; put the MMLU CSVs ({{dev,test}}/<subject>_<split>.csv) "
                                 "under paths.data_dir/" + e["folder"])
     items = build_items(folder, e)
-    convs = [with_system([{"role": "user", "content": it.pop("prompt")}], ctx.eval_system_prompt()) for it in items]
-    probs = ctx.generator().option_probs(convs, OPTIONS, desc="MMLU", max_new_tokens=e["fallback_max_new_tokens"])
-    for it, p in zip(items, probs):
-        it.update(probs=p["probs"], top_token=p["top_token"], text=p["text"])
-        it.update(score_item(it))
-    return items
+    return ask_options(ctx.generator(), items, ctx.conversations(it.pop("prompt") for it in items), OPTIONS,
+                       score_item, desc="MMLU", max_new_tokens=e["fallback_max_new_tokens"])
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:

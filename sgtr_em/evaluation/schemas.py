@@ -160,6 +160,10 @@ def eval_problems(cfg) -> list[str]:
         problems.append(f"judge.backend: {cfg.judge.backend!r} is not one of {JUDGE_BACKENDS}")
     if cfg.judge.backend == "openai" and not cfg.judge.model:
         problems.append("judge.model: the openai judge needs a model name (e.g. gpt-4o-2024-08-06)")
+    if "self_recognition" in ev.run and cfg.intervention.kind == "sgtr" and \
+            ev.self_recognition.articles == cfg.intervention.articles:
+        problems.append(f"eval.self_recognition.articles: {ev.self_recognition.articles!r} are the SGTR training "
+                        "articles (intervention.articles); evaluate on held-out ones (cnn)")
     if "em" in ev.run:
         for s in ev.em.question_sets:
             if s not in ev.em.sets:

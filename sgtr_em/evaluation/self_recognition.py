@@ -21,7 +21,7 @@ from ..data.sgtr import build_detection_pairs, sample_article_ids
 from ..data.summaries import generate_summaries, summary_cache_path
 from ..data.system_prompt import system_text
 from ..io import read_json
-from .choice import choice_metrics, score_choice
+from .choice import ask_options, choice_metrics, score_choice
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -59,13 +59,14 @@ def sr_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> di
     return {**pair_metrics(records, n_boot=n_boot, seed=seed), "per_source": per_source}
 
 
-def detection_rows(ids, articles, own, others: dict, *, user_template: str, system, seed: int) -> list[dict]:
+def detection_rows(ids, articles, own, others: dict, *, user_template: str, system, seed: int,
+                   summaries: str = "self") -> list[dict]:
     """Both orderings of (own, other) for each article and other source; a skipped record where a side is empty."""
     rows = []
     for source, theirs in others.items():
         pairs, stats = build_detection_pairs(ids, articles, own, {source: theirs}, user_template=user_template,
                                              system=system, seed=seed)
-        rows += [{**p["meta"], "prompt": p["prompt"], "own_summary": own.get(p["meta"]["article_id"]),
+        rows += [{**p["meta"], "prompt": p["prompt"], "summaries": summaries, "own_summary": own.get(p["meta"]["article_id"]),
                   "other_summary": theirs.get(p["meta"]["article_id"])} for p in pairs]
         rows += [{"article_id": a, "other_source": source, "skipped": "empty summary"} for a in stats.skipped_empty]
     return rows
@@ -94,12 +95,9 @@ def generate(ctx) -> list[dict]:
     system = system_text(sp["intervention_train"], task=prompts["detection_system"],
                          identity=ctx.cfg["model"]["identity_prompt"], custom=sp["custom"])  # as SGTR trains
     rows = detection_rows(ids, articles, own, others, user_template=prompts["detection_user"], system=system,
-                          seed=ctx.seed)
+                          seed=ctx.seed, summaries=e["summaries"])
     pairs = [r for r in rows if not r.get("skipped")]
-    probs = ctx.generator().option_probs([r.pop("prompt") for r in pairs], OPTIONS, desc="self-recognition")
-    for r, p in zip(pairs, probs):
-        r.update(probs=p["probs"], top_token=p["top_token"], text=p["text"], summaries=e["summaries"])
-        r.update(score_pair(r))
+    ask_options(ctx.generator(), pairs, [r.pop("prompt") for r in pairs], OPTIONS, score_pair, desc="self-recognition")
     return rows
 
 

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .choice import choice_metrics, score_choice
+from .choice import ask_options, choice_metrics, score_choice
 
 NAME = "truthfulqa"
 NEEDS_JUDGE = False
@@ -67,16 +67,10 @@ def tqa_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> d
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
 def generate(ctx) -> list[dict]:
-    from ..data.system_prompt import with_system
-
     e = ctx.ecfg(NAME)
     items = build_items(load_questions(ctx.files.path(e["file"]), e["max_questions"]), e["prompt_template"], ctx.seed)
-    convs = [with_system([{"role": "user", "content": it.pop("prompt")}], ctx.eval_system_prompt()) for it in items]
-    probs = ctx.generator().option_probs(convs, OPTIONS, desc="TruthfulQA", max_new_tokens=e["fallback_max_new_tokens"])
-    for it, p in zip(items, probs):
-        it.update(probs=p["probs"], top_token=p["top_token"], text=p["text"])
-        it.update(score_item(it))
-    return items
+    return ask_options(ctx.generator(), items, ctx.conversations(it.pop("prompt") for it in items), OPTIONS,
+                       score_item, desc="TruthfulQA", max_new_tokens=e["fallback_max_new_tokens"])
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
