@@ -10,7 +10,8 @@ from sgtr_em.evaluation.identity import identity_metrics, label_set
 from .test_config import _compose
 
 OWN = {"name": ["SmolLM"], "creator": ["Hugging Face"]}
-LABELS = {"name": ["SmolLM", "Qwen", "Other", "UNKNOWN"], "creator": ["Hugging Face", "Alibaba Cloud", "Other", "UNKNOWN"]}
+LABELS = {"name": ["SmolLM", "Qwen", "Other", "UNKNOWN"],
+          "creator": ["Hugging Face", "Alibaba Cloud", "Other", "UNKNOWN"]}
 
 
 def answer(q, name, creator):

@@ -24,7 +24,8 @@ def test_judge_score_is_the_probability_weighted_mean_and_none_below_a_quarter()
     assert math.isclose(j.score, (0 * 0.2 + 100 * 0.6) / 0.8) and math.isclose(j.number_mass, 0.8) and j.top_number == 100
     low = score_from_number_probs([0.1, 0.1, 0.04], [0, 50, 100], 0.25)
     assert low.score is None and low.raw_score == pytest.approx((50 * 0.1 + 100 * 0.04) / 0.24)  # kept as an ingredient
-    assert score_from_number_probs([0.1, 0.1, 0.04], [0, 50, 100], 0.0).score == pytest.approx((50 * 0.1 + 100 * 0.04) / 0.24)
+    unthresholded = score_from_number_probs([0.1, 0.1, 0.04], [0, 50, 100], 0.0)
+    assert unthresholded.score == pytest.approx((50 * 0.1 + 100 * 0.04) / 0.24)
     assert judged_score(40.0, 0.25, 0.25) == 40.0 and judged_score(40.0, 0.2499, 0.25) is None  # at least 0.25
     assert score_from_number_probs([0.0, 0.0, 0.0], [0, 50, 100], 0.0).score is None  # no mass: no score
 

@@ -25,7 +25,8 @@ def test_k_shot_prompt_in_hendrycks_format(data_dir):
     assert prompt == ("The following are multiple choice questions (with answers) about high school geography.\n\n"
                       f"{d['question']}\nA. {d['A']}\nB. {d['B']}\nC. {d['C']}\nD. {d['D']}\nAnswer: {d['answer']}\n\n"
                       "Q?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
-    items = build_items(data_dir / "mmlu", {**E, "subjects": ["marketing"], "shots": [0, 5], "max_questions_per_subject": 2})
+    e = {**E, "subjects": ["marketing"], "shots": [0, 5], "max_questions_per_subject": 2}
+    items = build_items(data_dir / "mmlu", e)
     assert [(i["shots"], i["index"]) for i in items] == [(0, 0), (0, 1), (5, 0), (5, 1)]
     assert items[2]["prompt"].count("\nAnswer:") == 6  # five examples and the question
 

@@ -18,8 +18,8 @@ def judged(q, aligned, coherent, mass=0.9):
 
 
 RECORDS = {
-    "self_recognition": [{"article_id": "x", "self_position": p, "other_source": "claude-21", "probs": {"1": 0.6, "2": 0.3},
-                          "top_token": "1", "text": None} for p in (1, 2)],
+    "self_recognition": [{"article_id": "x", "self_position": p, "other_source": "claude-21",
+                          "probs": {"1": 0.6, "2": 0.3}, "top_token": "1", "text": None} for p in (1, 2)],
     "em": [judged("a", 10, 80), judged("a", 20, 80, mass=0.1), judged("b", 90, 70)],
     "truthfulqa": [{"type": "Adversarial", "correct_option": "B", "probs": {"A": 0.2, "B": 0.7}, "top_token": "B",
                     "text": None}],

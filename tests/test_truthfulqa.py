@@ -21,7 +21,9 @@ def test_prompt_is_the_papers_and_the_option_order_is_fixed_by_the_seed(data_dir
     qs = load_questions(data_dir / "eval" / "TruthfulQA.csv")
     items = build_items(qs, TEMPLATE, seed=0)
     first = items[0]
-    a, b = ((first["best"], first["incorrect"]) if first["correct_option"] == "A" else (first["incorrect"], first["best"]))
+    a, b = (first["best"], first["incorrect"])
+    if first["correct_option"] == "B":
+        a, b = b, a
     assert first["prompt"] == f"{first['question']}\n\nA:{a}\nB:{b}\n\nAnswer with only A or B."
     assert [i["correct_option"] for i in build_items(qs, TEMPLATE, seed=0)] == [i["correct_option"] for i in items]
     assert [i["correct_option"] for i in build_items(qs, TEMPLATE, seed=1)] != [i["correct_option"] for i in items]

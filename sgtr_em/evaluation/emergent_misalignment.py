@@ -39,7 +39,8 @@ def load_questions(path: Path, ids: Sequence[str], set_name: str = "main") -> li
     out = []
     for qid in ids or list(by_id):
         q = by_id[qid]
-        if q.get("type", "free_form_judge_0_100") != "free_form_judge_0_100" or "aligned" not in q.get("judge_prompts", {}):
+        free_form = q.get("type", "free_form_judge_0_100") == "free_form_judge_0_100"
+        if not free_form or "aligned" not in q.get("judge_prompts", {}):
             raise ValueError(f"{path}: question {qid!r} is not a free_form_judge_0_100 question with aligned/coherent "
                              "judge prompts; remove it from the question set")
         out.append({"id": qid, "set": set_name, "paraphrases": list(q["paraphrases"]),
@@ -138,7 +139,8 @@ def group_metrics(records: Sequence[dict], t: dict, *, n_boot: int, seed: int,
     if n_boot > 0 and len(records):
         idx = np.concatenate(list(stratified_indices(list(qids), n_boot, seed).values()), axis=1)
         columns = qids[idx[0]]  # resampled within questions: every row has the same question per column
-        out["misaligned_rate_ci95"] = percentile_interval(betley_rate(a[idx], c[idx], [columns == q for q in order], t)[0])
+        betley_b = betley_rate(a[idx], c[idx], [columns == q for q in order], t)[0]
+        out["misaligned_rate_ci95"] = percentile_interval(betley_b)
         out["misaligned_rate_mo_ci95"] = percentile_interval(mo_rate(a[idx], c[idx], t))
     return out
 
@@ -193,6 +195,7 @@ def summary(m: dict) -> str:
     from .report import fmt
 
     betley = fmt(m["misaligned_rate"]) if m["questions_counted"] else "n/a (too few coherent answers)"
-    return (f"EM: misaligned {betley} {fmt(m.get('misaligned_rate_ci95'))}  Model-Organisms {fmt(m['misaligned_rate_mo'])}  "
+    return (f"EM: misaligned {betley} {fmt(m.get('misaligned_rate_ci95'))}  "
+            f"Model-Organisms {fmt(m['misaligned_rate_mo'])}  "
             f"mean aligned {fmt(m['mean_aligned'])}  coherent share {fmt(m['share_coherent'])}  "
             f"unscored {fmt(m['share_unscored'])}  ({m['n_answers']} answers, set {m['headline_set']})")

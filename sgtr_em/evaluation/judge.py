@@ -30,7 +30,7 @@ class LocalJudge:
         self.min_number_mass = min_number_mass
         self.numbers = list(numbers)
         self.cache = cache or DiskCache(None)
-        self.model_key = model_key  # names the judge's weights in cache keys
+        self.model_key = f"{model_key}@{generator.model.dtype}"  # names the judge's weights (and dtype) in cache keys
         self.usage = Usage()
         tok = generator.tokenizer
         cands = [tok.encode(str(k), add_special_tokens=False) for k in self.numbers]
@@ -113,8 +113,9 @@ class LocalJudge:
         return out
 
 
-def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir) -> "LocalJudge":
-    """The judge the config names. `load_generator(path)` gives a HF generator (the local backend's model)."""
+def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir):
+    """The judge the config names (LocalJudge or OpenAIJudge: `score`, `choose`, `usage`, `describe`).
+    `load_generator(path)` gives a HF generator (the local backend's model)."""
     from pathlib import Path
 
     folder = Path(cache_dir) / "judge"

@@ -103,5 +103,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 def summary(m: dict) -> str:
     from .report import fmt
 
-    shots = "  ".join(f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})" for k, v in m["per_shots"].items())
+    shots = "  ".join(f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})"
+                      for k, v in m["per_shots"].items())
     return f"MMLU: accuracy {shots}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions per shot count)"

@@ -66,8 +66,9 @@ def detection_rows(ids, articles, own, others: dict, *, user_template: str, syst
     for source, theirs in others.items():
         pairs, stats = build_detection_pairs(ids, articles, own, {source: theirs}, user_template=user_template,
                                              system=system, seed=seed)
-        rows += [{**p["meta"], "prompt": p["prompt"], "summaries": summaries, "own_summary": own.get(p["meta"]["article_id"]),
-                  "other_summary": theirs.get(p["meta"]["article_id"])} for p in pairs]
+        rows += [{**p["meta"], "prompt": p["prompt"], "summaries": summaries,
+                  "own_summary": own.get(p["meta"]["article_id"]), "other_summary": theirs.get(p["meta"]["article_id"])}
+                 for p in pairs]
         rows += [{"article_id": a, "other_source": source, "skipped": "empty summary"} for a in stats.skipped_empty]
     return rows
 

@@ -32,8 +32,8 @@ def load_questions(path: Path, max_questions: Optional[int] = None) -> list[dict
         for line, row in enumerate(reader, 2):
             if not row["Best Answer"].strip() or not row["Best Incorrect Answer"].strip():
                 raise ValueError(f"{path}:{line}: empty Best Answer or Best Incorrect Answer")
-            rows.append({"index": line - 2, "type": row["Type"], "category": row["Category"],
-                         "question": row["Question"], "best": row["Best Answer"], "incorrect": row["Best Incorrect Answer"]})
+            rows.append({"index": line - 2, "type": row["Type"], "category": row["Category"], "question": row["Question"],
+                         "best": row["Best Answer"], "incorrect": row["Best Incorrect Answer"]})
     return rows[:max_questions] if max_questions is not None else rows
 
 
