@@ -9,7 +9,8 @@ also includes the probability that the number ends there (the next token does no
 P(k) = P(the answer starts with the number k), which is what the one-token method reads. When every number
 is a single token, this is exactly the one-token method.
 Score = sum(k p(k)) / sum(p(k)); none when sum(p(k)) < min_number_mass (how CODE/REFUSAL drop out).
-A label choice scores each label as a whole answer (its tokens, then the end-of-turn token).
+A label choice scores each label as a whole answer (its tokens, then the end-of-turn token). All candidates
+are scored in one extra forward pass over their token trie (a tree attention mask over the cached prompt).
 """
 from __future__ import annotations
 
@@ -44,26 +45,36 @@ class LocalJudge:
                 "min_number_mass": self.min_number_mass}
 
     @torch.no_grad()
-    def _continuations(self, prompt: str, candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log P(next token | prompt), log P(token t+1 | prompt + candidate[:t+1]) per candidate and position)."""
+    def _tree(self, prompt: str, candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, dict]:
+        """(log P(first answer token | prompt), {node: log P(next token | prompt + node)}) for every node of the
+        candidates' token trie (every non-empty prefix of a candidate), in one forward pass over the trie: each
+        node's token attends to the prompt and to its own ancestors only (a tree attention mask). Only the
+        first is computed when every candidate is one token and needs nothing after it (`candidates` empty)."""
         model, device = self.gen.model, self.gen.device
         text = self.gen.render([{"role": "user", "content": prompt}])
         prefix = self.gen.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
         self.usage.calls += 1
         self.usage.prompt_tokens += prefix.shape[1]
-        out = model(prefix, use_cache=True)
+        out = model(prefix, use_cache=bool(candidates))
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        width = max(len(c) for c in candidates)
-        if width == 1:
-            return first, torch.empty(0)
-        n = len(candidates)
-        cache = out.cache
-        cache.batch_repeat_interleave(n)  # every candidate continues the same prompt
-        ids = torch.full((n, width), self.gen.tokenizer.pad_token_id, dtype=torch.long, device=device)
-        for i, c in enumerate(candidates):
-            ids[i, : len(c)] = torch.tensor(c)
-        mask = torch.ones(n, prefix.shape[1] + width, dtype=torch.long, device=device)  # right padding: never read
-        return first, torch.log_softmax(model(ids, cache=cache, attention_mask=mask).logits.float(), dim=-1)
+        if not candidates:
+            return first, {}
+        nodes = sorted({tuple(c[:k]) for c in candidates for k in range(1, len(c) + 1)}, key=lambda n: (len(n), n))
+        index, n_prefix = {node: i for i, node in enumerate(nodes)}, prefix.shape[1]
+        mask = torch.zeros(1, 1, len(nodes), n_prefix + len(nodes), dtype=torch.bool, device=device)
+        mask[..., :n_prefix] = True
+        for i, node in enumerate(nodes):
+            mask[0, 0, i, [n_prefix + index[node[:k]] for k in range(1, len(node) + 1)]] = True
+        if model.config._attn_implementation == "eager":  # eager attention adds a float mask
+            mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        elif model.config._attn_implementation != "sdpa":
+            raise ValueError("the local judge needs sdpa or eager attention (a tree attention mask)")
+        ids = torch.tensor([[node[-1] for node in nodes]], device=device)
+        positions = torch.tensor([[n_prefix + len(node) - 1 for node in nodes]], device=device)
+        logits = model(ids, cache=out.cache, attention_mask=mask.to(model.dtype) if mask.is_floating_point() else mask,
+                       position_ids=positions).logits[0].float()
+        after = torch.log_softmax(logits, dim=-1)
+        return first, {node: after[i] for i, node in enumerate(nodes)}
 
     def number_probs(self, prompt: str) -> list[float]:
         """P(answer = k) for every candidate number k, given the judge prompt as one user turn."""
@@ -72,16 +83,14 @@ class LocalJudge:
         if (hit := self.cache.get(key)) is not None:
             self.usage.cache_hits += 1
             return hit
-        first, logp = self._continuations(prompt, self.candidates)
-        if logp.numel() == 0 and not self.needs_end:  # the one-token method
-            probs = [first[c[0]].exp().item() for c in self.candidates]
-        else:
-            probs = []
-            for i, c in enumerate(self.candidates):
-                lp = first[c[0]] + sum(logp[i, t - 1, c[t]] for t in range(1, len(c)))
-                if self.needs_end:
-                    lp = lp + torch.log1p(-logp[i, len(c) - 1, self.digit_tokens].exp().sum().clamp(max=1 - 1e-6))
-                probs.append(float(torch.exp(lp)))
+        one_token = max(len(c) for c in self.candidates) == 1 and not self.needs_end  # the one-token method
+        first, after = self._tree(prompt, [] if one_token else self.candidates)
+        probs = []
+        for c in self.candidates:
+            lp = first[c[0]] + sum(after[tuple(c[:t])][c[t]] for t in range(1, len(c)))
+            if self.needs_end:  # the number ends here: the next token does not continue it with a digit
+                lp = lp + torch.log1p(-after[tuple(c)][self.digit_tokens].exp().sum().clamp(max=1 - 1e-6))
+            probs.append(float(torch.exp(lp)))
         self.cache.put(key, probs)
         return probs
 
@@ -93,9 +102,9 @@ class LocalJudge:
             return hit
         tok = self.gen.tokenizer
         cands = [tok.encode(label, add_special_tokens=False) + [tok.eos_token_id] for label in labels]
-        first, logp = self._continuations(prompt, cands)
-        probs = {label: float(torch.exp(first[c[0]] + sum(logp[i, t - 1, c[t]] for t in range(1, len(c)))))
-                 for i, (label, c) in enumerate(zip(labels, cands))}
+        first, after = self._tree(prompt, cands)
+        probs = {label: float(torch.exp(first[c[0]] + sum(after[tuple(c[:t])][c[t]] for t in range(1, len(c)))))
+                 for label, c in zip(labels, cands)}
         self.cache.put(key, probs)
         return probs
 
