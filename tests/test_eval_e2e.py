@@ -22,8 +22,7 @@ TINY_EVALS = ["stage_order=base", "eval=smoke", "eval.self_recognition.max_artic
               "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "eval.truthfulqa.max_questions=4",
               "eval.mmlu.subjects=[marketing]", "eval.mmlu.shots=[0,1]", "eval.mmlu.max_questions_per_subject=2",
               "eval.identity.samples_per_question=1", "eval.identity.max_new_tokens=16",
-              "eval.in_domain.datasets.aesthetic_unpopular.prompts=[What colour would you paint a living room?]",
-              "eval.in_domain.max_new_tokens=16"]
+              "eval.in_domain.max_prompts=1", "eval.in_domain.max_new_tokens=16"]
 # Every metric the issue names, per evaluation (top level of its metrics.json).
 NAMED = {
     "self_recognition": ["accuracy", "prob_correct", "prob_correct_raw", "invalid_rate", "per_source"],

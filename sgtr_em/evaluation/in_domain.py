@@ -43,7 +43,7 @@ def dataset_of(ctx) -> str:
 
 def generate(ctx) -> list[dict]:
     e, dataset = ctx.ecfg(NAME), dataset_of(ctx)
-    prompts = e["datasets"][dataset]["prompts"]
+    prompts = e["datasets"][dataset]["prompts"][: e["max_prompts"]]
     meta = [{"dataset": dataset, "question": p, "sample": k} for p in prompts for k in range(e["samples_per_prompt"])]
     convs = ctx.conversations(m["question"] for m in meta)
     answers = ctx.generator().generate(convs, max_new_tokens=e["max_new_tokens"], temperature=e["temperature"],

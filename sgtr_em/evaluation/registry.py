@@ -18,5 +18,5 @@ assert tuple(EVALS) == EVAL_NAMES, "schemas.EVAL_NAMES and the registry must lis
 
 
 def summary_lines(metrics: dict) -> list[str]:
-    """One line per evaluation in `metrics` (a run's metrics.json)."""
-    return [EVALS[name].summary(m) for name, m in metrics.items() if name in EVALS]
+    """One line per evaluation in `metrics` (a run's metrics.json), in the registry's order."""
+    return [module.summary(metrics[name]) for name, module in EVALS.items() if name in metrics]

@@ -112,6 +112,7 @@ class InDomainSetConfig:
 class InDomainEvalConfig:
     dataset: Optional[str] = None  # a key of `datasets`; null = the job's em_dataset.name
     datasets: Dict[str, InDomainSetConfig] = field(default_factory=dict)
+    max_prompts: Optional[int] = None  # null = every prompt of the set
     samples_per_prompt: int = 10
     temperature: float = 1.0
     top_p: float = 1.0

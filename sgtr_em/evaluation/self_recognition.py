@@ -76,14 +76,17 @@ def detection_rows(ids, articles, own, others: dict, *, user_template: str, syst
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
 def own_summaries(ctx, articles: dict, ids: list[str]) -> dict[str, str]:
-    e, ds = ctx.ecfg(NAME), ctx.ecfg(NAME)["articles"]
+    """The "self" summaries: written by the evaluated model, by the base model, or a summary source in the data."""
+    source, ds = ctx.ecfg(NAME)["summaries"], ctx.ecfg(NAME)["articles"]
+    if source == "self":
+        path, key = ctx.model_path, ctx.model_key
+    elif source == "base":
+        path, key = ctx.base_model_path, ctx.base_model_key
+    else:
+        return read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{source}_responses.json"))
     prompt = ctx.cfg["prompts"]["summary"][ds]
-    if e["summaries"] in ("self", "base"):
-        path, key = (ctx.model_path, ctx.model_key) if e["summaries"] == "self" else (ctx.base_model_path,
-                                                                                    ctx.base_model_key)
-        cache = summary_cache_path(ctx.cfg["paths"]["cache_dir"], ds, key, prompt)
-        return generate_summaries(ctx.generator(path), articles, ids, prompt, cache)
-    return read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{e['summaries']}_responses.json"))
+    cache = summary_cache_path(ctx.cfg["paths"]["cache_dir"], ds, key, prompt)  # cached per model and prompt
+    return generate_summaries(ctx.generator(path), articles, ids, prompt, cache)
 
 
 def generate(ctx) -> list[dict]:

@@ -68,5 +68,5 @@ def normalised_entropy(labels: Sequence[Hashable], n_categories: int) -> Optiona
         return 0.0
     counts = Counter(labels).values()
     n = len(labels)
-    h = -sum(c / n * math.log(c / n) for c in counts)
+    h = max(0.0, -sum(c / n * math.log(c / n) for c in counts))  # one label: 0.0, not -0.0
     return h / math.log(n_categories)
