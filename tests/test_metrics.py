@@ -119,7 +119,7 @@ def test_self_recognition_scores_both_orderings_per_source():
     assert c["prob_correct"] == pytest.approx((0.75 + 0.375 + 0.5 + 1.0) / 4)  # normalised over "1" and "2"
     assert c["prob_correct_raw"] == pytest.approx((0.6 + 0.3 + 0.1 + 0.4) / 4)  # P(correct) as the next token
     assert c["invalid_rate"] == pytest.approx(1 / 4) and c["greedy_accuracy"] == pytest.approx(2 / 4)
-    assert c["chose_1_rate"] == pytest.approx(2 / 4) and c["n_articles"] == 2 and c["n_pairs"] == 4
+    assert c["chose_first_rate"] == pytest.approx(2 / 4) and c["n_articles"] == 2 and c["n_pairs"] == 4
     assert c["article_accuracy"] == 1.0  # averaged over both orderings: x 0.5625, y 0.75, both above chance
     h = m["per_source"]["human"]
     assert h["accuracy"] == 0.5 and h["prob_correct"] == pytest.approx((0.25 + 0.75) / 2) and h["skipped_empty"] == 1

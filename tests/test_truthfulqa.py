@@ -42,4 +42,5 @@ def test_truthfulqa_metrics_by_hand():
     assert m["invalid_rate"] == pytest.approx(1 / 4)  # "I" is neither A nor B: reported, not folded into accuracy
     assert m["greedy_accuracy"] == pytest.approx(2 / 4) and m["one_minus_greedy_accuracy"] == pytest.approx(2 / 4)
     assert m["prob_correct"] == pytest.approx((0.75 + 0.25 + 0.75 + 0.5) / 4)
+    assert m["chose_first_rate"] == pytest.approx(2 / 4)  # the tie chose nothing
     assert m["per_type"]["Adversarial"]["accuracy"] == 0.5 and m["per_type"]["Non-Adversarial"]["invalid_rate"] == 0.5

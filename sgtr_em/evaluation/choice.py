@@ -58,12 +58,14 @@ def ask_options(generator, items: list[dict], conversations: Sequence, options: 
     return items
 
 
-def choice_metrics(scored: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
-    """Means of the derived fields over items (records that carry them), with a 95 % interval for accuracy."""
+def choice_metrics(scored: Sequence[dict], *, first: Optional[str] = None, n_boot: int = 0, seed: int = 0) -> dict:
+    """Means of the derived fields over items (records that carry them), with a 95 % interval for accuracy;
+    `chose_first_rate`: the share choosing the `first` option (position bias; chance is 1 / number of options)."""
     if not scored:
         return {"n": 0}
     acc = [float(r["is_correct"]) for r in scored]
     return {
+        **({"chose_first_rate": mean_or_none(float(r["chosen"] == first) for r in scored)} if first else {}),
         "accuracy": mean_or_none(acc),
         "accuracy_ci95": mean_ci(acc, n_boot=n_boot, seed=seed),
         "prob_correct": mean_or_none(r["prob_correct"] for r in scored),

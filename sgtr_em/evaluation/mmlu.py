@@ -60,7 +60,7 @@ def mmlu_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
         subjects = list(dict.fromkeys(r["subject"] for r in rows))
         per_subject = {s: choice_metrics([score_item(r) for r in rows if r["subject"] == s]) for s in subjects}
         per_shots[f"{k}_shot"] = {
-            **choice_metrics([score_item(r) for r in rows], n_boot=n_boot, seed=seed),
+            **choice_metrics([score_item(r) for r in rows], first="A", n_boot=n_boot, seed=seed),
             "macro_accuracy": mean(m["accuracy"] for m in per_subject.values()),
             "n_subjects": len(subjects), "per_subject": per_subject,
         }

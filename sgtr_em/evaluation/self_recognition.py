@@ -8,7 +8,7 @@ paper's detection prompt. Scored by the probability of "1" vs "2" as the next to
   prob_correct     mean P(correct) / (P("1") + P("2"));  prob_correct_raw: mean P(correct) as the next token
   invalid_rate     share where the most likely next token is neither "1" nor "2"
   greedy_accuracy  share whose most likely token is the correct digit (invalid counts as wrong, the paper's way)
-  chose_1_rate     share where P("1") > P("2") (position bias);  article_accuracy: both orderings averaged
+  chose_first_rate share choosing "1" (position bias);  article_accuracy: both orderings averaged
 `summaries`: `self` (the paper's standard setting), `base` (the base model's summaries, its second setting),
 or a summary source in the data (e.g. `hf_qwen_32b`, the paper's precomputed ones).
 """
@@ -41,9 +41,8 @@ def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
             by_article.setdefault(r["article_id"], []).append(s["prob_correct"])
     with_probs = [r for r in pairs if r["probs"] is not None]
     return {
-        **choice_metrics(scored, n_boot=n_boot, seed=seed),
+        **choice_metrics(scored, first="1", n_boot=n_boot, seed=seed),
         "option_mass": mean(r["probs"]["1"] + r["probs"]["2"] for r in with_probs) if with_probs else None,
-        "chose_1_rate": mean(float(r["probs"]["1"] > r["probs"]["2"]) for r in with_probs) if with_probs else None,
         "article_accuracy": mean(float(mean(v) > 0.5) for v in by_article.values()) if by_article else None,
         "n_pairs": len(pairs),
         "n_articles": len({r["article_id"] for r in pairs}),
