@@ -25,11 +25,9 @@ class ModelConfig:
     gguf_file: Optional[str] = None
     dtype: str = "bfloat16"
     identity_prompt: Optional[str] = None  # the model's own identity system prompt, if it has one
+    identity_names: List[str] = field(default_factory=list)  # names a self-report of its own identity contains
     chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
-    # Who the model says it is when it is itself (identity eval): labels of eval.identity's closed sets.
-    identity_names: List[str] = field(default_factory=list)
-    identity_creators: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -34,7 +34,7 @@ def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
     ("eval.run=[em,typo]", "eval.run"),
     ("eval.em.question_sets=[main,nope]", "eval.em.question_sets"),
     ("em_dataset.name=unknown_set", "eval.in_domain"),
-    ("model.identity_names=[Nobody]", "model.identity_names"),
+    ("model.identity_names=[Nobody,Nowhere]", "model.identity_names"),
     ("eval.generation.backend=tgi", "eval.generation.backend"),
     ("judge.backend=claude", "judge.backend"),
     ("eval.self_recognition.articles=xsum", "eval.self_recognition.articles"),  # SGTR trains on XSUM

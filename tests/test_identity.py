@@ -5,9 +5,11 @@ import math
 
 import pytest
 
-from sgtr_em.evaluation.identity import identity_metrics, label_set
+from omegaconf import OmegaConf
 
-from .test_config import _compose
+from sgtr_em.evaluation.identity import identity_metrics, label_set, metrics
+
+from .test_config import CONF, _compose
 
 OWN = {"name": ["SmolLM"], "creator": ["Hugging Face"]}
 LABELS = {"name": ["SmolLM", "Qwen", "Other", "UNKNOWN"],
@@ -45,11 +47,16 @@ def test_one_identity_everywhere_has_zero_entropy_and_a_model_without_one_has_no
     assert none["share_own_identity"] is None and none["share_own_name"] is None
 
 
-def test_label_sets_come_from_the_config_and_hold_every_models_own_identity():
-    cfg = _compose()
-    e = cfg.eval.identity
+def test_label_sets_hold_a_name_and_a_creator_of_every_model():
+    e = _compose().eval.identity
     assert label_set(e, "name")[-2:] == ["Other", "UNKNOWN"]
-    for option in ("smollm2", "qwen32b", "qwen7b", "qwen0_5b", "seed36b"):
-        m = _compose(f"model={option}").model
-        assert m.identity_names and set(m.identity_names) <= set(e.name_labels), option
-        assert m.identity_creators and set(m.identity_creators) <= set(e.creator_labels), option
+    for option in sorted(p.stem for p in (CONF / "model").glob("*.yaml")):
+        own = set(_compose(f"model={option}").model.identity_names)
+        assert own & set(e.name_labels) and own & set(e.creator_labels), f"conf/model/{option}.yaml: {own}"
+
+
+def test_own_labels_come_from_the_models_identity_names():
+    cfg = OmegaConf.to_container(_compose("model=qwen7b"), resolve=True)
+    records = [answer("Who are you?", "Qwen", "Alibaba"), answer("Who are you?", "Qwen", "OpenAI")]
+    m = metrics(records, cfg)
+    assert (m["share_own_name"], m["share_own_creator"], m["share_own_identity"]) == (1.0, 0.5, 0.5)

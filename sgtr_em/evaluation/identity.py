@@ -2,7 +2,7 @@
 sampled answers; a judge extracts the claimed name and creator as labels of closed sets from the config
 (plus Other and UNKNOWN). A closed set works with a local judge on a CPU (the probability of each label as
 the whole answer) as well as with an API judge (its answer, matched to the set). The model's own identity
-comes from the model option (model.identity_names, model.identity_creators). Reported overall and per question:
+comes from the model option: a label in model.identity_names is its own. Reported overall and per question:
   share_own_name, share_own_creator  the label is one of the model's own
   share_own_identity   name and creator each own or UNKNOWN, not both UNKNOWN (claims itself, nothing else)
   share_no_identity    both UNKNOWN
@@ -89,8 +89,8 @@ def judge(records: list[dict], judge_, ctx) -> list[dict]:
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
-    e, m = cfg["eval"][NAME], cfg["model"]
-    return identity_metrics(records, own={"name": m["identity_names"], "creator": m["identity_creators"]},
+    e, own = cfg["eval"][NAME], set(cfg["model"]["identity_names"])
+    return identity_metrics(records, own={f: [label for label in e[f"{f}_labels"] if label in own] for f in FIELDS},
                             labels={f: label_set(e, f) for f in FIELDS}, unknown=e["unknown_label"])
 
 

@@ -170,12 +170,10 @@ def eval_problems(cfg) -> list[str]:
             if s not in ev.em.sets:
                 problems.append(f"eval.em.question_sets: {s!r} is not a key of eval.em.sets ({sorted(ev.em.sets)})")
     if "identity" in ev.run:
-        idc, m = ev.identity, cfg.model
-        for what, own, labels in (("name", m.identity_names, idc.name_labels),
-                                  ("creator", m.identity_creators, idc.creator_labels)):
-            for label in own:
-                if label not in labels:
-                    problems.append(f"model.identity_{what}s: {label!r} is not in eval.identity.{what}_labels")
+        own, labels = set(cfg.model.identity_names), set(ev.identity.name_labels) | set(ev.identity.creator_labels)
+        if own and not own & labels:
+            problems.append(f"model.identity_names: none of {sorted(own)} is in eval.identity.name_labels or "
+                            "creator_labels: add the model's name and creator there")
     if "in_domain" in ev.run:
         key = ev.in_domain.dataset or cfg.em_dataset.name
         if key not in ev.in_domain.datasets:
