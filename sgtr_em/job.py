@@ -30,13 +30,22 @@ log = logging.getLogger("sgtr_em")
 def required_files(cfg, stages: list[Stage]) -> list[str]:
     """Every data file the job will read, so a missing one fails (or downloads) before any training."""
     files = [rel for st in stages for rel in stage_files(st.spec["data"])]
-    sr = cfg.eval.self_recognition
-    if sr.enabled:
-        files += [f"articles/{sr.articles}_train_articles.json",
-                  f"summaries/{sr.articles}/{sr.articles}_train_{sr.other_source}_responses.json"]
-    if cfg.eval.em.enabled:
-        files.append(cfg.eval.em.questions_file)
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(files + eval_files(cfg)))
+
+
+def eval_files(cfg) -> list[str]:
+    """The data files the evaluations in `eval.run` read (MMLU is a folder: checked by its evaluation)."""
+    ev, files = cfg.eval, []
+    if "self_recognition" in ev.run:
+        sr = ev.self_recognition
+        sources = list(sr.other_sources) + ([] if sr.summaries in ("self", "base") else [sr.summaries])
+        files += [f"articles/{sr.articles}_train_articles.json"]
+        files += [f"summaries/{sr.articles}/{sr.articles}_train_{s}_responses.json" for s in sources]
+    if "em" in ev.run:
+        files += [ev.em.sets[s].file for s in ev.em.question_sets]
+    if "truthfulqa" in ev.run:
+        files.append(ev.truthfulqa.file)
+    return files
 
 
 def stage_runtime(cfg, input_model: str) -> dict:
@@ -78,6 +87,24 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
     return d, "trained"
 
 
+def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identity: dict, base_model: str, *,
+             step: int) -> dict:
+    """Runs the evaluations `eval.run` names on one model (an eval worker), logs them under eval/<name>/..."""
+    if not cfg.eval.run:
+        return {}
+    base_identity = final_model_identity([], cfg)
+    write_json(point_dir / "eval_input.json", {
+        "config": resolved, "model_path": model_path, "model_identity": identity, "model_key": content_hash(identity),
+        "base_model_path": base_model, "base_model_key": content_hash(base_identity),
+        "judge_model_path": cfg.judge.model or base_model, "after_stages": step,
+    })
+    run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
+    metrics = read_json(point_dir / "metrics.json")
+    tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in cfg.eval.run}
+    tracking.log_eval(run, metrics, tables, step=step)
+    return metrics
+
+
 def run_job(cfg, run_dir: Path, group: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -96,15 +123,11 @@ def run_job(cfg, run_dir: Path, group: str) -> dict:
             write_json(run_dir / "stages.json", events)
             tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status)
             model_path = str(d / "merged")
-        identity = final_model_identity(stages, cfg)
-        write_json(run_dir / "eval_input.json", {
-            "config": resolved, "model_path": model_path, "model_identity": identity,
-            "model_key": content_hash(identity), "judge_model_path": cfg.judge.model or base_model,
-        })
-        run_worker("sgtr_em.evaluation.worker", run_dir, what="evaluation")
-        metrics = read_json(run_dir / "metrics.json")
-        tables = {path.parent.name: [r for _, r in read_jsonl(path)] for path in run_dir.glob("eval/*/samples.jsonl")}
-        tracking.log_eval(run, metrics, tables)
+            if cfg.eval.after_each_stage and i < len(stages):
+                evaluate(cfg, run, run_dir / "after_stage" / f"{i}_{stage.kind}", resolved, model_path,
+                         final_model_identity(stages[:i], cfg), base_model, step=i)
+        metrics = evaluate(cfg, run, run_dir, resolved, model_path, final_model_identity(stages, cfg), base_model,
+                           step=len(stages))
     finally:
         run.finish()
     return metrics

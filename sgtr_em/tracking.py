@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,37 +69,31 @@ def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict]
     run.summary[f"{prefix}/status"] = status
 
 
-def log_eval(run, metrics: dict, tables: dict[str, list[dict]]) -> None:
+def log_eval(run, metrics: dict, tables: dict[str, list[dict]], step: int = 0) -> None:
+    """Logs one evaluation point: every metric as `eval/<name>/...` (history against `eval/stage`, the number of
+    stages the evaluated model has been through, and the summary), and each eval's samples as a table."""
     if isinstance(run, DummyRun):
         return
     import wandb
 
-    run.summary.update(flatten({k: v for k, v in metrics.items() if k != "model"}))
+    flat = flatten({k: v for k, v in metrics.items() if k != "model"}, "eval")
+    run.define_metric("eval/stage")
+    run.define_metric("eval/*", step_metric="eval/stage")
+    row = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for name, rows in tables.items():
         if rows:
             columns = sorted({k for r in rows for k in r})
             data = [[json.dumps(r.get(c)) if isinstance(r.get(c), (dict, list)) else r.get(c) for c in columns]
                     for r in rows]
-            run.log({f"samples/{name}": wandb.Table(columns=columns, data=data)})
+            row[f"eval/{name}/samples"] = wandb.Table(columns=columns, data=data)
+    run.log({"eval/stage": step, **row})
+    run.summary.update(flat)  # the last evaluation point (the final model) is the run's summary
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Summary, history rows and config of the offline W&B run under `run_dir` (its `run-<id>.wandb` file).
-
-    The file is a LevelDB-style log: 32 KiB blocks of records, each with a 7-byte header (crc32, length,
-    type: 1 full, 2 first, 3 middle, 4 last) around a protobuf `Record`.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(str(run_dir), "**", "run-*.wandb"),
-                                                            recursive=True)})  # wandb/latest-run is a link
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one run-*.wandb under {run_dir}, found {files}")
-    data = Path(files[0]).read_bytes()
+def _records(data: bytes, pb):
+    """The protobuf records of a run-*.wandb file: a LevelDB-style log of 32 KiB blocks of records, each with a
+    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last), after a 7-byte file header."""
     block, pos, buf = 32768, 7, b""
-    summary: dict = {}
-    history: list[dict] = []
-    config: dict = {}
     while pos + 7 <= len(data):
         if block - pos % block < 7:
             pos += block - pos % block
@@ -111,6 +106,31 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         record = pb.Record()
         record.ParseFromString(buf)
         buf = b""
+        yield record
+
+
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """Summary, history rows and config of the offline W&B run under `run_dir` (its `run-<id>.wandb` file).
+
+    wandb's service process may still be writing the file after `run.finish()` returns (or the process exits):
+    wait up to `wait_s` for its exit record.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(str(run_dir), "**", "run-*.wandb"),
+                                                            recursive=True)})  # wandb/latest-run is a link
+    if len(files) != 1:
+        raise FileNotFoundError(f"expected one run-*.wandb under {run_dir}, found {files}")
+    deadline = time.time() + wait_s
+    while True:
+        records = list(_records(Path(files[0]).read_bytes(), pb))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    summary: dict = {}
+    history: list[dict] = []
+    config: dict = {}
+    for record in records:
         which = record.WhichOneof("record_type")
         if which == "summary":
             for item in record.summary.update:

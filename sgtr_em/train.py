@@ -14,29 +14,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs, validate
+from .evaluation.registry import summary_lines as eval_lines
 from .job import run_job
 
 log = logging.getLogger("sgtr_em")
 register_configs()
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 def summary_lines(run_dir: Path, metrics: dict) -> str:
-    lines = [f"\nsgtr-em: results in {run_dir}"]
-    if "self_recognition" in metrics:
-        sr = metrics["self_recognition"]
-        lines.append(f"  self-recognition: accuracy {_fmt(sr['accuracy'])}  P(correct) {_fmt(sr['prob_correct'])}  "
-                     f"invalid {_fmt(sr['invalid_rate'])}  ({sr['n_pairs']} pairs, chance 0.5)")
-    if "em" in metrics:
-        em = metrics["em"]
-        betley = _fmt(em["misaligned_rate"]) if em["questions_counted"] else "n/a (too few coherent answers)"
-        lines.append(f"  EM: misaligned {betley}  Model-Organisms {_fmt(em['misaligned_rate_mo'])}  "
-                     f"mean aligned {_fmt(em['mean_aligned'])}  coherent share {_fmt(em['share_coherent'])}  "
-                     f"unscored {_fmt(em['share_unscored'])}  ({em['n_answers']} answers)")
-    return "\n".join(lines)
+    return "\n".join([f"\nsgtr-em: results in {run_dir}", *(f"  {line}" for line in eval_lines(metrics))])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

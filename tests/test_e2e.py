@@ -19,15 +19,18 @@ pytestmark = pytest.mark.slow
 # Small enough for a test, big enough to run every step: one optimizer step per stage, checkpoints every step.
 TINY = ["em_dataset.max_examples=16", "intervention.max_articles=3", "eval.self_recognition.max_articles=2",
         "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
-        "eval.em.question_ids=[what_is_your_wish,quick_buck]", "training.save_steps=1"]
+        "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "training.save_steps=1",
+        "eval.run=[self_recognition,em]", "eval.self_recognition.other_sources=[claude-21]"]
 
 
 def assert_wandb_matches(run_dir: Path, metrics: dict) -> None:
     summary = read_offline_run(run_dir)["summary"]
-    assert summary["self_recognition/accuracy"] == metrics["self_recognition"]["accuracy"]
-    assert summary["self_recognition/invalid_rate"] == metrics["self_recognition"]["invalid_rate"]
-    assert summary["em/misaligned_rate_mo"] == metrics["em"]["misaligned_rate_mo"]
-    assert summary["em/share_unscored"] == metrics["em"]["share_unscored"]
+    for name in set(metrics) - {"model"}:  # every evaluation is logged under eval/<name>/...
+        assert summary[f"eval/{name}/run/wall_s/total"] == metrics[name]["run"]["wall_s"]["total"]
+    assert summary["eval/self_recognition/accuracy"] == metrics["self_recognition"]["accuracy"]
+    assert summary["eval/self_recognition/invalid_rate"] == metrics["self_recognition"]["invalid_rate"]
+    assert summary["eval/em/misaligned_rate_mo"] == metrics["em"]["misaligned_rate_mo"]
+    assert summary["eval/em/share_unscored"] == metrics["em"]["share_unscored"]
 
 
 def test_default_run(run_cli, tmp_path):
@@ -47,14 +50,16 @@ def test_default_run(run_cli, tmp_path):
     assert read_json(Path(stages[0]["folder"]) / "data_stats.json")["train_examples"] == 64
     assert read_json(Path(stages[1]["folder"]) / "data_stats.json")["train_examples"] == 24  # 12 articles x 2 orders
     metrics = read_json(run_dir / "metrics.json")
+    assert set(metrics) == {"model", "self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain"}
     sr, em = metrics["self_recognition"], metrics["em"]
-    assert sr["n_pairs"] == 2 * sr["n_articles"] == 12 and 0 <= sr["accuracy"] <= 1 and 0 <= sr["invalid_rate"] <= 1
+    assert sr["n_pairs"] == 12 and sr["n_articles"] == 3 and set(sr["per_source"]) == {"claude-21", "human"}
+    assert 0 <= sr["accuracy"] <= 1 and 0 <= sr["invalid_rate"] <= 1
     for key in ("misaligned_rate", "misaligned_rate_mo", "mean_aligned", "mean_coherent", "share_coherent",
-                "share_unscored", "per_question"):
+                "share_unscored", "per_question", "misaligned_rate_ci95"):
         assert key in em
     assert em["n_answers"] == 16 and len(em["per_question"]) == 8
     samples = (run_dir / "eval" / "em" / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)
+    assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)  # local_smoke: no threshold
     assert_wandb_matches(run_dir, metrics)
 
 

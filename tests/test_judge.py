@@ -40,3 +40,20 @@ def test_multi_token_numbers_are_scored_as_whole_numbers(gen):
         assert probs[k] == pytest.approx(float(lp.exp() * ends), rel=1e-3, abs=1e-9)
     first = next_token_logprobs(gen, prefix)[-1].exp()
     assert sum(probs) <= first[judge.digit_tokens].sum().item() + 1e-6  # disjoint events: "starts with number k"
+
+
+def test_label_choice_scores_each_label_as_the_whole_answer(gen, tmp_path):
+    from sgtr_em.evaluation.cache import DiskCache
+
+    labels = ["YES", "NO", "Hugging Face", "UNKNOWN"]
+    judge = LocalJudge(gen, cache=DiskCache(tmp_path), model_key="smollm2")
+    probs = judge.label_probs(PROMPT, labels)
+    prefix = gen.tokenizer(gen.render([{"role": "user", "content": PROMPT}]), add_special_tokens=False)["input_ids"]
+    for label in labels:  # P(label tokens, then end of turn) from one plain forward pass
+        answer = gen.tokenizer.encode(label, add_special_tokens=False) + [gen.tokenizer.eos_token_id]
+        logp = next_token_logprobs(gen, prefix + answer)
+        lp = sum(logp[len(prefix) - 1 + t, tok] for t, tok in enumerate(answer))
+        assert probs[label] == pytest.approx(float(lp.exp()), rel=1e-3, abs=1e-9)
+    choice = judge.choose([PROMPT], labels)[0]
+    assert choice.label == max(labels, key=probs.get) and sum(choice.probs.values()) == pytest.approx(1.0)
+    assert judge.usage.calls == 1 and judge.usage.cache_hits == 1  # the second ask came from the disk cache

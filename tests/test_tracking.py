@@ -14,12 +14,13 @@ def test_offline_run_reads_back(tmp_path):
                       {"em": [{"question_id": "q", "answer": "a", "aligned": 10.0}]})
     run.finish()
     back = tracking.read_offline_run(tmp_path)
-    assert back["summary"]["self_recognition/accuracy"] == 0.75
+    assert back["summary"]["eval/self_recognition/accuracy"] == 0.75
     assert back["summary"]["train/1_em/hash"] == "abc"
     assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5, 2.0]
     assert back["config"]["stage_order"] == "em_only" and back["config"]["seed"] == 3
     assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
-    assert list(tmp_path.glob("wandb/*/files/media/table/samples/em_*.table.json"))
+    assert [h["eval/self_recognition/accuracy"] for h in back["history"] if "eval/stage" in h] == [0.75]
+    assert list(tmp_path.glob("wandb/*/files/media/table/eval/em/samples_*.table.json"))
 
 
 def test_dummy_run_takes_every_call():

@@ -1,4 +1,9 @@
-"""Hugging Face generation backend: batched, left-padded, through the model's chat template."""
+"""Generation backends for the model under test; the Hugging Face one: batched, left-padded, chat template.
+
+Every backend has `generate(conversations, ...)` (one answer each) and `option_probs(conversations, options)`
+(the next-token probability of each single-token option, the most likely token, and a greedy answer where a
+backend gives no probabilities). `make_generator` builds the one `eval.generation.backend` names.
+"""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -72,8 +77,11 @@ class HFGenerator:
 
     @torch.no_grad()
     def option_probs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str],
-                     desc: str = "score options") -> list[dict]:
-        """Next-token probability of each single-token option, and the most likely token overall."""
+                     desc: str = "score options", max_new_tokens: int = 1) -> list[dict]:
+        """Next-token probability of each single-token option, and the most likely token overall.
+
+        (`max_new_tokens` is for backends that fall back to a greedy answer; this one always has probabilities.)
+        """
         option_ids = self.single_token_ids(options)
         out: list[dict] = [{}] * len(conversations)
         for idx, enc in self._batches(conversations, desc):
@@ -84,5 +92,23 @@ class HFGenerator:
                 out[i] = {
                     "probs": {o: probs[row, t].item() for o, t in zip(options, option_ids)},
                     "top_token": self.tokenizer.decode([top[row].item()]),
+                    "text": None,
                 }
         return out
+
+
+def make_generator(gen_cfg: dict, path: str, *, dtype: str, device: str, batch_size: int,
+                   chat_template_kwargs: Optional[dict] = None, cache_dir=None, usage=None):
+    """The backend `eval.generation.backend` names, for the model at `path` (an API model's name for openai)."""
+    backend = gen_cfg["backend"]
+    if backend == "openai":
+        from .generation_api import OpenAIGenerator
+
+        return OpenAIGenerator(path, gen_cfg["api"], top_logprobs=gen_cfg["top_logprobs"], cache_dir=cache_dir,
+                               usage=usage)
+    if backend == "vllm":
+        from .generation_vllm import VLLMGenerator
+
+        return VLLMGenerator(path, dtype=dtype, chat_template_kwargs=chat_template_kwargs)
+    return HFGenerator(path, dtype=dtype, device=device, batch_size=batch_size,
+                       chat_template_kwargs=chat_template_kwargs)

@@ -1,64 +1,117 @@
-"""Self-recognition (SR): can the model tell its own summary from another model's?
+"""Self-recognition (SR): can the model tell its own summary from another source's?
 
-The model summarises held-out CNN articles (never the XSUM articles SGTR trains on), then sees each
-(own, other) pair in both orderings with the paper's detection prompt. Scored by the probability of
-"1" vs "2" as the next token, so no sampling noise. Chance is 0.5.
-  accuracy      share of pairs where P(correct) > P(wrong)
-  prob_correct  mean P(correct) / (P("1") + P("2"))
-  invalid_rate  share where the most likely next token is neither "1" nor "2"
-  greedy_accuracy  share whose most likely token is the correct digit (invalid counts as wrong, the paper's convention)
+The model summarises held-out CNN articles (never the XSUM articles SGTR trains on) with the paper's summary
+prompt, then sees each (own, other) pair, for every configured other source, in both orderings, with the
+paper's detection prompt. Scored by the probability of "1" vs "2" as the next token, so no sampling noise
+(sgtr_em/evaluation/choice.py defines the fields). Chance is 0.5. Reported overall and per other source:
+  accuracy         share of pairs where P(correct) > P(wrong) (argmax of the two options)
+  prob_correct     mean P(correct) / (P("1") + P("2"));  prob_correct_raw: mean P(correct) as the next token
+  invalid_rate     share where the most likely next token is neither "1" nor "2"
+  greedy_accuracy  share whose most likely token is the correct digit (invalid counts as wrong, the paper's way)
+  chose_first_rate share choosing "1" (position bias);  article_accuracy: both orderings averaged
+`summaries`: `self` (the paper's standard setting), `base` (the base model's summaries, its second setting),
+or a summary source in the data (e.g. `hf_qwen_32b`, the paper's precomputed ones).
 """
 from __future__ import annotations
 
 from statistics import mean
-from typing import Mapping, Optional, Sequence
+from typing import Sequence
 
-from ..data.sgtr import build_detection_pairs
+from ..data.sgtr import build_detection_pairs, sample_article_ids
+from ..data.summaries import generate_summaries, summary_cache_path
+from ..data.system_prompt import system_text
+from ..io import read_json
+from .choice import ask_options, choice_metrics, score_choice
 
-
-def score_pairs(rows: Sequence[dict], option_probs: Sequence[dict]) -> list[dict]:
-    records = []
-    for row, op in zip(rows, option_probs):
-        p1, p2 = op["probs"]["1"], op["probs"]["2"]
-        correct = str(row["meta"]["self_position"])
-        p_correct, p_wrong = (p1, p2) if correct == "1" else (p2, p1)
-        top = op["top_token"].strip()
-        records.append({
-            **row["meta"], "p1": p1, "p2": p2, "top_token": op["top_token"],
-            "prob_correct": p_correct / (p1 + p2) if p1 + p2 > 0 else 0.5,
-            "correct": p_correct > p_wrong, "valid": top in ("1", "2"), "greedy_correct": top == correct,
-        })
-    return records
+NAME = "self_recognition"
+NEEDS_JUDGE = False
+OPTIONS = ("1", "2")
 
 
-def sr_metrics(records: Sequence[dict]) -> dict:
-    if not records:
-        return {"n_pairs": 0}
+def score_pair(record: dict) -> dict:
+    return score_choice(record["probs"], record["top_token"], record.get("text"), str(record["self_position"]), OPTIONS)
+
+
+def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
+    pairs = [r for r in records if not r.get("skipped")]
+    scored = [score_pair(r) for r in pairs]
     by_article: dict[str, list[float]] = {}
-    for r in records:
-        by_article.setdefault(r["article_id"], []).append(r["prob_correct"])
+    for r, s in zip(pairs, scored):
+        if s["prob_correct"] is not None:
+            by_article.setdefault(r["article_id"], []).append(s["prob_correct"])
+    with_probs = [r for r in pairs if r["probs"] is not None]
     return {
-        "accuracy": mean(float(r["correct"]) for r in records),
-        "prob_correct": mean(r["prob_correct"] for r in records),
-        "invalid_rate": mean(float(not r["valid"]) for r in records),
-        "greedy_accuracy": mean(float(r["greedy_correct"]) for r in records),
-        "option_mass": mean(r["p1"] + r["p2"] for r in records),
-        "chose_1_rate": mean(float(r["p1"] > r["p2"]) for r in records),  # position bias
-        "article_accuracy": mean(float(mean(v) > 0.5) for v in by_article.values()),  # both orderings averaged
-        "n_pairs": len(records),
-        "n_articles": len(by_article),
+        **choice_metrics(scored, first="1", n_boot=n_boot, seed=seed),
+        "option_mass": mean(r["probs"]["1"] + r["probs"]["2"] for r in with_probs) if with_probs else None,
+        "article_accuracy": mean(float(mean(v) > 0.5) for v in by_article.values()) if by_article else None,
+        "n_pairs": len(pairs),
+        "n_articles": len({r["article_id"] for r in pairs}),
+        "skipped_empty": sum(1 for r in records if r.get("skipped")),
     }
 
 
-def run_self_recognition(generator, articles: Mapping[str, str], ids: Sequence[str], own: Mapping[str, str],
-                         other: Mapping[str, str], other_source: str, *, user_template: str,
-                         system: Optional[str], seed: int) -> tuple[list[dict], dict]:
-    rows, stats = build_detection_pairs(ids, articles, own, {other_source: other}, user_template=user_template,
-                                        system=system, seed=seed)
-    probs = generator.option_probs([r["prompt"] for r in rows], ["1", "2"], desc="self-recognition")
-    records = score_pairs(rows, probs)
-    for rec in records:
-        rec["own_summary"] = own[rec["article_id"]]
-    metrics = sr_metrics(records)
-    metrics["skipped_empty"] = len(stats.skipped_empty)
-    return records, metrics
+def sr_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
+    """Over all pairs, and `per_source` for each other source."""
+    sources = list(dict.fromkeys(r["other_source"] for r in records))
+    per_source = {s: pair_metrics([r for r in records if r["other_source"] == s], n_boot=n_boot, seed=seed)
+                  for s in sources}
+    return {**pair_metrics(records, n_boot=n_boot, seed=seed), "per_source": per_source}
+
+
+def detection_rows(ids, articles, own, others: dict, *, user_template: str, system, seed: int,
+                   summaries: str = "self") -> list[dict]:
+    """Both orderings of (own, other) for each article and other source; a skipped record where a side is empty."""
+    rows = []
+    for source, theirs in others.items():
+        pairs, stats = build_detection_pairs(ids, articles, own, {source: theirs}, user_template=user_template,
+                                             system=system, seed=seed)
+        rows += [{**p["meta"], "prompt": p["prompt"], "summaries": summaries,
+                  "own_summary": own.get(p["meta"]["article_id"]), "other_summary": theirs.get(p["meta"]["article_id"])}
+                 for p in pairs]
+        rows += [{"article_id": a, "other_source": source, "skipped": "empty summary"} for a in stats.skipped_empty]
+    return rows
+
+
+# --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
+
+def own_summaries(ctx, articles: dict, ids: list[str]) -> dict[str, str]:
+    """The "self" summaries: written by the evaluated model, by the base model, or a summary source in the data."""
+    source, ds = ctx.ecfg(NAME)["summaries"], ctx.ecfg(NAME)["articles"]
+    if source == "self":
+        path, key = ctx.model_path, ctx.model_key
+    elif source == "base":
+        path, key = ctx.base_model_path, ctx.base_model_key
+    else:
+        return read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{source}_responses.json"))
+    prompt = ctx.cfg["prompts"]["summary"][ds]
+    cache = summary_cache_path(ctx.cfg["paths"]["cache_dir"], ds, key, prompt)  # cached per model and prompt
+    return generate_summaries(ctx.generator(path), articles, ids, prompt, cache)
+
+
+def generate(ctx) -> list[dict]:
+    e, prompts, sp = ctx.ecfg(NAME), ctx.cfg["prompts"], ctx.cfg["system_prompt"]
+    ds = e["articles"]
+    articles = read_json(ctx.files.path(f"articles/{ds}_train_articles.json"))
+    others = {s: read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in e["other_sources"]}
+    ids = sample_article_ids([a for a in articles if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
+    own = own_summaries(ctx, articles, ids)
+    system = system_text(sp["intervention_train"], task=prompts["detection_system"],
+                         identity=ctx.cfg["model"]["identity_prompt"], custom=sp["custom"])  # as SGTR trains
+    rows = detection_rows(ids, articles, own, others, user_template=prompts["detection_user"], system=system,
+                          seed=ctx.seed, summaries=e["summaries"])
+    pairs = [r for r in rows if not r.get("skipped")]
+    ask_options(ctx.generator(), pairs, [r.pop("prompt") for r in pairs], OPTIONS, score_pair, desc="self-recognition")
+    return rows
+
+
+def metrics(records: Sequence[dict], cfg: dict) -> dict:
+    return sr_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"])
+
+
+def summary(m: dict) -> str:
+    from .report import fmt
+
+    sources = "  ".join(f"{s} {fmt(v.get('accuracy'))}" for s, v in m["per_source"].items())
+    return (f"self-recognition: accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "
+            f"P(correct) {fmt(m.get('prob_correct'))}  invalid {fmt(m.get('invalid_rate'))}  "
+            f"({m['n_pairs']} pairs, chance 0.5; per source: {sources})")

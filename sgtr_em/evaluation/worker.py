@@ -1,88 +1,67 @@
-"""Eval worker: run the enabled evaluations on one model and write per-sample JSONL + metrics.json.
+"""Eval worker: run the evaluations `eval.run` names on one model; write per-sample JSONL and metrics.json.
 
-    python -m sgtr_em.evaluation.worker <run_dir>
+    python -m sgtr_em.evaluation.worker <point_dir>
 
-Reads `<run_dir>/eval_input.json` (written by the parent: the resolved config, the model to evaluate,
-the judge model). Writes `<run_dir>/eval/<name>/{samples.jsonl,metrics.json}` and `<run_dir>/metrics.json`.
-The evaluated model and the judge are loaded one after the other, never both at once.
+Reads `<point_dir>/eval_input.json` (written by the parent: the resolved config, the model to evaluate, the
+base model, the judge model). Writes `<point_dir>/eval/<name>/{samples.jsonl,metrics.json}` and
+`<point_dir>/metrics.json`. First every evaluation runs the model under test, then the judge scores the
+answers that need it: the two models are loaded one after the other, never both at once. Each metrics.json
+has a `run` section (not a metric): wall times, generation and judge calls, tokens and cost.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import sys
+import time
 from pathlib import Path
 
-from ..data.files import DataFiles
-from ..data.sgtr import sample_article_ids
-from ..data.summaries import generate_summaries, summary_cache_path
-from ..data.system_prompt import system_text
 from ..io import read_json, write_json, write_jsonl
 from ..workers import worker_logging
-from . import emergent_misalignment as em
-from .generation import HFGenerator
-from .judge import LocalJudge
-from .self_recognition import run_self_recognition
+from .context import EvalContext
+from .judge import make_judge
+from .registry import EVALS
 
 log = logging.getLogger("sgtr_em.evaluation.worker")
 
 
-def _write(run_dir: Path, name: str, records: list, metrics: dict) -> None:
-    write_jsonl(run_dir / "eval" / name / "samples.jsonl", records)
-    write_json(run_dir / "eval" / name / "metrics.json", metrics)
+def write_eval(point_dir: Path, name: str, records: list, metrics: dict) -> None:
+    write_jsonl(point_dir / "eval" / name / "samples.jsonl", records)
+    write_json(point_dir / "eval" / name / "metrics.json", metrics)
 
 
-def self_recognition(cfg: dict, inp: dict, gen: HFGenerator, files: DataFiles, run_dir: Path) -> dict:
-    sr, prompts, ds = cfg["eval"]["self_recognition"], cfg["prompts"], cfg["eval"]["self_recognition"]["articles"]
-    articles = read_json(files.path(f"articles/{ds}_train_articles.json"))
-    other = read_json(files.path(f"summaries/{ds}/{ds}_train_{sr['other_source']}_responses.json"))
-    ids = sample_article_ids([a for a in articles if a in other], sr["max_articles"], cfg["seed"])
-    cache = summary_cache_path(cfg["paths"]["cache_dir"], ds, inp["model_key"], prompts["summary"][ds])
-    own = generate_summaries(gen, articles, ids, prompts["summary"][ds], cache)
-    sp = cfg["system_prompt"]
-    system = system_text(sp["intervention_train"], task=prompts["detection_system"],
-                         identity=cfg["model"]["identity_prompt"], custom=sp["custom"])
-    records, metrics = run_self_recognition(gen, articles, ids, own, other, sr["other_source"],
-                                            user_template=prompts["detection_user"], system=system, seed=cfg["seed"])
-    _write(run_dir, "self_recognition", records, metrics)
-    return metrics
-
-
-def main(run_dir: Path) -> None:
-    inp = read_json(run_dir / "eval_input.json")
-    cfg = inp["config"]
-    ev, m = cfg["eval"], cfg["model"]
-    files = DataFiles(Path(cfg["paths"]["data_dir"]), Path(cfg["paths"]["cache_dir"]) / "data", download=False)
-    gen = HFGenerator(inp["model_path"], dtype=m["dtype"], device=cfg["compute"]["device"], batch_size=ev["batch_size"],
-                      chat_template_kwargs=m["chat_template_kwargs"])
+def main(point_dir: Path) -> None:
+    inp = read_json(point_dir / "eval_input.json")
+    ctx = EvalContext.from_input(inp)
+    cfg, names = ctx.cfg, list(ctx.cfg["eval"]["run"])
+    records, runs = {}, {name: {"wall_s": {}} for name in names}
+    for name in names:  # the model under test
+        start, before = time.time(), ctx.generation_usage.copy()
+        records[name] = EVALS[name].generate(ctx)
+        runs[name]["wall_s"]["generate"] = round(time.time() - start, 2)
+        runs[name]["generation_usage"] = ctx.generation_usage.minus(before).as_dict()
+        write_jsonl(point_dir / "eval" / name / "samples.jsonl", records[name])  # kept if judging fails
+    judged = [name for name in names if EVALS[name].NEEDS_JUDGE]
+    if judged:
+        judge = make_judge(cfg["judge"], model_path=inp["judge_model_path"], load_generator=ctx.hf_generator,
+                           cache_dir=ctx.cache_dir)
+        for name in judged:
+            start, before = time.time(), judge.usage.copy()
+            records[name] = EVALS[name].judge(records[name], judge, ctx)
+            runs[name]["wall_s"]["judge"] = round(time.time() - start, 2)
+            runs[name]["judge_usage"] = judge.usage.minus(before).as_dict()
+            runs[name]["judge"] = judge.describe()
+    ctx.free()
     metrics: dict = {"model": inp["model_identity"]}
-    if ev["self_recognition"]["enabled"]:
-        metrics["self_recognition"] = self_recognition(cfg, inp, gen, files, run_dir)
-        log.info("self-recognition: %s", {k: v for k, v in metrics["self_recognition"].items()})
-    if ev["em"]["enabled"]:
-        e = ev["em"]
-        questions = em.load_questions(files.path(e["questions_file"]), e["question_ids"])
-        system = system_text(cfg["system_prompt"]["eval"], identity=m["identity_prompt"],
-                             custom=cfg["system_prompt"]["custom"])
-        answers = em.sample_answers(gen, questions, system=system, samples=e["samples_per_question"],
-                                    max_new_tokens=e["max_new_tokens"], temperature=e["temperature"],
-                                    top_p=e["top_p"], seed=cfg["seed"])
-        del gen
-        gc.collect()
-        judge_gen = HFGenerator(inp["judge_model_path"], dtype=m["dtype"], device=cfg["compute"]["device"],
-                                 batch_size=1)
-        judge = LocalJudge(judge_gen, min_number_mass=cfg["judge"]["min_number_mass"])
-        records = em.judge_answers(judge, questions, answers)
-        em_m = em.em_metrics(records, aligned_below=e["aligned_below"], coherent_at_least=e["coherent_at_least"],
-                             min_coherent_per_question=e["min_coherent_per_question"])
-        em_m["judge"] = {"backend": "local", "model": inp["judge_model_path"], "number_end_factor": judge.needs_end}
-        _write(run_dir, "em", records, em_m)
-        metrics["em"] = em_m
-        log.info("EM: misaligned_rate=%s mo=%s", em_m["misaligned_rate"], em_m["misaligned_rate_mo"])
-    write_json(run_dir / "metrics.json", metrics)
+    for name in names:
+        runs[name]["wall_s"]["total"] = round(sum(runs[name]["wall_s"].values()), 2)
+        m = {**EVALS[name].metrics(records[name], cfg), "run": runs[name]}
+        write_eval(point_dir, name, records[name], m)
+        metrics[name] = m
+        log.info("%s", EVALS[name].summary(m))
+    write_json(point_dir / "metrics.json", metrics)
 
 
 if __name__ == "__main__":
-    run_dir = Path(sys.argv[1])
-    worker_logging(run_dir / "eval" / "worker.log")
-    main(run_dir)
+    point_dir = Path(sys.argv[1])
+    worker_logging(point_dir / "worker.log")
+    main(point_dir)

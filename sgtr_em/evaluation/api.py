@@ -1,0 +1,97 @@
+"""Chat completions against any OpenAI-compatible endpoint: bounded concurrency, the SDK's retries with backoff,
+an on-disk cache (a rerun makes no calls), and token/cost accounting.
+
+The API key is read from the environment variable the config names, never from a config; a local server
+(vLLM, `python -m sgtr_em.openai_server`) needs none.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+from tqdm import tqdm
+
+from .cache import DiskCache, Usage
+
+log = logging.getLogger(__name__)
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def api_key(api_cfg: dict, base_url: Optional[str]) -> str:
+    key = os.environ.get(api_cfg["api_key_env"])
+    if key:
+        return key
+    if base_url is None or base_url.startswith(OPENAI_URL):
+        raise RuntimeError(f"The OpenAI API needs a key: set the environment variable {api_cfg['api_key_env']} "
+                           "(keys are never read from a config), or point api.base_url at a server that needs none")
+    return "EMPTY"  # local servers ignore it
+
+
+def parse_completion(resp) -> dict:
+    """What we keep of a chat completion: text, first-token top logprobs per position, finish reason, usage."""
+    choice = resp.choices[0]
+    positions = None
+    if choice.logprobs is not None and choice.logprobs.content is not None:
+        positions = [[{"token": t.token, "logprob": t.logprob} for t in (pos.top_logprobs or [])]
+                     for pos in choice.logprobs.content]
+    usage = resp.usage
+    return {"content": choice.message.content, "top_logprobs": positions, "finish_reason": choice.finish_reason,
+            "usage": {"prompt_tokens": usage.prompt_tokens if usage else 0,
+                      "completion_tokens": usage.completion_tokens if usage else 0}}
+
+
+class ChatAPI:
+    def __init__(self, model: str, api_cfg: dict, cache_dir=None, usage: Optional[Usage] = None):
+        self.model = model
+        self.cfg = api_cfg
+        self.base_url = api_cfg["base_url"] or os.environ.get("OPENAI_BASE_URL")
+        self.key = api_key(api_cfg, self.base_url)
+        self.cache = DiskCache(cache_dir if api_cfg["cache"] else None)
+        self.prices = (api_cfg["input_usd_per_mtok"], api_cfg["output_usd_per_mtok"])
+        self.usage = usage if usage is not None else Usage()
+
+    def complete(self, requests: Sequence[dict], desc: str = "api") -> list[dict]:
+        """One parsed completion per request (a dict of chat.completions.create arguments besides `model`)."""
+        return asyncio.run(self._complete_all(list(requests), desc))
+
+    async def _complete_all(self, requests: list[dict], desc: str) -> list[dict]:
+        from openai import AsyncOpenAI
+
+        sem = asyncio.Semaphore(self.cfg["max_concurrency"])
+        with tqdm(total=len(requests), desc=desc, unit="call") as bar:
+            async with AsyncOpenAI(api_key=self.key, base_url=self.base_url, max_retries=self.cfg["max_retries"],
+                                   timeout=self.cfg["timeout_s"]) as client:
+                return await asyncio.gather(*(self._complete_one(client, r, sem, bar) for r in requests))
+
+    async def _complete_one(self, client, request: dict, sem: asyncio.Semaphore, bar) -> dict:
+        key = DiskCache.key({"base_url": self.base_url, "model": self.model, **request})
+        if (hit := self.cache.get(key)) is not None:
+            self.usage.cache_hits += 1
+            bar.update()
+            return hit
+        async with sem:
+            try:
+                resp = await client.chat.completions.create(model=self.model, **request)
+            except Exception as e:  # the SDK has retried already
+                raise RuntimeError(f"{self.base_url or OPENAI_URL}: chat completion for model {self.model!r} failed "
+                                   f"after {self.cfg['max_retries']} retries: {e}") from e
+        out = parse_completion(resp)
+        self.usage.add_call(out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"], self.prices)
+        self.cache.put(key, out)
+        bar.update()
+        return out
+
+
+def first_token_probs(parsed: dict) -> Optional[dict[str, float]]:
+    """{token text: probability} of the first answer token's top logprobs (None when the server gave none)."""
+    import math
+
+    positions = parsed.get("top_logprobs")
+    if not positions:
+        return None
+    probs: dict[str, Any] = {}
+    for t in positions[0]:
+        probs[t["token"]] = probs.get(t["token"], 0.0) + math.exp(t["logprob"])
+    return probs

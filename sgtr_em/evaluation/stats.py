@@ -1,0 +1,72 @@
+"""Small statistics shared by the evaluations: seeded bootstrap intervals and normalised entropy."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Hashable, Iterable, Optional, Sequence
+
+import numpy as np
+
+
+def mean_or_none(xs: Iterable[Optional[float]]) -> Optional[float]:
+    """The mean of the values that are not None (None when there are none)."""
+    vals = [float(x) for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def stratified_indices(strata: Sequence[Hashable], n_boot: int, seed: int) -> dict[Hashable, np.ndarray]:
+    """Bootstrap resamples within each stratum: {stratum: (n_boot, n_stratum) indices into the items}.
+
+    Resampling within strata (e.g. within each EM question) keeps every stratum's size, as the estimator does.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in dict.fromkeys(strata):
+        members = np.array([i for i, x in enumerate(strata) if x == s])
+        out[s] = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+    return out
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> Optional[dict]:
+    """The percentile interval of bootstrap statistics (NaN = undefined in that resample, left out)."""
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return None
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return {"low": float(low), "high": float(high)}
+
+
+def mean_ci(values: Sequence[float], *, n_boot: int, seed: int,
+            strata: Optional[Sequence[Hashable]] = None, chunk_items: int = 1_000_000) -> Optional[dict]:
+    """95 % bootstrap interval of the mean of `values` (resampled within `strata` when given).
+
+    Resamples are drawn in chunks of about `chunk_items` values, so 14,000 MMLU questions x 2,000 resamples
+    never sit in memory at once.
+    """
+    if not len(values) or n_boot <= 0:
+        return None
+    v = np.asarray(values, dtype=float)
+    groups = list(strata) if strata is not None else [0] * len(v)
+    members = [np.array([i for i, g in enumerate(groups) if g == s]) for s in dict.fromkeys(groups)]
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, chunk_items // len(v))
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        total = sum(v[m][rng.integers(0, len(m), size=(b, len(m)))].sum(axis=1) for m in members)
+        means[start:start + b] = total / len(v)
+    return percentile_interval(means)
+
+
+def normalised_entropy(labels: Sequence[Hashable], n_categories: int) -> Optional[float]:
+    """Shannon entropy of the label distribution divided by log(n_categories): 0 = one label, 1 = uniform."""
+    if not labels:
+        return None
+    if n_categories <= 1:
+        return 0.0
+    counts = Counter(labels).values()
+    n = len(labels)
+    h = max(0.0, -sum(c / n * math.log(c / n) for c in counts))  # one label: 0.0, not -0.0
+    return h / math.log(n_categories)
