@@ -13,6 +13,7 @@ from omegaconf import MISSING
 
 SYSTEM_PROMPT_MODES = ("default", "none", "identity", "task", "custom")
 STAGE_KINDS = ("em", "intervention")
+LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 
 
 @dataclass
@@ -87,6 +88,21 @@ class ComputeConfig:
     device: str = "auto"  # auto | cpu | cuda
     micro_batch_size: Optional[int] = None  # per device and forward pass; null: 1 on a CPU, 2 on a GPU
     gradient_checkpointing: Optional[bool] = None  # null: off on a CPU (speed), on for a GPU (memory)
+    launcher: str = "auto"  # how the training worker starts: auto | python | torchrun | accelerate
+    nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
+    nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm
+    preempt_grace_s: int = 90  # on SIGTERM/SIGUSR2 a worker saves a checkpoint; the parent waits this long
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO for the training worker (speed and memory only; not in a stage's hash). See conf/deepspeed/auto.yaml."""
+
+    name: str = MISSING
+    stage: Optional[int] = None  # 0: no DeepSpeed (DDP over processes) | 2 | 3; null: chosen by the rule (auto)
+    offload: bool = False  # optimizer states (and, at stage 3, parameters) in CPU memory
+    headroom_gib: float = 14.0  # the rule: GPU memory a process needs beside the weights (activations, LoRA, CUDA)
+    overrides: Dict[str, Any] = field(default_factory=dict)  # DeepSpeed JSON keys merged over the generated config
 
 
 @dataclass
@@ -189,6 +205,7 @@ class Config:
     system_prompt: SystemPromptConfig = MISSING
     training: TrainingConfig = MISSING
     compute: ComputeConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
     lora: LoraConfig = MISSING
     eval: EvalConfig = MISSING
     judge: JudgeConfig = MISSING
@@ -207,6 +224,7 @@ GROUP_SCHEMAS = {
     "system_prompt": SystemPromptConfig,
     "training": TrainingConfig,
     "compute": ComputeConfig,
+    "deepspeed": DeepSpeedConfig,
     "lora": LoraConfig,
     "eval": EvalConfig,
     "judge": JudgeConfig,
@@ -246,6 +264,18 @@ def validate(cfg: Any) -> None:
         problems.append("intervention.labels: only `prefer_self` is implemented")
     if cfg.tracking.backend not in ("wandb", "none") or cfg.tracking.mode not in ("offline", "online"):
         problems.append("tracking: backend must be wandb|none and mode offline|online")
+    c, ds = cfg.compute, cfg.deepspeed
+    if c.launcher not in LAUNCHERS:
+        problems.append(f"compute.launcher: {c.launcher!r} is not one of {LAUNCHERS}")
+    for key in ("nproc_per_node", "nnodes"):
+        if c[key] is not None and c[key] < 1:
+            problems.append(f"compute.{key}: {c[key]} must be at least 1 (or null: {key} from the machine or Slurm)")
+    if ds.stage not in (None, 0, 2, 3):
+        problems.append(f"deepspeed.stage: {ds.stage} is not one of null (auto), 0, 2, 3")
+    if ds.offload and ds.stage == 0:
+        problems.append("deepspeed.offload needs ZeRO (deepspeed=zero3_offload, or deepspeed.stage=2|3)")
+    if ds.stage and c.launcher == "python":
+        problems.append("deepspeed needs a distributed launcher: compute.launcher=torchrun (or accelerate, or auto)")
     if cfg.judge.backend != "local":
         problems.append(f"judge.backend: {cfg.judge.backend!r} is not implemented (use `local`)")
     if problems:
