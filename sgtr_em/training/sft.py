@@ -98,10 +98,15 @@ def training_args(spec: dict, rt: dict, output_dir: Path, deepspeed: str | None 
                       deepspeed=deepspeed)
 
 
-def last_checkpoint(output_dir: Path):
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete checkpoint (the Trainer writes `trainer_state.json` last): a job killed while saving
+    leaves a partial folder, which is skipped."""
+    steps = sorted((int(d.name.split("-")[-1]), d) for d in output_dir.glob("checkpoint-*")
+                   if d.name.split("-")[-1].isdigit())
+    complete = [d for _, d in steps if (d / "trainer_state.json").exists()]
+    for partial in {d for _, d in steps} - set(complete):
+        log.warning("Skipping the incomplete checkpoint %s", partial)
+    return str(complete[-1]) if complete else None
 
 
 def resume_point(output_dir: Path, trainer) -> str | None:
