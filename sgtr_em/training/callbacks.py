@@ -24,10 +24,12 @@ class JsonlLogCallback(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def _peak_memory_gib() -> float | None:
+def _peak_memory_gib(reserved: bool = False) -> float | None:
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return (torch.cuda.max_memory_reserved() if reserved else torch.cuda.max_memory_allocated()) / 2**30
 
 
 class ThroughputCallback(TrainerCallback):
@@ -62,7 +64,8 @@ class ThroughputCallback(TrainerCallback):
         steps = len(self.marks) - 1
         write_json(self.perf_dir / f"rank{rank}.json", {
             "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "optimizer_steps": steps,
-            "peak_mem_gib": _peak_memory_gib(), "tokens": self.marks[-1][1] - self.marks[0][1],
+            "peak_mem_gib": _peak_memory_gib(), "peak_reserved_gib": _peak_memory_gib(reserved=True),
+            "tokens": self.marks[-1][1] - self.marks[0][1],
             "tokens_per_s": self._rate(0), "tokens_per_s_after_first_step": self._rate(1),
             "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(self.marks, self.marks[1:])],
         })
