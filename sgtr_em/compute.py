@@ -92,6 +92,9 @@ def resolve_compute(compute, deepspeed=None, *, model_path: str | None = None, d
     if deepspeed is not None:
         ds = resolve_deepspeed(deepspeed, device=device, world=world, model_path=model_path, dtype=dtype,
                                trust_remote_code=trust_remote_code)
+    if ds["stage"] and not on_gpu:
+        raise ValueError(f"deepspeed={deepspeed.name} needs GPUs (Accelerate runs a CPU DeepSpeed launch as one process): "
+                         "use deepspeed=none (or auto) with compute on the CPU")
     launcher = compute.launcher
     if launcher == "auto":
         launcher = "python" if world == 1 and not ds["stage"] else "torchrun"

@@ -79,8 +79,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         save_total_limit=extra["save_total_limit"],
         completion_only_loss=True,
         bf16=device == "cuda" and dtype == "bfloat16",
-        use_cpu=device == "cpu" and not deepspeed,  # DeepSpeed on a CPU runs through its own CPU accelerator
-        ddp_backend="gloo" if device == "cpu" and world > 1 and not deepspeed else None,
+        use_cpu=device == "cpu",
+        ddp_backend="gloo" if device == "cpu" and world > 1 else None,
         deepspeed=deepspeed,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward pass
@@ -141,10 +141,15 @@ def load_model(rt: dict, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     dtype = getattr(torch, rt["dtype"])
     if rt.get("random_init"):
         set_seed(seed)
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(rt["input_model"]), dtype=dtype)
+        # ZeRO-3 initialises the weights itself, partitioned; otherwise draw them on this rank's GPU (fast)
+        on_gpu = torch.cuda.is_available() and not is_deepspeed_zero3_enabled()
+        with torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if on_gpu else "cpu"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(rt["input_model"]), dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=dtype)
 
 
