@@ -6,9 +6,9 @@ GPU, several nodes): `launch_command` builds that line; `@hydra.main` is never w
 its parent (Linux), so killing a job never leaves training behind.
 
 Stopping: a signalled training worker (SIGTERM, SIGUSR2: preemption, requeue, timeout) saves a checkpoint
-and writes `interrupted.json`; the parent then raises `Interrupted`, not an error, so a requeued Slurm job
-records no failure and the rerun resumes. A parent that is itself stopped gives its worker
-`preempt_grace_s` to do that before killing it.
+and writes `interrupted.json`; the parent then raises `Interrupted`, not an error (as for any worker ended
+by SIGTERM, SIGINT or SIGUSR2), so a requeued Slurm job records no failure and the rerun resumes. A parent
+that is itself stopped gives its worker `preempt_grace_s` to do that before killing it.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 INTERRUPTED_MARKER = "interrupted.json"  # written by a worker that stopped on a signal after checkpointing
+# A worker ended by one of these was stopped by a scheduler or a user (preemption, requeue, Ctrl-C), not by a bug.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 class Interrupted(SystemExit):
@@ -130,10 +132,11 @@ def run_worker(module: str, folder: Path, *, what: str, launch: dict | None = No
         _stop(proc, grace_s)
         raise
     if proc.returncode != 0:
-        if marker.exists():
-            raise Interrupted(f"{what} was stopped by a signal after saving a checkpoint: rerun the job "
-                              f"(or let Slurm requeue it) to resume. Log: {Path(folder) / 'worker.log'}")
-        raise RuntimeError(f"{what} failed (exit code {proc.returncode}); see {Path(folder) / 'worker.log'}")
+        if marker.exists() or -proc.returncode in STOP_SIGNALS:
+            raise Interrupted(f"{what} was stopped by a signal{' after saving a checkpoint' if marker.exists() else ''}"
+                              f": rerun the job (or let Slurm requeue it) to resume. Log: {Path(folder) / 'worker.log'}")
+        hint = " (SIGKILL: out of memory?)" if proc.returncode == -signal.SIGKILL else ""
+        raise RuntimeError(f"{what} failed (exit code {proc.returncode}{hint}); see {Path(folder) / 'worker.log'}")
     return time.time() - start
 
 
