@@ -140,7 +140,6 @@ def load_model(rt: dict, seed: int):
     """The stage's input model; `random_init` (benchmarks only) builds it from its config, without weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
-
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     dtype = getattr(torch, rt["dtype"])
