@@ -73,7 +73,9 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
 
     config = {k: str(cfg[k].name) for k in GROUP_KEYS}
     config.update(seed=cfg.seed, cfg=resolved)
-    return wandb.init(project=t.project, entity=t.entity, group=t.group or group, name=run_name(cfg),
+    sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
+    return wandb.init(project=None if sweep else t.project, entity=None if sweep else t.entity,
+                      group=t.group or group, name=run_name(cfg),
                       tags=list(t.tags), config=config, dir=str(run_dir), mode=t.mode,
                       id=job_run_id(run_dir), resume="allow", settings=wandb.Settings(silent=True, console="off"))
 
