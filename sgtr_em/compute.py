@@ -98,6 +98,9 @@ def resolve_compute(compute, deepspeed=None, *, model_path: str | None = None, d
     launcher = compute.launcher
     if launcher == "auto":
         launcher = "python" if world == 1 and not ds["stage"] else "torchrun"
+    if launcher == "accelerate" and world > 1 and not on_gpu:
+        raise ValueError("compute.launcher=accelerate starts one CPU process whatever the count (it needs MPI for more): "
+                         "use compute.launcher=torchrun on CPUs")
     if launcher == "python" and world > 1:
         raise ValueError(f"compute.launcher=python starts one process, but {world} are asked for "
                          f"(compute.nproc_per_node x compute.nnodes): use torchrun or accelerate")

@@ -62,6 +62,8 @@ def test_compute_resolves_on_a_cpu(monkeypatch):
     assert resolve_compute(_compose("compute=cpu").compute)["launcher"] == "python"
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "3")
     assert resolve_compute(_compose("compute=cpu_2proc", "compute.nnodes=null").compute)["world_size"] == 6
+    with pytest.raises(ValueError, match="use compute.launcher=torchrun on CPUs"):
+        resolve_compute(_compose("compute=cpu_2proc", "compute.launcher=accelerate").compute)
     with pytest.raises(ValueError, match="needs GPUs"):
         cfg = _compose("compute=cpu", "deepspeed=zero3")
         resolve_compute(cfg.compute, cfg.deepspeed)
