@@ -103,27 +103,29 @@ def train(cfg, stage_dir: Path, compute: dict, *, what: str) -> None:
 
 
 def run_job(cfg, run_dir: Path, group: str) -> dict | None:
+    """Runs the job; on a node other than node 0 of a multi-node job, only joins its trainings (returns None)."""
     stop_on_signals()
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["compute"] = resolve_compute(cfg.compute)
     stages = plan_stages(cfg)
-    files = DataFiles.from_config(cfg)
-    for rel in required_files(cfg, stages):
-        files.path(rel)
-    base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
-    if resolved["compute"]["nnodes"] > 1 and node_rank() > 0:
+    several_nodes = resolved["compute"]["nnodes"] > 1
+    if several_nodes and node_rank() > 0:
         multinode.follow([Path(cfg.paths.stages_dir) / st.hash for st in stages], run_dir, node_rank(),
                          grace_s=cfg.compute.preempt_grace_s)
         return None
     ok = False
     try:
+        files = DataFiles.from_config(cfg)
+        for rel in required_files(cfg, stages):
+            files.path(rel)
+        base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
         metrics = lead_job(cfg, resolved, stages, base_model, run_dir, group)
         ok = True
         return metrics
     finally:
-        if resolved["compute"]["nnodes"] > 1:
-            multinode.leader_done(run_dir, ok=ok)
+        if several_nodes:
+            multinode.leader_done(run_dir, ok=ok)  # releases the other nodes, whatever happened
 
 
 def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir: Path, group: str) -> dict:
