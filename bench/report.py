@@ -31,6 +31,12 @@ def compare_losses(run: dict, base: dict) -> tuple[bool, str]:
     return ok, f"loss step 1 {loss[0]:.1e}, max {max(loss):.1e}; grad norm max {max(gnorm):.1e} ({n} steps)"
 
 
+def _kind(r: dict) -> tuple:
+    """Runs compared with each other: the same shape and the same single-GPU levers."""
+    c = r["compute"]
+    return r["arch"], c.get("padding_free"), c.get("liger"), c.get("gradient_checkpointing")
+
+
 def _same_start(a: dict, b: dict) -> bool:
     """Saved weights (make-model) are the same for every run; seeded random ones only where ZeRO-3 does not
     initialise them itself, partitioned."""
@@ -48,13 +54,16 @@ def write_report(results: Path, out: Path) -> None:
     devices = sorted({d for r in rows for d in r.get("devices", [])})
     lines = ["# Scale-out results (bench/scale_out.py)", "", f"Devices: {'; '.join(devices)}", "",
              "Speeds are tokens/s over all GPUs (non-pad tokens through the forward pass, first step excluded) and "
-             "their ratio to the one-GPU run of the same shape in this file. MFU counts only 4 x N_matmul FLOPs per "
+             "their ratio to the one-GPU run of the same shape and settings in this file. MFU counts only 4 x N_matmul FLOPs per "
              "token against 989 TFLOP/s.", "",
              "| run | shape | GPUs | strategy | tok/s | tok/s/GPU | x 1 GPU | MFU | peak GiB per GPU | steps | adapter |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    baseline = {r["arch"]: r for r in runs if r["compute"]["world_size"] == 1 and not r["error"]}
+    baseline = {}
     for r in runs:
-        ds, base = r["compute"]["deepspeed"], baseline.get(r["arch"])
+        if r["compute"]["world_size"] == 1 and not r["error"]:
+            baseline.setdefault(_kind(r), r)
+    for r in runs:
+        ds, base = r["compute"]["deepspeed"], baseline.get(_kind(r))
         strategy = f"ZeRO-{ds['stage']}{' offload' if ds['offload'] else ''}" if ds["stage"] else "none/DDP"
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if base and r["tokens_per_s"] and base["tokens_per_s"] else None
         adapter = r.get("adapter") or {}
@@ -67,7 +76,7 @@ def write_report(results: Path, out: Path) -> None:
     lines += ["", "## First steps, one GPU against two", "",
               f"Tolerance (relative): {json.dumps(TOLERANCE)}", ""]
     for r in runs:
-        base = baseline.get(r["arch"])
+        base = baseline.get(_kind(r))
         if base and r is not base:
             if _same_start(r, base):
                 ok, detail = compare_losses(r, base)

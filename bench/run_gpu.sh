@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU demonstrations of the scale-out issue, in parts that each fit one 10-minute device command:
 #   bash bench/run_gpu.sh small report      # 2 GPUs: the 7B shape on 1 GPU, ZeRO-2 and ZeRO-3 on 2 (losses, speed, memory)
+#   bash bench/run_gpu.sh fast report       # 2 GPUs: the same with padding-free + varlen + Liger (needs `small` first)
 #   bash bench/run_gpu.sh big report        # 2 GPUs: ZeRO-3 LoRA of the 32B architecture, adapter check, merge check
 #   bash bench/run_gpu.sh one-gpu report    # 1 GPU (H200): the 32B architecture with ZeRO-3, and with CPU offload
 # Needs outputs/bench/assets (bench/prepare.py, on the CPU machine) and .gpu-wheels (../shared/gpu-wheels) carried.
@@ -30,6 +31,11 @@ for part in "$@"; do
       step $B train --name 7b-zero2-2gpu --arch qwen2.5-7b --compute gpu2 --deepspeed zero2
       step $B train --name 7b-zero3-2gpu --arch qwen2.5-7b --compute gpu2 --deepspeed zero3
       ;;
+    fast)  # issue 8's levers (padding-free micro-batches with varlen attention, Liger) on 1 GPU and ZeRO-2 on 2
+      fast="--override compute.padding_free=true --override compute.liger=true"
+      step $B train --name 7b-fast-1gpu --arch qwen2.5-7b --compute gpu --deepspeed none $fast
+      step $B train --name 7b-fast-zero2-2gpu --arch qwen2.5-7b --compute gpu2 --deepspeed zero2 $fast
+      ;;
     big)
       step $B train --name 32b-zero3-2gpu --arch qwen2.5-32b --random-init --compute gpu2 --deepspeed zero3 --steps 4
       step $B merge-check --name 32b-zero3-2gpu
@@ -46,7 +52,7 @@ for part in "$@"; do
     report)
       step $B report --out "$OUT"
       ;;
-    *) echo "unknown part: $part (small | big | big-auto | one-gpu | report)"; exit 2 ;;
+    *) echo "unknown part: $part (small | fast | big | big-auto | one-gpu | report)"; exit 2 ;;
   esac
 done
 exit $failed

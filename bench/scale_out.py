@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(REPO))
 
-from arch import ARCHS, matmul_params  # noqa: E402
+from bench.shapes import SHAPES, matmul_params, shape_config  # noqa: E402
 
 BENCH = REPO / "outputs" / "bench"
 ASSETS = BENCH / "assets"
@@ -34,11 +34,11 @@ PEAK_TFLOPS = 989.0  # H100/H200 bf16 dense data-sheet figure (DESIGN.md §9 als
 
 
 def model_dir(arch: str) -> Path:
-    """A model folder: the arch's config.json and the assets' tokenizer (weights only after make-model)."""
+    """A model folder: the shape's config.json and the assets' tokenizer (weights only after make-model)."""
     d = BENCH / "models" / arch
     if not (d / "config.json").exists():
         shutil.copytree(ASSETS / "tokenizer", d, dirs_exist_ok=True)
-        (d / "config.json").write_text(json.dumps(ARCHS[arch], indent=1))
+        shape_config(arch).save_pretrained(d)
     return d
 
 
@@ -90,13 +90,13 @@ def gpu_names() -> list[str]:
     return out.stdout.strip().splitlines() if out.returncode == 0 else ["cpu"]
 
 
-def check_adapter(adapter: Path, arch: dict, lora_targets: list[str]) -> dict:
+def check_adapter(adapter: Path, layers: int, lora_targets: list[str]) -> dict:
     """The saved adapter is whole: one non-empty A and B per targeted module, and B has moved off zero (trained)."""
     from safetensors import safe_open
 
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    expected = arch["num_hidden_layers"] * len(lora_targets)
+    expected = layers * len(lora_targets)
     a = [t for k, t in tensors.items() if "lora_A" in k]
     b = [t for k, t in tensors.items() if "lora_B" in k]
     return {
@@ -147,11 +147,12 @@ def train(args) -> None:
         "error": error, "optimizer_steps": len(steps),
         "loss": [r["loss"] for r in steps], "grad_norm": [r["grad_norm"] for r in steps],
         "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / gpus if tps and gpus else None,
-        "mfu_matmul": (tps / gpus * 4 * matmul_params(ARCHS[args.arch]) / (PEAK_TFLOPS * 1e12)) if tps and gpus else None,
+        "mfu_matmul": (tps / gpus * 4 * matmul_params(shape_config(args.arch)) / (PEAK_TFLOPS * 1e12))
+        if tps and gpus else None,
         "peak_mem_gib_per_rank": [r["peak_mem_gib"] for r in perf],
         "peak_reserved_gib_per_rank": [r.get("peak_reserved_gib") for r in perf],
         "step_seconds": rank0.get("step_seconds"),
-        "adapter": check_adapter(d / "adapter", ARCHS[args.arch], list(cfg.lora.target_modules))
+        "adapter": check_adapter(d / "adapter", shape_config(args.arch).num_hidden_layers, list(cfg.lora.target_modules))
         if (d / "adapter").exists() else None,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -209,10 +210,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make-model")
-    mk.add_argument("--arch", choices=ARCHS, required=True)
+    mk.add_argument("--arch", choices=SHAPES, required=True)
     tr = sub.add_parser("train")
     tr.add_argument("--name", required=True)
-    tr.add_argument("--arch", choices=ARCHS, required=True)
+    tr.add_argument("--arch", choices=SHAPES, required=True)
     tr.add_argument("--random-init", action="store_true", help="build from the config alone (no make-model)")
     tr.add_argument("--compute", default="gpu")
     tr.add_argument("--deepspeed", default="auto")
@@ -229,7 +230,7 @@ def main() -> None:
     rp.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
     if args.cmd == "report":
-        from report import write_report
+        from bench.report import write_report
 
         write_report(BENCH / "results.jsonl", Path(args.out))
     else:

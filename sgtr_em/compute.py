@@ -109,6 +109,9 @@ def resolve_compute(compute, deepspeed=None, *, model_path: str | None = None, d
         # Padded tokens cost full compute on a CPU: one sequence per pass; the paper's 2 on a GPU.
         "micro_batch_size": compute.micro_batch_size or (2 if on_gpu else 1),
         "gradient_checkpointing": on_gpu if compute.gradient_checkpointing is None else compute.gradient_checkpointing,
+        "checkpoint_fraction": compute.checkpoint_fraction,
+        "padding_free": compute.padding_free,
+        "liger": compute.liger,
         "launcher": launcher,
         "nproc_per_node": nproc,
         "nnodes": nnodes,

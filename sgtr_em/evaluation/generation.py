@@ -12,10 +12,22 @@ from ..models import load_model, load_tokenizer, resolve_device
 class HFGenerator:
     def __init__(self, path: str, *, dtype: str = "float32", device: str = "auto", batch_size: int = 8,
                  chat_template_kwargs: Optional[dict[str, Any]] = None, trust_remote_code: bool = False):
-        self.device = resolve_device(device)
-        self.tokenizer = load_tokenizer(path, padding_side="left", trust_remote_code=trust_remote_code)
-        self.model = load_model(path, dtype=dtype, device=self.device, trust_remote_code=trust_remote_code)
-        self.batch_size = batch_size
+        device = resolve_device(device)
+        self._init(load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+                   load_tokenizer(path, padding_side="left", trust_remote_code=trust_remote_code),
+                   batch_size, chat_template_kwargs)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> "HFGenerator":
+        """Wraps a model already in memory (benchmarks, tests)."""
+        gen = cls.__new__(cls)
+        tokenizer.padding_side = "left"
+        gen._init(model.eval(), tokenizer, batch_size, chat_template_kwargs)
+        return gen
+
+    def _init(self, model, tokenizer, batch_size: int, chat_template_kwargs) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.device = str(next(model.parameters()).device.type)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
 
     def render(self, messages: Sequence[dict]) -> str:

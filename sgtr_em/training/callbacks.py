@@ -1,4 +1,5 @@
-"""Trainer callbacks of the training worker: the JSONL log the parent reads, throughput, stop-on-signal."""
+"""Trainer callbacks of the training worker: the JSONL log the parent reads, throughput, stop-on-signal,
+selective gradient checkpointing."""
 from __future__ import annotations
 
 import json
@@ -99,3 +100,22 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
             self.stopped = True
+
+
+class SelectiveCheckpointing(TrainerCallback):
+    """Recompute only a share of the decoder layers: memory between full checkpointing and none, speed too.
+
+    The Trainer turns checkpointing on for every layer when training starts; this turns it back off for the
+    layers past the first `fraction` of them, spread evenly over the depth.
+    """
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        keep = round(self.fraction * len(layers))
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = (i * keep) // len(layers) != ((i + 1) * keep) // len(layers)

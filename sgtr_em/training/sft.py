@@ -25,7 +25,7 @@ from filelock import FileLock
 from ..io import read_json, read_jsonl, replace_dir, write_json
 from ..models import load_tokenizer
 from ..workers import INTERRUPTED_MARKER, die_with_parent, worker_logging
-from .callbacks import JsonlLogCallback, StopOnSignal, ThroughputCallback
+from .callbacks import JsonlLogCallback, SelectiveCheckpointing, StopOnSignal, ThroughputCallback
 
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after a checkpoint; the rerun resumes
 
@@ -70,7 +70,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         weight_decay=training["weight_decay"],
         lr_scheduler_type=training["lr_scheduler_type"],
         optim=training["optim"],
-        max_length=training["max_length"],
+        # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
+        max_length=None if compute["padding_free"] else training["max_length"],
         gradient_checkpointing=compute["gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=extra["logging_steps"],
@@ -78,6 +79,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         save_steps=extra["save_steps"],
         save_total_limit=extra["save_total_limit"],
         completion_only_loss=True,
+        padding_free=compute["padding_free"],
+        use_liger_kernel=compute["liger"],
         bf16=device == "cuda" and dtype == "bfloat16",
         use_cpu=device == "cpu",
         ddp_backend="gloo" if device == "cpu" and world > 1 else None,
@@ -120,36 +123,49 @@ def resume_point(output_dir: Path, trainer) -> str | None:
 
 
 def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args, callbacks=()):
-    """TRL's SFTTrainer with the stage's LoRA on prompt/completion conversations (loss on completions only)."""
+    """TRL's SFTTrainer with the stage's LoRA on prompt/completion conversations (loss on completions only).
+
+    `args`: the training arguments (`training_args`), or an output folder to make them for (no DeepSpeed).
+    """
     from datasets import Dataset
     from trl import SFTTrainer
 
+    if isinstance(args, (str, Path)):
+        args = training_args(spec, rt, Path(args))
     if rt["chat_template_kwargs"]:
         rows = [{**r, "chat_template_kwargs": rt["chat_template_kwargs"]} for r in rows]
+    compute = rt["compute"]
+    fraction = compute.get("checkpoint_fraction", 1.0)
+    selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction < 1 else []
     return SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(spec["lora"]),
-        callbacks=list(callbacks),
+        callbacks=list(callbacks) + selective,
     )
 
 
 def load_model(rt: dict, seed: int):
-    """The stage's input model; `random_init` (benchmarks only) builds it from its config, without weights."""
+    """The stage's input model, with varlen attention when micro-batches are padding-free; `random_init`
+    (benchmarks only) builds it from its config, without weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    from .attention import VARLEN
+
     dtype = getattr(torch, rt["dtype"])
+    attn = VARLEN if rt["compute"].get("padding_free") else None
     if rt.get("random_init"):
         set_seed(seed)
         # ZeRO-3 initialises the weights itself, partitioned; otherwise draw them on this rank's GPU (fast)
         on_gpu = torch.cuda.is_available() and not is_deepspeed_zero3_enabled()
         with torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if on_gpu else "cpu"):
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(rt["input_model"]), dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=dtype)
+            config = AutoConfig.from_pretrained(rt["input_model"])
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    return AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=dtype, attn_implementation=attn)
 
 
 def main(stage_dir: Path) -> None:
