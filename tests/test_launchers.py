@@ -54,7 +54,8 @@ def test_the_qwen32b_grid_on_8_gpu_nodes_asks_slurm_for_whole_nodes(tmp_path, mo
     script = sbatch_script("model=qwen32b", "intervention=sgtr", "compute=gpu8", "hydra/launcher=slurm_gpu8",
                            n_jobs=30, folder=tmp_path)
     for line in ("--gpus-per-node=8", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=64", "--mem=512GB",
-                 "--time=1440", "--signal=USR2@300", "--requeue", "--array=0-29%4", "--job-name=sgtr-em"):
+                 "--time=1440", "--signal=USR2@300", "--requeue", "--open-mode=append", "--array=0-29%4",
+                 "--job-name=sgtr-em"):
         assert f"#SBATCH {line}\n" in script, f"{line} missing from:\n{script}"
     assert "--partition" not in script  # the cluster's default unless SGTR_EM_SLURM_PARTITION or an override says
     assert "export TOKENIZERS_PARALLELISM=false" in script and "srun" in script

@@ -1,6 +1,7 @@
 """A real single-node Slurm (started here; installed from Debian if missing) runs a two-job grid of the CPU default
-through hydra-submitit-launcher (the base model, and an EM stage), and the training job is requeued mid-training:
-it resumes from its checkpoint in the same run folder and W&B run (marked slow: minutes)."""
+through hydra-submitit-launcher (the base model, and an EM stage). The training job is preempted mid-training the
+way Slurm warns a job (SIGUSR2): submitit's checkpoint hook requeues it, and the rerun resumes from the stage's
+checkpoint in the same run folder and W&B run (marked slow: minutes)."""
 from __future__ import annotations
 
 import subprocess
@@ -54,8 +55,9 @@ def test_a_two_job_grid_runs_through_slurm_and_a_requeued_job_resumes(slurm, dat
     start = time.time()
     grid = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    # Requeue the job that trains the EM stage once its first checkpoint is whole: Slurm stops it (SIGTERM: the worker
-    # checkpoints if it can) and starts it again; the rerun resumes from the last checkpoint.
+    # Preempt the job that trains the EM stage once its first checkpoint is whole, as Slurm warns a job before a
+    # preemption or its time limit: SIGUSR2. submitit's handler calls the launcher's checkpoint hook and requeues
+    # the job; the training worker, signalled too, checkpoints if it can; the rerun resumes from the last checkpoint.
     ckpt = _wait_for("a first checkpoint", lambda: next(out.glob("stages/*/checkpoints/checkpoint-1/trainer_state.json"),
                                                        None), grid)
     em_stage = ckpt.parents[2]
@@ -64,14 +66,14 @@ def test_a_two_job_grid_runs_through_slurm_and_a_requeued_job_resumes(slurm, dat
         (d.name for d in sweep.iterdir() if d.name.isdigit() and f"stage {em_stage.name} training" in
          (d / "train.log").read_text(errors="ignore")), None) if sweep.exists() else None, grid)
     array_id = subprocess.run(["squeue", "-h", "-o", "%F"], env=env, capture_output=True, text=True).stdout.split()[0]
-    requeue = subprocess.run(["scontrol", "requeue", f"{array_id}_{trainer_job}"], env=env, capture_output=True,
+    preempt = subprocess.run(["scancel", "--signal=USR2", f"{array_id}_{trainer_job}"], env=env, capture_output=True,
                              text=True)
-    assert requeue.returncode == 0, requeue.stderr
-    requeued_at = time.time()
+    assert preempt.returncode == 0, preempt.stderr
+    preempted_at = time.time()
 
     log = grid.communicate(timeout=1200)[0]
     assert grid.returncode == 0, log[-6000:]
-    print(f"\nSlurm grid: {time.time() - start:.0f} s, of which {time.time() - requeued_at:.0f} s after the requeue")
+    print(f"\nSlurm grid: {time.time() - start:.0f} s, of which {time.time() - preempted_at:.0f} s after the preemption")
 
     assert [p.name for p in out.glob("multiruns/*/*")] == [sweep.name]  # the requeued job kept its sweep folder
     assert trainer_job == "1"
@@ -89,3 +91,5 @@ def test_a_two_job_grid_runs_through_slurm_and_a_requeued_job_resumes(slurm, dat
                              f"{array_id}_{trainer_job}"], env=env, capture_output=True, text=True).stdout
     assert "REQUEUED" in states and "COMPLETED" in states, states
     print(states)
+    submitit_log = "".join(p.read_text(errors="ignore") for p in sweep.glob(f".submitit/{array_id}_{trainer_job}/*.err"))
+    assert "Calling checkpoint method" in submitit_log  # submitit's checkpoint hook requeued it, not Slurm on its own
