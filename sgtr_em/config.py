@@ -15,6 +15,7 @@ from .evaluation.schemas import EvalConfig, JudgeConfig, eval_problems
 
 SYSTEM_PROMPT_MODES = ("default", "none", "identity", "task", "custom")
 STAGE_KINDS = ("em", "intervention")
+LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 
 
 @dataclass
@@ -109,6 +110,21 @@ class ComputeConfig:
     checkpoint_fraction: float = 1.0  # with gradient checkpointing: the share of decoder layers recomputed
     padding_free: bool = False  # concatenate each micro-batch, with varlen attention (training/attention.py)
     liger: bool = False  # Liger kernels: fused linear + cross-entropy, RMSNorm, SwiGLU, RoPE (GPU only)
+    launcher: str = "auto"  # how the training worker starts: auto | python | torchrun | accelerate
+    nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
+    nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm
+    preempt_grace_s: int = 90  # on SIGTERM/SIGUSR2 a worker saves a checkpoint; the parent waits this long
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO for the training worker (speed and memory only; not in a stage's hash). See conf/deepspeed/auto.yaml."""
+
+    name: str = MISSING
+    stage: Optional[int] = None  # 0: no DeepSpeed (DDP over processes) | 2 | 3; null: chosen by the rule (auto)
+    offload: bool = False  # optimizer states (and, at stage 3, parameters) in CPU memory
+    headroom_gib: float = 14.0  # the rule: GPU memory a process needs beside the weights (activations, LoRA, CUDA)
+    overrides: Dict[str, Any] = field(default_factory=dict)  # DeepSpeed JSON keys merged over the generated config
 
 
 @dataclass
@@ -176,6 +192,7 @@ class Config:
     system_prompt: SystemPromptConfig = MISSING
     training: TrainingConfig = MISSING
     compute: ComputeConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
     lora: LoraConfig = MISSING
     eval: EvalConfig = MISSING
     judge: JudgeConfig = MISSING
@@ -194,6 +211,7 @@ GROUP_SCHEMAS = {
     "system_prompt": SystemPromptConfig,
     "training": TrainingConfig,
     "compute": ComputeConfig,
+    "deepspeed": DeepSpeedConfig,
     "lora": LoraConfig,
     "eval": EvalConfig,
     "judge": JudgeConfig,
@@ -247,5 +265,17 @@ def validate(cfg: Any) -> None:
     if cfg.tracking.backend not in ("wandb", "none") or cfg.tracking.mode not in ("offline", "online"):
         problems.append("tracking: backend must be wandb|none and mode offline|online")
     problems += eval_problems(cfg)
+    c, ds = cfg.compute, cfg.deepspeed
+    if c.launcher not in LAUNCHERS:
+        problems.append(f"compute.launcher: {c.launcher!r} is not one of {LAUNCHERS}")
+    for key in ("nproc_per_node", "nnodes"):
+        if c[key] is not None and c[key] < 1:
+            problems.append(f"compute.{key}: {c[key]} must be at least 1 (or null: {key} from the machine or Slurm)")
+    if ds.stage not in (None, 0, 2, 3):
+        problems.append(f"deepspeed.stage: {ds.stage} is not one of null (auto), 0, 2, 3")
+    if ds.offload and ds.stage == 0:
+        problems.append("deepspeed.offload needs ZeRO (deepspeed=zero3_offload, or deepspeed.stage=2|3)")
+    if ds.stage and c.launcher == "python":
+        problems.append("deepspeed needs a distributed launcher: compute.launcher=torchrun (or accelerate, or auto)")
     if problems:
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(problems))

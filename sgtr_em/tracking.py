@@ -4,18 +4,27 @@ The run's top-level config holds the group choices (model, em_dataset, intervent
 system_prompt, seed) so the default W&B view compares conditions; the full resolved config sits under
 `cfg`. When tracking is off, a DummyRun takes the calls, so the pipeline never branches on it.
 The API key is read by wandb from WANDB_API_KEY and never enters the config.
+
+One job folder, one W&B run: its id is kept in `<run_dir>/wandb_run.json`, so a job rerun in its folder
+or requeued by Slurm (same folder) resumes the same run, and a stage's curve is logged once. Under a W&B
+sweep agent the agent's WANDB_RUN_ID wins. Offline, each attempt writes its own `offline-run-*` folder with
+the same id; `wandb sync` uploads them in order into that one run.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
+import secrets
 import struct
 import time
 from pathlib import Path
 from typing import Any
 
+from .io import write_json
+
 GROUP_KEYS = ("model", "em_dataset", "intervention", "stage_order", "system_prompt")
+RUN_STATE = "wandb_run.json"  # the job's W&B run id and the stages already logged to it
 
 
 class DummyRun:
@@ -42,6 +51,20 @@ def run_name(cfg) -> str:
     return "-".join([*(str(cfg[k].name) for k in GROUP_KEYS), f"s{cfg.seed}"])
 
 
+def _state(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_STATE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def job_run_id(run_dir: Path) -> str:
+    """The W&B run id of the job in `run_dir`: the sweep agent's, else the one this folder has, else a new one."""
+    state = _state(run_dir)
+    run_id = os.environ.get("WANDB_RUN_ID") or state.get("id") or secrets.token_hex(4)
+    if state.get("id") != run_id:
+        write_json(Path(run_dir) / RUN_STATE, {"id": run_id, "logged_stages": []})
+    return run_id
+
+
 def start_run(cfg, resolved: dict, run_dir: Path, group: str):
     t = cfg.tracking
     if t.backend == "none":
@@ -50,14 +73,21 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
 
     config = {k: str(cfg[k].name) for k in GROUP_KEYS}
     config.update(seed=cfg.seed, cfg=resolved)
-    return wandb.init(project=t.project, entity=t.entity, group=t.group or group, name=run_name(cfg),
+    sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
+    return wandb.init(project=None if sweep else t.project, entity=None if sweep else t.entity,
+                      group=t.group or group, name=run_name(cfg),
                       tags=list(t.tags), config=config, dir=str(run_dir), mode=t.mode,
-                      settings=wandb.Settings(silent=True, console="off"))
+                      id=job_run_id(run_dir), resume="allow", settings=wandb.Settings(silent=True, console="off"))
 
 
-def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict], status: str) -> None:
-    """Logs one stage's loss curve as `train/<index>_<kind>/*` against its own step axis."""
+def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict], status: str,
+              run_dir: Path | None = None) -> None:
+    """Logs one stage's loss curve as `train/<index>_<kind>/*` against its own step axis (once per run_dir)."""
     if isinstance(run, DummyRun):
+        return
+    key = f"{index}:{stage_hash}"
+    state = _state(run_dir) if run_dir else {}
+    if key in state.get("logged_stages", []):
         return
     prefix = f"train/{index}_{kind}"
     run.define_metric(f"{prefix}/step")
@@ -67,6 +97,8 @@ def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict]
         run.log({f"{prefix}/step": row["step"], **values})
     run.summary[f"{prefix}/hash"] = stage_hash
     run.summary[f"{prefix}/status"] = status
+    if run_dir and state:
+        write_json(Path(run_dir) / RUN_STATE, {**state, "logged_stages": [*state["logged_stages"], key]})
 
 
 def log_eval(run, metrics: dict, tables: dict[str, list[dict]], step: int = 0) -> None:
@@ -90,9 +122,53 @@ def log_eval(run, metrics: dict, tables: dict[str, list[dict]], step: int = 0) -
     run.summary.update(flat)  # the last evaluation point (the final model) is the run's summary
 
 
-def _records(data: bytes, pb):
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """Summary, history rows, config and id of the offline W&B run under `run_dir`.
+
+    A resumed run has one `run-<id>.wandb` file per attempt; they are read in order of start time (their
+    folders' timestamps), later values winning. wandb's service process may still be writing the last file
+    after `run.finish()` returns (or the process exits): wait up to `wait_s` for its exit record.
+    """
+    files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(str(run_dir), "**", "run-*.wandb"),
+                                                            recursive=True)})  # wandb/latest-run is a link
+    ids = {Path(f).stem.removeprefix("run-") for f in files}
+    if len(ids) != 1:
+        raise FileNotFoundError(f"expected the files of one run (run-<id>.wandb) under {run_dir}, found {files}")
+    files = sorted(files, key=lambda f: Path(f).parent.name)  # offline-run-<YYYYmmdd_HHMMSS>-<id>
+    deadline = time.time() + wait_s
+    while True:
+        out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "id": next(iter(ids)), "files": files}
+        exited = [_read_wandb_file(Path(f).read_bytes(), out) for f in files]
+        if exited[-1] or time.time() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_wandb_file(data: bytes, out: dict) -> bool:
+    """Adds one file's records to `out`; True if the file ends with the run's exit record."""
+    exited = False
+    for record in _records(data):
+        which = record.WhichOneof("record_type")
+        if which == "summary":
+            for item in record.summary.update:
+                key = "/".join(item.nested_key) if item.nested_key else item.key
+                out["summary"][key] = json.loads(item.value_json)
+        elif which == "history":
+            out["history"].append({("/".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json)
+                                   for i in record.history.item})
+        elif which in ("run", "config"):
+            items = record.run.config.update if which == "run" else record.config.update
+            for item in items:
+                out["config"][item.key] = json.loads(item.value_json)
+        exited = exited or which == "exit"
+    return exited
+
+
+def _records(data: bytes):
     """The protobuf records of a run-*.wandb file: a LevelDB-style log of 32 KiB blocks of records, each with a
     7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last), after a 7-byte file header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
     block, pos, buf = 32768, 7, b""
     while pos + 7 <= len(data):
         if block - pos % block < 7:
@@ -107,40 +183,3 @@ def _records(data: bytes, pb):
         record.ParseFromString(buf)
         buf = b""
         yield record
-
-
-def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
-    """Summary, history rows and config of the offline W&B run under `run_dir` (its `run-<id>.wandb` file).
-
-    wandb's service process may still be writing the file after `run.finish()` returns (or the process exits):
-    wait up to `wait_s` for its exit record.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(str(run_dir), "**", "run-*.wandb"),
-                                                            recursive=True)})  # wandb/latest-run is a link
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one run-*.wandb under {run_dir}, found {files}")
-    deadline = time.time() + wait_s
-    while True:
-        records = list(_records(Path(files[0]).read_bytes(), pb))
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
-            break
-        time.sleep(0.2)
-    summary: dict = {}
-    history: list[dict] = []
-    config: dict = {}
-    for record in records:
-        which = record.WhichOneof("record_type")
-        if which == "summary":
-            for item in record.summary.update:
-                key = "/".join(item.nested_key) if item.nested_key else item.key
-                summary[key] = json.loads(item.value_json)
-        elif which == "history":
-            history.append({("/".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json)
-                            for i in record.history.item})
-        elif which in ("run", "config"):
-            items = record.run.config.update if which == "run" else record.config.update
-            for item in items:
-                config[item.key] = json.loads(item.value_json)
-    return {"summary": summary, "history": history, "config": config}

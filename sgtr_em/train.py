@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -32,11 +33,23 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else run_dir.name
     metrics = run_job(cfg, run_dir, group=f"{cfg.model.name}-{group}")
+    if metrics is None:  # a node other than node 0 of a multi-node job: it only joined the trainings
+        return None
     log.info("Results: %s (metrics.json, eval/*/samples.jsonl, stages.json)", run_dir)
     print(summary_lines(run_dir, metrics))
     sr = metrics.get("self_recognition", {}).get("accuracy")
     return sr  # what a Hydra sweeper optimises, if one is used
 
 
+def multirun_cfg_argv(argv: list[str]) -> list[str]:
+    """Hydra 1.3 refuses `-m` together with `--cfg`: read it as `--cfg ... hydra.mode=MULTIRUN`, which prints the
+    sweep's config (its launcher: the Slurm request) without running anything."""
+    shows_cfg = any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
+    if shows_cfg and ("-m" in argv or "--multirun" in argv):
+        return [argv[0], "hydra.mode=MULTIRUN", *(a for a in argv[1:] if a not in ("-m", "--multirun"))]
+    return argv
+
+
 if __name__ == "__main__":
+    sys.argv = multirun_cfg_argv(sys.argv)
     main()

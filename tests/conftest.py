@@ -63,3 +63,29 @@ def run_cli(data_dir, cache_dir, tmp_path):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+# A stage small enough to train three times in a test: em_only, 24 examples, 3 optimizer steps of 8 (no warm-up, so
+# every step moves the weights), a checkpoint after each step, no evaluations.
+TRAIN = ["stage_order=em_only", "em_dataset.max_examples=24", "training.batch_size=8", "training.warmup_steps=0",
+         "training.learning_rate=1e-4", "training.save_steps=1", "eval.self_recognition.enabled=false",
+         "eval.em.enabled=false"]
+
+
+@pytest.fixture(scope="session")
+def reference_stage(data_dir, cache_dir, tmp_path_factory) -> Path:
+    """The TRAIN stage trained uninterrupted in one process through the CLI: what other runs are compared with."""
+    out = tmp_path_factory.mktemp("reference")
+    env = {**os.environ, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_CACHE_DIR": str(cache_dir),
+           "SGTR_EM_OUTPUT_DIR": str(out / "outputs"), "WANDB_SILENT": "true"}
+    cmd = [sys.executable, "-m", "sgtr_em.train", *TRAIN, "compute=cpu", f"hydra.run.dir={out / 'run'}"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return Path(json.loads((out / "run" / "stages.json").read_text())[0]["folder"])
+
+
+def train_losses(stage_dir: Path) -> list[tuple[int, float, float]]:
+    """(step, loss, grad norm) of every logged optimizer step of a stage."""
+    from sgtr_em.training.sft import read_train_log
+
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in read_train_log(stage_dir / "train_log.jsonl") if "loss" in r]

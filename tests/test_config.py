@@ -33,7 +33,7 @@ NOT_IMPLEMENTED = {("model", "gpt41"), ("experiment", "gpt41"), ("sweep", "gpt41
 
 
 def test_every_group_has_a_schema_or_is_a_preset():
-    assert set(GROUPS) - set(GROUP_SCHEMAS) == {"experiment", "sweep"}
+    assert set(GROUPS) - set(GROUP_SCHEMAS) == {"experiment", "sweep", "hydra"}  # hydra/launcher: Hydra's schemas
     for group in ("model", "em_dataset", "intervention", "stage_order", "system_prompt", "training", "lora",
                   "eval", "judge", "tracking", "paths"):
         assert group in GROUPS

@@ -13,7 +13,7 @@ from sgtr_em.tracking import read_offline_run
 from .test_config import _compose
 
 
-def stand_in(module: str, folder, *, what: str) -> float:
+def stand_in(module: str, folder, *, what: str, **launch) -> float:
     folder = Path(folder)
     if module == "sgtr_em.evaluation.worker":
         inp = read_json(folder / "eval_input.json")

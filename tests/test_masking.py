@@ -8,7 +8,7 @@ import trl
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sgtr_em.models import load_tokenizer
-from sgtr_em.training.sft import build_trainer
+from sgtr_em.training.sft import build_trainer, training_args
 
 QWEN25_TEMPLATE = Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja"
 ROWS = [
@@ -36,7 +36,7 @@ def test_only_assistant_tokens_carry_loss(template, smollm2_path, tmp_path):
     tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=1))
     spec, rt = stage_settings()
-    trainer = build_trainer(tiny, tok, ROWS, spec, rt, tmp_path)
+    trainer = build_trainer(tiny, tok, ROWS, spec, rt, training_args(spec, rt, tmp_path))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
     for row, ids, labels, real in zip(ROWS, batch["input_ids"], batch["labels"], batch["attention_mask"].bool()):
         trained = tok.decode(ids[(labels != -100) & real])

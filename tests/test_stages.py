@@ -15,7 +15,7 @@ def fake_worker(log: Path):
     """Does a step's job instantly-ish: writes what the real worker would, and records the call."""
     outputs = {"sgtr_em.data.build": "train.jsonl", "sgtr_em.training.sft": "adapter", "sgtr_em.training.merge": "merged"}
 
-    def run(module, folder, *, what):
+    def run(module, folder, *, what, **launch):
         with open(log, "a") as f:
             f.write(f"{module}\n")
         time.sleep(0.5)

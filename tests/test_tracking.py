@@ -28,3 +28,22 @@ def test_dummy_run_takes_every_call():
     run.log({"a": 1})
     run.finish()
     tracking.log_stage(run, 1, "em", "h", [{"step": 1, "loss": 1.0}], "trained")
+
+
+def test_a_job_folder_keeps_its_run_and_logs_a_stage_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    cfg = _compose("stage_order=em_only")
+    for attempt in range(2):  # a job and its rerun (or Slurm requeue) in the same folder
+        run = tracking.start_run(cfg, {}, tmp_path, group="g")
+        tracking.log_stage(run, 1, "em", "abc", [{"step": 1, "loss": 2.5}], "trained", run_dir=tmp_path)
+        run.summary["attempt"] = attempt
+        run.finish()
+    back = tracking.read_offline_run(tmp_path)
+    assert len(back["files"]) == 2 and back["id"] == tracking.job_run_id(tmp_path)
+    assert back["summary"]["attempt"] == 1  # the later attempt's values win
+    assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5]  # logged once
+
+
+def test_a_sweep_agents_run_id_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_RUN_ID", "agent123")
+    assert tracking.job_run_id(tmp_path) == "agent123"

@@ -1,57 +1,35 @@
 """Stage worker, step 2: LoRA SFT of the stage's input model on `train.jsonl`, with TRL's SFTTrainer.
 
-    python -m sgtr_em.training.sft <stage_dir>
+    python -m sgtr_em.training.sft <stage_dir>                                   # one process
+    torchrun --nproc-per-node 8 -m sgtr_em.training.sft <stage_dir>              # what compute=gpu8 runs
 
 Prompt/completion conversations with `completion_only_loss`: system and user tokens are masked, the
-assistant turn (and its end-of-turn token) is trained. Checkpoints go to `<stage_dir>/checkpoints/`; a
-rerun resumes from the last one. The adapter is written to `<stage_dir>/adapter/` last.
+assistant turn (and its end-of-turn token) is trained. The training arguments (with the DeepSpeed config the
+parent wrote, `<stage_dir>/deepspeed.json`) exist before the model is created, so ZeRO-3 loads the weights
+already partitioned. Checkpoints go to `<stage_dir>/checkpoints/`; a rerun resumes from the last one; on
+SIGTERM/SIGUSR2 the worker checkpoints and stops (exit 75, `interrupted.json`). The adapter is written to
+`<stage_dir>/adapter/` last.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from transformers import TrainerCallback
+from filelock import FileLock
 
-from ..io import read_json, read_jsonl, replace_dir
+from ..io import read_json, read_jsonl, replace_dir, write_json
 from ..models import load_tokenizer
-from ..workers import worker_logging
+from ..workers import INTERRUPTED_MARKER, die_with_parent, worker_logging
+from .callbacks import JsonlLogCallback, SelectiveCheckpointing, StopOnSignal, ThroughputCallback
+
+INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after a checkpoint; the rerun resumes
 
 log = logging.getLogger("sgtr_em.training.sft")
-
-
-class JsonlLogCallback(TrainerCallback):
-    """Appends every logged step (loss, learning rate, grad norm) to a JSONL file the parent reads."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and state.is_world_process_zero:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-
-class SelectiveCheckpointing(TrainerCallback):
-    """Recompute only a share of the decoder layers: memory between full checkpointing and none, speed too.
-
-    The Trainer turns checkpointing on for every layer when training starts; this turns it back off for the
-    layers past the first `fraction` of them, spread evenly over the depth.
-    """
-
-    def __init__(self, fraction: float):
-        self.fraction = fraction
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        keep = round(self.fraction * len(layers))
-        for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = (i * keep) // len(layers) != ((i + 1) * keep) // len(layers)
 
 
 def read_train_log(path: Path) -> list[dict]:
@@ -72,13 +50,14 @@ def lora_config(lora: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict):
+def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict,
+               deepspeed: str | None = None):
     from trl import SFTConfig
 
     micro, world = compute["micro_batch_size"], int(os.environ.get("WORLD_SIZE", "1"))
     if training["batch_size"] % (micro * world):
         raise ValueError(f"training.batch_size {training['batch_size']} is not a multiple of "
-                         f"compute.micro_batch_size {micro} x {world} devices")
+                         f"compute.micro_batch_size {micro} x {world} processes: change compute.micro_batch_size")
     device = compute["device"]
     return SFTConfig(
         output_dir=str(output_dir),
@@ -104,6 +83,10 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         use_liger_kernel=compute["liger"],
         bf16=device == "cuda" and dtype == "bfloat16",
         use_cpu=device == "cpu",
+        ddp_backend="gloo" if device == "cpu" and world > 1 else None,
+        deepspeed=deepspeed,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward pass
         seed=seed,
         data_seed=seed,
         report_to=[],
@@ -112,17 +95,43 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
     )
 
 
-def last_checkpoint(output_dir: Path):
-    from transformers.trainer_utils import get_last_checkpoint
+def training_args(spec: dict, rt: dict, output_dir: Path, deepspeed: str | None = None):
+    """The stage's training arguments; with `deepspeed` (a JSON file) they switch the HF DeepSpeed integration on."""
+    return sft_config(output_dir, spec["training"], spec["seed"], rt["compute"], rt["dtype"], rt["training_extra"],
+                      deepspeed=deepspeed)
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete checkpoint (the Trainer writes `trainer_state.json` last): a job killed while saving
+    leaves a partial folder, which is skipped."""
+    steps = sorted((int(d.name.split("-")[-1]), d) for d in output_dir.glob("checkpoint-*")
+                   if d.name.split("-")[-1].isdigit())
+    complete = [d for _, d in steps if (d / "trainer_state.json").exists()]
+    for partial in {d for _, d in steps} - set(complete):
+        log.warning("Skipping the incomplete checkpoint %s", partial)
+    return str(complete[-1]) if complete else None
 
 
-def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, output_dir: Path, callbacks=()):
-    """TRL's SFTTrainer with the stage's LoRA on prompt/completion conversations (loss on completions only)."""
+def resume_point(output_dir: Path, trainer) -> str | None:
+    """The last checkpoint as rank 0 sees it: every rank must resume from the same one."""
+    import torch.distributed as dist
+
+    box = [last_checkpoint(output_dir) if trainer.is_world_process_zero() else None]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args, callbacks=()):
+    """TRL's SFTTrainer with the stage's LoRA on prompt/completion conversations (loss on completions only).
+
+    `args`: the training arguments (`training_args`), or an output folder to make them for (no DeepSpeed).
+    """
     from datasets import Dataset
     from trl import SFTTrainer
 
+    if isinstance(args, (str, Path)):
+        args = training_args(spec, rt, Path(args))
     if rt["chat_template_kwargs"]:
         rows = [{**r, "chat_template_kwargs": rt["chat_template_kwargs"]} for r in rows]
     compute = rt["compute"]
@@ -130,7 +139,7 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, outp
     selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction < 1 else []
     return SFTTrainer(
         model=model,
-        args=sft_config(output_dir, spec["training"], spec["seed"], rt["compute"], rt["dtype"], rt["training_extra"]),
+        args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(spec["lora"]),
@@ -138,37 +147,61 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, outp
     )
 
 
-def load_training_model(path: str, dtype: str, compute: dict):
-    """The stage's input weights, with varlen attention when micro-batches are padding-free."""
+def load_model(rt: dict, seed: int):
+    """The stage's input model, with varlen attention when micro-batches are padding-free; `random_init`
+    (benchmarks only) builds it from its config, without weights."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from .attention import VARLEN
 
-    attn = VARLEN if compute["padding_free"] else None
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attn)
+    dtype = getattr(torch, rt["dtype"])
+    attn = VARLEN if rt["compute"].get("padding_free") else None
+    if rt.get("random_init"):
+        set_seed(seed)
+        # ZeRO-3 initialises the weights itself, partitioned; otherwise draw them on this rank's GPU (fast)
+        on_gpu = torch.cuda.is_available() and not is_deepspeed_zero3_enabled()
+        with torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if on_gpu else "cpu"):
+            config = AutoConfig.from_pretrained(rt["input_model"])
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    return AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=dtype, attn_implementation=attn)
 
 
 def main(stage_dir: Path) -> None:
-
     st = read_json(stage_dir / "stage.json")
     spec, rt = st["spec"], st["runtime"]
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for _, r in read_jsonl(stage_dir / "train.jsonl")]
     tokenizer = load_tokenizer(rt["input_model"], padding_side="right")
-    model = load_training_model(rt["input_model"], rt["dtype"], rt["compute"])
     out = stage_dir / "checkpoints"
-    trainer = build_trainer(model, tokenizer, rows, spec, rt, out, [JsonlLogCallback(stage_dir / "train_log.jsonl")])
-    resume = last_checkpoint(out)
-    if resume:
-        log.info("Resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    ds_file = stage_dir / "deepspeed.json"
+    # The arguments (and with them the DeepSpeed config) must exist before the model: ZeRO-3 then loads it partitioned.
+    args = training_args(spec, rt, out, deepspeed=str(ds_file) if ds_file.exists() else None)
+    model = load_model(rt, spec["seed"])
+    stop = StopOnSignal()
+    callbacks = [ThroughputCallback(stage_dir / "perf"), stop, JsonlLogCallback(stage_dir / "train_log.jsonl")]
+    trainer = build_trainer(model, tokenizer, rows, spec, rt, args, callbacks)
+    # An orphan of a killed job may still be saving its last checkpoint: rank 0 waits for it before reading them.
+    with FileLock(str(stage_dir / "training.lock")) if trainer.is_world_process_zero() else nullcontext():
+        resume = resume_point(out, trainer)
+        if resume:
+            log.info("Resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+    if stop.stopped:
+        if trainer.is_world_process_zero():
+            write_json(stage_dir / INTERRUPTED_MARKER, {"signal": stop.received, "global_step": result.global_step})
+        log.warning("Stopped on a signal at step %d after saving a checkpoint", result.global_step)
+        sys.exit(INTERRUPTED_EXIT)
     tmp = stage_dir / "adapter.tmp"
-    trainer.model.save_pretrained(tmp)
-    (tmp / "train_result.json").write_text(json.dumps({"global_step": result.global_step, **result.metrics}))
-    replace_dir(tmp, stage_dir / "adapter")
+    trainer.save_model(str(tmp))  # every rank: under ZeRO-3 the adapter is gathered from all of them
+    if trainer.is_world_process_zero():
+        (tmp / "train_result.json").write_text(json.dumps({"global_step": result.global_step, **result.metrics}))
+        replace_dir(tmp, stage_dir / "adapter")
 
 
 if __name__ == "__main__":
     stage_dir = Path(sys.argv[1])
+    if "LOCAL_RANK" in os.environ:
+        die_with_parent(signal.SIGKILL)  # torchrun starts ranks in their own sessions; it forwards SIGTERM itself
     worker_logging(stage_dir / "worker.log")
     main(stage_dir)
