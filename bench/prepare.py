@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgtr_em.data.em import load_em_examples  # noqa: E402
+from sgtr_em.data.chat_file import load_chat_examples  # noqa: E402
 from sgtr_em.io import write_jsonl  # noqa: E402
 from sgtr_em.models import load_tokenizer, resolve_model_path  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> None:
 
     rows = []
     for name in EM_FILES:
-        for r in load_em_examples(data / name, system=None, keep_own_system=False, max_examples=None, seed=0):
+        for r in load_chat_examples(data / name, system=None, keep_own_system=False, max_examples=None, seed=0):
             n = len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)["input_ids"])
             if args.min_tokens <= n <= args.max_tokens:
                 rows.append({"prompt": r["prompt"], "completion": r["completion"], "tokens": n})

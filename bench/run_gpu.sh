@@ -19,6 +19,8 @@ export PYTHONPATH="$PWD/$SITE:$PWD"
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 B="python3 bench/scale_out.py"
+SMALL="${SMALL:-qwen2.5-7b}"  # the shape of `small` and `fast` (SMALL=qwen2.5-1.5b: a quicker comparison)
+S="${SMALL#qwen2.5-}"
 failed=0
 step() { echo "=== $*"; "$@" || { echo "=== FAILED: $*"; failed=1; }; }
 
@@ -26,15 +28,15 @@ for part in "$@"; do
   case "$part" in
     small)
       nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-      step $B make-model --arch qwen2.5-7b
-      step $B train --name 7b-1gpu --arch qwen2.5-7b --compute gpu --deepspeed none
-      step $B train --name 7b-zero2-2gpu --arch qwen2.5-7b --compute gpu2 --deepspeed zero2
-      step $B train --name 7b-zero3-2gpu --arch qwen2.5-7b --compute gpu2 --deepspeed zero3
+      step $B make-model --arch "$SMALL"
+      step $B train --name "$S-1gpu" --arch "$SMALL" --compute gpu --deepspeed none
+      step $B train --name "$S-zero2-2gpu" --arch "$SMALL" --compute gpu2 --deepspeed zero2
+      step $B train --name "$S-zero3-2gpu" --arch "$SMALL" --compute gpu2 --deepspeed zero3
       ;;
     fast)  # issue 8's levers (padding-free micro-batches with varlen attention, Liger) on 1 GPU and ZeRO-2 on 2
       fast="--override compute.padding_free=true --override compute.liger=true"
-      step $B train --name 7b-fast-1gpu --arch qwen2.5-7b --compute gpu --deepspeed none $fast
-      step $B train --name 7b-fast-zero2-2gpu --arch qwen2.5-7b --compute gpu2 --deepspeed zero2 $fast
+      step $B train --name "$S-fast-1gpu" --arch "$SMALL" --compute gpu --deepspeed none $fast
+      step $B train --name "$S-fast-zero2-2gpu" --arch "$SMALL" --compute gpu2 --deepspeed zero2 $fast
       ;;
     big)
       step $B train --name 32b-zero3-2gpu --arch qwen2.5-32b --random-init --compute gpu2 --deepspeed zero3 --steps 4

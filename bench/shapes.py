@@ -1,6 +1,6 @@
 """Model shapes for benchmarks: the real architectures' configs (no weights), random-initialised on the device.
 
-Values from the models' published config.json files (Qwen2.5-7B/32B-Instruct).
+Values from the models' published config.json files (Qwen2.5-1.5B/7B/32B-Instruct).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ QWEN25 = dict(vocab_size=152064, rms_norm_eps=1e-6, rope_theta=1_000_000.0, max_
 SHAPES = {
     "qwen2.5-32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
                         num_key_value_heads=8, **QWEN25),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, **{**QWEN25, "vocab_size": 151936, "tie_word_embeddings": True}),
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                        num_key_value_heads=4, **QWEN25),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -92,9 +92,14 @@ def launch_command(module: str, folder: Path, launch: dict | None = None) -> lis
     return cmd + ["-m", module, str(folder)]
 
 
-def worker_env(grace_s: int) -> dict:
+def worker_env(grace_s: int, launch: dict | None = None) -> dict:
+    env = dict(os.environ)
+    if launch and launch.get("launcher", "python") == "python" and launch.get("device") == "cuda":
+        # One process on a GPU: show it one GPU (the first visible one), or the Trainer wraps the model in
+        # nn.DataParallel, which TRL refuses and which is slow anyway; several GPUs are torchrun's or accelerate's.
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     return {
-        **os.environ,
+        **env,
         "TOKENIZERS_PARALLELISM": "false",
         # torchrun forwards SIGUSR2 (Slurm's warning signal) as it does SIGTERM, and waits grace_s before killing
         "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2",
@@ -123,7 +128,7 @@ def run_worker(module: str, folder: Path, *, what: str, launch: dict | None = No
     marker = Path(folder) / INTERRUPTED_MARKER
     marker.unlink(missing_ok=True)
     log.info("%s: %s", what, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=worker_env(grace_s),
+    proc = subprocess.Popen(cmd, env=worker_env(grace_s, launch),
                             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     try:
         proc.wait()

@@ -9,7 +9,7 @@ import pytest
 from sgtr_em.compute import choose_zero, deepspeed_json, resolve_compute
 from sgtr_em.train import multirun_cfg_argv
 from sgtr_em.training.sft import last_checkpoint
-from sgtr_em.workers import launch_command
+from sgtr_em.workers import launch_command, worker_env
 
 from .test_config import _compose
 
@@ -51,6 +51,17 @@ def test_launch_commands():
     acc = launch_command("m", "d", {"launcher": "accelerate", "nproc_per_node": 4, "nnodes": 1, "device": "cuda"})
     assert acc[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes=4" in acc and "--multi_gpu" in acc
     assert acc[-3:] == ["-m", "m", "d"]
+
+
+def test_a_one_process_gpu_worker_sees_one_gpu(monkeypatch):
+    """compute=gpu on a machine with several GPUs: one process must see one GPU (else the Trainer wraps the model in
+    nn.DataParallel, which TRL refuses: seen on a 2 x H200 machine). torchrun's workers see them all."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert worker_env(90, {"launcher": "python", "device": "cuda"})["CUDA_VISIBLE_DEVICES"] == "3"
+    assert worker_env(90, {"launcher": "torchrun", "device": "cuda"})["CUDA_VISIBLE_DEVICES"] == "3,5"
+    assert worker_env(90)["CUDA_VISIBLE_DEVICES"] == "3,5"  # data, merge and evaluation workers: unchanged
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert worker_env(90, {"launcher": "python", "device": "cuda"})["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 def test_compute_resolves_on_a_cpu(monkeypatch):
