@@ -167,6 +167,8 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
                          final_model_identity(stages[:i], cfg), base_model, step=i)
         metrics = evaluate(cfg, run, run_dir, resolved, model_path, final_model_identity(stages, cfg), base_model,
                            step=len(stages))
+        if not cfg.eval.run:
+            write_json(run_dir / "metrics.json", metrics)  # every finished job has one (empty: nothing evaluated)
     except Interrupted:
         run.mark_preempting()  # W&B shows it preempted (a sweep requeues it); the rerun continues this run
         raise
