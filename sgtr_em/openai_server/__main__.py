@@ -32,9 +32,12 @@ def model_path(model: str, cache_dir: str) -> tuple[str, str]:
     if option.is_file():
         from omegaconf import OmegaConf
 
+        from ..config import ModelConfig
         from ..models import resolve_model_path
 
-        cfg = OmegaConf.load(option)
+        raw = OmegaConf.to_container(OmegaConf.load(option))
+        raw.pop("defaults", None)
+        cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)  # the schema's defaults (path: null, ...)
         return resolve_model_path(cfg, cache_dir), model
     return model, Path(model).name
 
