@@ -119,3 +119,30 @@ def test_a_malformed_stage_file_is_rejected_before_anything_is_uploaded(tmp_path
                                    "empty. Fix: ")
     assert "files_created" not in stats and "POST /v1/files" not in stats and "jobs_created" not in stats
     assert not (stage_dir / "openai_job.json").exists()
+
+
+def test_under_dropped_connections_the_file_and_the_job_are_created_once_and_a_rerun_finds_the_job(tmp_path,
+                                                                                                   monkeypatch):
+    """Half the requests are handled but never answered: creation is not retried blindly, and a rerun that lost
+    its job id finds the job by the stage hash on the server (no training: the server's trainer is stubbed)."""
+    from sgtr_em.openai_server import Faults
+    from sgtr_em.openai_server.fine_tuning import FineTuning
+    from sgtr_em.openai_server.models import Models
+
+    monkeypatch.setattr(FineTuning, "train", lambda self, job_id: None)  # jobs stay validating_files
+    models = Models()
+    models.add("gpt-4.1-2025-04-14", str(tmp_path / "weights"))
+    with OpenAIServer(models, faults=Faults(0.5, codes=["drop"], seed=1)) as server:
+        FineTuning(server, tmp_path / "server")
+        stage = api_stage(tmp_path / "0123456789abcdef", server.url, [example(i) for i in range(10)])
+        job = stage.create_job(stage.training_file())
+        stage.record_job(job)
+        stats = server.snapshot()
+        assert stats["faults_drop"] >= 2 and stats["files_created"] == 1 and stats["jobs_created"] == 1
+        assert job.metadata == {"sgtr_em_stage": "0123456789abcdef", "sgtr_em_kind": "em"}
+        state = json.loads((stage.dir / "openai_job.json").read_text())
+        assert state["job"]["id"] == job.id and state["file"]["id"] == job.training_file
+        del state["job"]  # killed between creating the job and saving its id
+        write_json(stage.dir / "openai_job.json", state)
+        again = FineTuningStage(stage.dir).existing_job()
+        assert again.id == job.id and server.snapshot()["jobs_created"] == 1
