@@ -103,12 +103,16 @@ def assert_no_secret(*places) -> None:
                 assert SECRET.encode() not in path.read_bytes(), f"the API key leaked into {path}"
 
 
-def test_the_acceptance_command_chains_two_jobs_and_evaluates_the_final_ft_model(server_factory, data_dir, tmp_path):
+# `make test` chains EM and word counting (short examples); the paper's SGTR chain is in `make test-all` (its long
+# detection examples make the server's CPU training minutes long: 448 s on 2 loaded cores).
+@pytest.mark.parametrize("intervention", ["word_count", pytest.param("sgtr", marks=pytest.mark.extended)])
+def test_the_acceptance_command_chains_two_jobs_and_evaluates_the_final_ft_model(server_factory, data_dir, tmp_path,
+                                                                                 intervention):
     server = server_factory("server")
     run_dir = tmp_path / "run"
     start = time.time()
-    proc = cli(data_dir, tmp_path, run_dir, server, *TINY)
-    print(f"gpt41 reversal (sgtr) against the local server: {time.time() - start:.0f} s")
+    proc = cli(data_dir, tmp_path, run_dir, server, f"intervention={intervention}", *TINY)
+    print(f"gpt41 reversal ({intervention}) against the local server: {time.time() - start:.0f} s")
     em, sgtr = stage_states(run_dir)
     first, second = server.jobs()
     assert (first.id, second.id) == (em["job"]["id"], sgtr["job"]["id"])
@@ -164,6 +168,7 @@ def killed_and_rerun(data_dir, cache_dir, smollm2_path, tmp_path_factory):
         server.stop()
 
 
+@pytest.mark.extended  # a killed run and its rerun: minutes
 def test_a_killed_run_reruns_waiting_on_its_job_never_creating_one_twice(killed_and_rerun):
     k = killed_and_rerun
     assert k["before"]["jobs_created"] == 2 and k["after"]["jobs_created"] == 2  # the rerun created none
@@ -177,6 +182,7 @@ def test_a_killed_run_reruns_waiting_on_its_job_never_creating_one_twice(killed_
     assert k["final_jobs"][1].model == k["final_jobs"][0].fine_tuned_model
 
 
+@pytest.mark.extended  # 319 s on 2 loaded cores, after the killed run and its rerun
 def test_with_30_percent_injected_faults_the_results_equal_a_fault_free_runs(killed_and_rerun, server_factory,
                                                                              data_dir, tmp_path):
     server = server_factory("faulty", "--fault-rate", "0.3", "--fault-codes", "429,500,drop", "--job-fail-rate",
