@@ -53,7 +53,7 @@ def test_an_undefined_value_leaves_its_seed_out_and_one_seed_has_no_interval(tmp
     make_job(tmp_path, 1, seed=1, metrics=em_sr(0.2, 0.5, misaligned=None))
     [row] = aggregate.summarise(aggregate.group_conditions(jobs_from_folder(tmp_path)), "em/misaligned_rate")
     assert (row.seeds, row.values, row.mean, row.low, row.high) == ([0], [0.4], 0.4, None, None)
-    assert row.condition.label == "all jobs"
+    assert row.condition.label == "all jobs" and row.condition.columns == {"condition": "all jobs"}
 
 
 def test_other_overrides_that_vary_are_condition_fields(tmp_path):

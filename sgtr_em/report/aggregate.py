@@ -39,6 +39,11 @@ class Condition:
     def label(self) -> str:
         return " / ".join(self.fields.values()) or "all jobs"
 
+    @property
+    def columns(self) -> dict[str, str]:
+        """Its table columns: the varying fields, or one `condition` column when nothing varies."""
+        return self.fields or {"condition": self.label}
+
 
 @dataclass
 class Row:

@@ -28,7 +28,7 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
         "jobs": len(jobs), "conditions": len(conditions),
         "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",
         "seeds": ", ".join(map(str, sorted({j.seed for j in jobs}, key=str))),
-        "interval": INTERVALS[interval] + ("; none with fewer than 2 seeds" if interval else ""),
+        "interval": INTERVALS[interval] + " (none with fewer than 2 seeds)",
         "missing values": "a job whose metric is undefined (e.g. too few coherent answers) is left out of that "
                           "metric's seeds: see n seeds",
         **({"warning: a seed repeated within a condition": "; ".join(repeated)} if repeated else {}),

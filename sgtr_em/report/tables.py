@@ -32,9 +32,9 @@ def markdown_table(header: list[str], lines: list[list[str]]) -> str:
 
 def metric_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of one metric's table (Markdown and HTML)."""
-    fields = list(rows[0].condition.fields) if rows else []
+    fields = list(rows[0].condition.columns) if rows else []
     header = [*fields, "mean", "95 % interval", "n seeds", "seeds"]
-    lines = [[*r.condition.fields.values(), num(r.mean),
+    lines = [[*r.condition.columns.values(), num(r.mean),
               f"[{num(r.low)}, {num(r.high)}]" if r.low is not None else "n/a", str(r.n),
               ", ".join(map(str, r.seeds))] for r in rows]
     return header, lines
@@ -47,10 +47,10 @@ def metric_markdown(metric: Metric, rows: list[Row]) -> str:
 def metric_csv(rows: list[Row]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    fields = list(rows[0].condition.fields) if rows else []
+    fields = list(rows[0].condition.columns) if rows else []
     w.writerow([*fields, "mean", "ci95_low", "ci95_high", "n_seeds", "seeds", "values"])
     for r in rows:
-        w.writerow([*r.condition.fields.values(), *("" if x is None else repr(x) for x in (r.mean, r.low, r.high)),
+        w.writerow([*r.condition.columns.values(), *("" if x is None else repr(x) for x in (r.mean, r.low, r.high)),
                     r.n, ";".join(map(str, r.seeds)), ";".join(repr(v) for v in r.values)])
     return buf.getvalue()
 
@@ -59,8 +59,8 @@ def summary_rows(table: dict[str, list[Row]]) -> tuple[list[str], list[list[str]
     """Conditions x headline metrics: mean [interval] (n seeds)."""
     heads = [m for m in METRICS if m.headline and m.key in table]
     first = table[heads[0].key] if heads else []
-    fields = list(first[0].condition.fields) if first else []
-    lines = [[*first[i].condition.fields.values(), *(cell(table[m.key][i]) for m in heads)] for i in range(len(first))]
+    fields = list(first[0].condition.columns) if first else []
+    lines = [[*first[i].condition.columns.values(), *(cell(table[m.key][i]) for m in heads)] for i in range(len(first))]
     return [*fields, *(m.label for m in heads)], lines
 
 
