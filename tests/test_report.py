@@ -129,6 +129,9 @@ def test_cli_writes_the_report_beside_the_sweep(tmp_path, capsys):
     assert main([str(tmp_path), "--interval", "bootstrap"]) == 0
     assert "2 jobs, 1 conditions" in capsys.readouterr().out
     assert "bootstrap percentile interval over seeds" in (tmp_path / "report" / "report.md").read_text()
+    make_job(tmp_path, 2, seed=1, metrics=em_sr(0.3, 0.5))  # the same condition and seed twice: said so
+    write_report(jobs_from_folder(tmp_path), tmp_path / "again", source="x")
+    assert "a seed repeated within a condition: all jobs seed 1" in (tmp_path / "again" / "report.md").read_text()
     with pytest.raises(FileNotFoundError, match="no job folders"):
         jobs_from_folder(tmp_path / "report")
 

@@ -25,7 +25,8 @@ def chromium() -> str:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("chromium is not installed and cannot be here (needs root and apt-get): apt-get install chromium")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    for cmd in (["apt-get", "update", "-qq"], install):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.skip(f"chromium could not be installed: `{' '.join(cmd)}` failed: {proc.stderr.strip()[-300:]}")

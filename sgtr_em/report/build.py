@@ -16,8 +16,13 @@ from .page import render_html, render_markdown
 from .tables import write_tables
 
 
+def seed_order(seed) -> tuple:
+    return (0, seed) if isinstance(seed, int) else (1, str(seed))
+
+
 def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str = "t") -> dict:
-    """Writes the report of `jobs` under `out`; returns what it wrote ({'markdown', 'html', 'tables', 'figures'})."""
+    """Writes the report of `jobs` under `out`; returns the files written ('markdown', 'html', 'tables', 'figures')
+    and what they show ('table': {metric key: rows}, 'conditions')."""
     out = Path(out)
     fields = varying_fields(jobs)
     conditions = group_conditions(jobs)
@@ -27,7 +32,7 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
     meta = {"source": source, "facts": {
         "jobs": len(jobs), "conditions": len(conditions),
         "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",
-        "seeds": ", ".join(map(str, sorted({j.seed for j in jobs}, key=str))),
+        "seeds": ", ".join(map(str, sorted({j.seed for j in jobs}, key=seed_order))),
         "interval": INTERVALS[interval] + " (none with fewer than 2 seeds)",
         "missing values": "a job whose metric is undefined (e.g. too few coherent answers) is left out of that "
                           "metric's seeds: see n seeds",
