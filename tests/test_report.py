@@ -46,6 +46,7 @@ def test_jobs_group_by_what_varies_and_average_over_seeds(tmp_path):
     assert set(out["figures"]) == {"Per condition"}  # one stage order besides em_only: no side-by-side figure
     assert (tmp_path / "report" / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "n/a (0)" in (tmp_path / "report" / "report.md").read_text()  # Betley's rate undefined in every job
+    assert [r["source"] for r in read_csv(tmp_path / "report" / "jobs.csv")][:2] == ["../0", "../1"]
 
 
 def test_an_undefined_value_leaves_its_seed_out_and_one_seed_has_no_interval(tmp_path):

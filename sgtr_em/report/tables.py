@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -64,13 +65,15 @@ def summary_rows(table: dict[str, list[Row]]) -> tuple[list[str], list[list[str]
     return [*fields, *(m.label for m in heads)], lines
 
 
-def jobs_csv(jobs: list[Job], fields: list[str]) -> str:
+def jobs_csv(jobs: list[Job], fields: list[str], out: Path) -> str:
+    """One row per job; a job folder is given relative to the report folder, so the report can be moved with it."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([*fields, "seed", "source", *(m.key for m in METRICS)])
     for j in jobs:
         values = {**j.fields, **j.extra}
-        w.writerow([*(values.get(f, "") for f in fields), j.seed, j.source,
+        source = os.path.relpath(j.source, out) if Path(j.source).is_dir() else j.source
+        w.writerow([*(values.get(f, "") for f in fields), j.seed, source,
                     *("" if j.metrics.get(m.key) is None else j.metrics[m.key] for m in METRICS)])
     return buf.getvalue()
 
@@ -84,5 +87,5 @@ def write_tables(out: Path, table: dict[str, list[Row]], jobs: list[Job], fields
                 path = out / "tables" / f"{m.slug}{suffix}"
                 write_text(path, text)
                 written.append(path)
-    write_text(out / "jobs.csv", jobs_csv(jobs, fields))
+    write_text(out / "jobs.csv", jobs_csv(jobs, fields, out))
     return written + [out / "jobs.csv"]
