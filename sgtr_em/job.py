@@ -66,8 +66,30 @@ def stage_runtime(cfg, input_model: str) -> dict:
     }
 
 
+def api_stage_runtime(cfg, input_model: str) -> dict:
+    """What the workers of an API model's stage need (model.backend=openai): no compute, the API's settings (the
+    name of the key's environment variable, never the key)."""
+    from .evaluation.api import openai_api
+
+    o = OmegaConf.to_container(cfg.openai, resolve=True)
+    return {"input_model": input_model, "model": OmegaConf.to_container(cfg.model, resolve=True), "openai": o,
+            "api": openai_api(o), "data_dir": str(cfg.paths.data_dir), "cache_dir": str(cfg.paths.cache_dir)}
+
+
+def stage_output(cfg, stage_dir: Path) -> str:
+    """The model a finished stage produced, the next stage's input: its merged folder, or its `ft:` model id."""
+    if cfg.model.backend == "openai":
+        from .training.openai_ft import fine_tuned_model
+
+        return fine_tuned_model(stage_dir)
+    return str(stage_dir / "merged")
+
+
 def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
-    """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused')."""
+    """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused').
+
+    An API model's stage (model.backend=openai) builds its data the same way, then trains as a fine-tuning job
+    (sgtr_em/training/openai_ft.py), which resumes the job it started rather than paying for another."""
     stages_dir = Path(cfg.paths.stages_dir)
     stages_dir.mkdir(parents=True, exist_ok=True)
     d = stages_dir / stage.hash
@@ -78,14 +100,17 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
-        runtime = stage_runtime(cfg, input_model)
+        api = cfg.model.backend == "openai"
+        runtime = api_stage_runtime(cfg, input_model) if api else stage_runtime(cfg, input_model)
         write_json(d / "stage.json", {"spec": stage.spec, "runtime": runtime})
         start = time.time()
         if not (d / "train.jsonl").exists():
             run_worker("sgtr_em.data.build", d, what=f"stage {stage.hash} data")
-        if not (d / "adapter").exists():
+        if api:
+            run_worker("sgtr_em.training.openai_ft", d, what=f"stage {stage.hash} fine-tuning job")
+        elif not (d / "adapter").exists():
             train(cfg, d, runtime["compute"], what=f"stage {stage.hash} training")
-        if not (d / "merged").exists():
+        if not api and not (d / "merged").exists():
             run_worker("sgtr_em.training.merge", d, what=f"stage {stage.hash} merge")
         write_json(d / "done", {"seconds": round(time.time() - start, 1), "finished": time.time()})
     return d, "trained"
@@ -97,10 +122,15 @@ def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identit
     if not cfg.eval.run:
         return {}
     base_identity = final_model_identity([], cfg)
+    if cfg.model.backend == "openai":  # every evaluation through the API (and a default judge too)
+        from .evaluation.api import api_model_eval
+
+        resolved = api_model_eval(resolved)
+    judge = resolved["judge"]
     write_json(point_dir / "eval_input.json", {
         "config": resolved, "model_path": model_path, "model_identity": identity, "model_key": content_hash(identity),
         "base_model_path": base_model, "base_model_key": content_hash(base_identity),
-        "judge_model_path": cfg.judge.model or base_model, "after_stages": step,
+        "judge_model_path": judge["model"] or base_model, "after_stages": step,
     })
     run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
     metrics = read_json(point_dir / "metrics.json")
@@ -161,12 +191,14 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
             write_json(run_dir / "stages.json", events)
             tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status,
                                run_dir=run_dir)
-            model_path = str(d / "merged")
+            model_path = stage_output(cfg, d)
             if cfg.eval.after_each_stage and i < len(stages):
                 evaluate(cfg, run, run_dir / "after_stage" / f"{i}_{stage.kind}", resolved, model_path,
                          final_model_identity(stages[:i], cfg), base_model, step=i)
         metrics = evaluate(cfg, run, run_dir, resolved, model_path, final_model_identity(stages, cfg), base_model,
                            step=len(stages))
+        if not cfg.eval.run:
+            write_json(run_dir / "metrics.json", metrics)  # every finished job has one (empty: nothing evaluated)
     except Interrupted:
         run.mark_preempting()  # W&B shows it preempted (a sweep requeues it); the rerun continues this run
         raise

@@ -59,10 +59,20 @@ def _system(cfg, kind: str) -> dict:
     return {"mode": mode, "text": text}
 
 
+def openai_training(cfg) -> dict:
+    """What determines an API fine-tuning job's weights: its hyperparameters and seed (model.backend=openai), and
+    the per-example token limit that decides which examples are kept."""
+    o = cfg.openai
+    return {"backend": "openai", "hyperparameters": OmegaConf.to_container(o.hyperparameters, resolve=True),
+            "seed": o.seed, "max_length": o.max_example_tokens}
+
+
 def plan_stages(cfg) -> list[Stage]:
     """The stages of a job in training order (an intervention of kind `none` trains nothing)."""
     training = {k: v for k, v in OmegaConf.to_container(cfg.training, resolve=True).items() if k not in NOT_IDENTITY}
     lora = OmegaConf.to_container(cfg.lora, resolve=True)
+    if cfg.model.backend == "openai":  # the API trains its own adapters: no LoRA settings, its own hyperparameters
+        training, lora = openai_training(cfg), None
     chat_template_kwargs = OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True)  # how text renders
     parent: dict = {"base": base_model_identity(cfg)}
     stages = []
@@ -80,5 +90,6 @@ def plan_stages(cfg) -> list[Stage]:
 
 
 def final_model_identity(stages: list[Stage], cfg) -> dict:
-    """Identity of the model the evaluation sees: the last stage's merged weights, or the base model."""
+    """Identity of the model the evaluation sees: the last stage's weights (merged, or its `ft:` model), or the base
+    model."""
     return {"stage": stages[-1].hash} if stages else {"base": base_model_identity(cfg)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import secrets
 import struct
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .io import write_json
+
+log = logging.getLogger(__name__)
 
 GROUP_KEYS = ("model", "em_dataset", "intervention", "stage_order", "system_prompt")
 RUN_STATE = "wandb_run.json"  # the job's W&B run id and the stages already logged to it
@@ -88,10 +91,21 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
     config = {k: str(cfg[k].name) for k in GROUP_KEYS}
     config.update(seed=cfg.seed, cfg=resolved)
     sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
-    return wandb.init(project=None if sweep else t.project, entity=None if sweep else t.entity,
-                      group=t.group or group, name=run_name(cfg), job_type=condition_name(cfg),
-                      tags=run_tags(cfg), config=config, dir=str(run_dir), mode=t.mode,
-                      id=job_run_id(run_dir), resume="allow", settings=wandb.Settings(silent=True, console="off"))
+    kwargs = dict(project=None if sweep else t.project, entity=None if sweep else t.entity,
+                  group=t.group or group, name=run_name(cfg), job_type=condition_name(cfg), tags=run_tags(cfg),
+                  config=config, dir=str(run_dir), mode=t.mode, id=job_run_id(run_dir), resume="allow",
+                  settings=wandb.Settings(silent=True, console="off"))
+    # A requeued job can start while its preempted attempt still finishes the same run (it checkpoints, then closes
+    # the run): W&B refuses a run id in use until then. Wait for it, up to twice the preemption grace period.
+    deadline = time.time() + 2 * cfg.compute.preempt_grace_s
+    while True:
+        try:
+            return wandb.init(**kwargs)
+        except Exception as e:  # wandb's ServerResponseError / CommError, depending on the version
+            if "in use" not in str(e) or time.time() > deadline:
+                raise
+            log.warning("W&B run %s is still in use by the previous attempt: waiting", kwargs["id"])
+            time.sleep(5)
 
 
 def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict], status: str,

@@ -68,8 +68,7 @@ def read_json(path: Path):
 # A stage small enough to train three times in a test: em_only, 24 examples, 3 optimizer steps of 8 (no warm-up, so
 # every step moves the weights), a checkpoint after each step, no evaluations.
 TRAIN = ["stage_order=em_only", "em_dataset.max_examples=24", "training.batch_size=8", "training.warmup_steps=0",
-         "training.learning_rate=1e-4", "training.save_steps=1", "eval.self_recognition.enabled=false",
-         "eval.em.enabled=false"]
+         "training.learning_rate=1e-4", "training.save_steps=1", "eval.run=[]"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from sgtr_em import job
 from .conftest import REPO, TRAIN, read_json, train_losses
 from .test_config import _compose
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # several CPU processes: minutes each
 
 # Step 1 starts from the same weights on the same batch: only the order of the reductions differs (measured 6e-8).
 # Later steps start from bf16 weights updated in that other order, and drift (measured: 2e-4 at step 2, 3e-3 at 3).

@@ -45,6 +45,7 @@ def test_a_stage_killed_after_its_first_checkpoint_resumes_to_the_same_steps(run
     assert wandb_run["summary"]["train/1_em/status"] == "trained"
 
 
+@pytest.mark.extended
 def test_a_signalled_worker_checkpoints_where_it_is_and_the_job_reads_it_as_interrupted(reference_stage, tmp_path):
     """SIGTERM (Slurm's preemption and requeue signal) mid-training: the worker finishes its optimizer step, saves a
     checkpoint there (none was due: save_steps is 100), exits 75 with interrupted.json; the parent raises Interrupted.

@@ -1,6 +1,7 @@
 """The self-recognition eval's "self" summaries: the paper's precomputed ones, or the base model's (real SmolLM2)."""
 from __future__ import annotations
 
+import pytest
 from omegaconf import OmegaConf
 
 from sgtr_em.data.summaries import summary_cache_path
@@ -30,6 +31,8 @@ def test_precomputed_summaries_of_the_data_can_stand_for_self(tmp_path, smollm2_
     assert not (tmp_path / "summaries").exists()  # nothing was generated
 
 
+@pytest.mark.slow
+@pytest.mark.extended  # a minute: the base model writes summaries on the CPU
 def test_base_model_summaries_are_written_by_the_base_model_and_cached_under_its_name(tmp_path, smollm2_path, data_dir):
     ctx = context(tmp_path, smollm2_path, data_dir, "eval.self_recognition.summaries=base")
     rows = sr.generate(ctx)

@@ -5,7 +5,7 @@
 Reads `<stage_dir>/stage.json` (written by the parent) and calls the builder of the stage's data kind
 (data/interventions.py); for summary kinds, a model may first write its summaries (cached per model).
 Examples are shuffled (seeded, whole groups together); those longer than `training.max_length` tokens are
-dropped and counted: truncation would cut off an SGTR label. With `num_examples` set (matched compute),
+dropped and counted: truncation would cut off an SGTR label (an API model: its per-example limit, on an estimate). With `num_examples` set (matched compute),
 exactly that many are kept: the first ones, or repeated passes when fewer were built.
 """
 from __future__ import annotations
@@ -64,9 +64,12 @@ def main(stage_dir: Path) -> None:
     spec, rt = st["spec"], st["runtime"]
     files = DataFiles(Path(rt["data_dir"]), Path(rt["cache_dir"]) / "data", download=False)
     rows, stats = build_stage_rows(spec, rt, files)
-    from ..models import load_tokenizer
+    if spec["training"].get("backend") == "openai":  # an API model: its limit, on an estimate of its token count
+        from ..training.openai_format import row_tokens as length
+    else:
+        from ..models import load_tokenizer
 
-    length = token_length(load_tokenizer(rt["input_model"]), spec["chat_template_kwargs"])
+        length = token_length(load_tokenizer(rt["input_model"]), spec["chat_template_kwargs"])
     max_length = spec["training"]["max_length"]
     rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
                                       fits=lambda r: length(r) <= max_length)

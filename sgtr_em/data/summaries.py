@@ -71,6 +71,11 @@ def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequen
         model = resolve_model_path(OmegaConf.create(rt["model"]), rt["cache_dir"])
     key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
     cache = summary_cache_path(rt["cache_dir"], data["articles"], key, data["summary_prompt"])
+    if rt.get("api"):  # an API model (model.backend=openai): the model id (an `ft:` model) writes them through the API
+        from ..evaluation.generation_api import OpenAIGenerator
+
+        gen = OpenAIGenerator(model, rt["api"], cache_dir=Path(rt["cache_dir"]) / "generation")
+        return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)
     gen = HFGenerator(model, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
                       chat_template_kwargs=spec["chat_template_kwargs"])
     return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)

@@ -71,7 +71,9 @@ class LocalJudge:
             raise ValueError("the local judge needs sdpa or eager attention (a tree attention mask)")
         ids = torch.tensor([[node[-1] for node in nodes]], device=device)
         positions = torch.tensor([[n_prefix + len(node) - 1 for node in nodes]], device=device)
-        logits = model(ids, cache=out.cache, attention_mask=mask.to(model.dtype) if mask.is_floating_point() else mask,
+        # transformers >= 5.2x names the returned cache `cache`; earlier 5.x releases `past_key_values`
+        cache = {"cache": out.cache} if getattr(out, "cache", None) is not None else {"past_key_values": out.past_key_values}
+        logits = model(ids, **cache, attention_mask=mask.to(model.dtype) if mask.is_floating_point() else mask,
                        position_ids=positions).logits[0].float()
         after = torch.log_softmax(logits, dim=-1)
         return first, {node: after[i] for i, node in enumerate(nodes)}

@@ -20,7 +20,7 @@ MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit
 class ChatEngine:
     def __init__(self, model_path: str, *, name: str, dtype: str = "float32", device: str = "cpu",
                  chat_template_kwargs: Optional[dict] = None):
-        self.name = name
+        self.name, self.path = name, model_path
         self.gen = HFGenerator(model_path, dtype=dtype, device=device, batch_size=1,
                                chat_template_kwargs=chat_template_kwargs)
         self._lock = threading.Lock()
