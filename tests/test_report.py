@@ -135,6 +135,9 @@ def test_cli_writes_the_report_beside_the_sweep(tmp_path, capsys):
     assert "a seed repeated within a condition: all jobs seed 1" in (tmp_path / "again" / "report.md").read_text()
     with pytest.raises(FileNotFoundError, match="no job folders"):
         jobs_from_folder(tmp_path / "report")
+    with pytest.raises(SystemExit):  # a mistyped folder is not taken for a W&B group
+        main([str(tmp_path / "no_such_sweep")])
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_dashboard_definition_names_every_panel_and_grouping(capsys):

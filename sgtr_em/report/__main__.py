@@ -31,6 +31,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error("give a sweep folder or a W&B group (or --dashboard)")
     if args.dashboard and not args.print and not args.entity:
         p.error("--dashboard needs --entity (or WANDB_ENTITY)")
+    if args.source and not Path(args.source).exists() and ("/" in args.source or args.source.startswith(".")):
+        p.error(f"{args.source}: no such folder (a W&B group name has no '/')")
     return args
 
 
