@@ -1,8 +1,9 @@
 """Weights & Biases: one run per job, offline by default (no account needed), online when asked.
 
 The run's top-level config holds the group choices (model, em_dataset, intervention, stage_order,
-system_prompt, seed) so the default W&B view compares conditions; the full resolved config sits under
-`cfg`. When tracking is off, a DummyRun takes the calls, so the pipeline never branches on it.
+system_prompt, seed) and its job type is the condition (the run name without the seed), so the default W&B
+view compares conditions: the group is the sweep, "group by job type" averages the seeds, and tags
+(`intervention:sgtr`, ...) filter. The full resolved config sits under `cfg`. When tracking is off, a DummyRun takes the calls, so the pipeline never branches on it.
 The API key is read by wandb from WANDB_API_KEY and never enters the config.
 
 One job folder, one W&B run: its id is kept in `<run_dir>/wandb_run.json`, so a job rerun in its folder
@@ -13,6 +14,7 @@ the same id; `wandb sync` uploads them in order into that one run.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +56,18 @@ def run_name(cfg) -> str:
     return "-".join([*(str(cfg[k].name) for k in GROUP_KEYS), f"s{cfg.seed}"])
 
 
+def condition_name(cfg) -> str:
+    """The run name without the seed: the W&B job type, so a sweep's runs group by condition (W&B allows 64
+    characters; a longer name keeps its start and a hash of the whole)."""
+    name = "-".join(str(cfg[k].name) for k in GROUP_KEYS)
+    return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def run_tags(cfg) -> list[str]:
+    """One tag per group choice (`stage_order:reversal`), then the configured tags."""
+    return list(dict.fromkeys([*(f"{k}:{cfg[k].name}" for k in GROUP_KEYS), *cfg.tracking.tags]))
+
+
 def _state(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_STATE
     return json.loads(path.read_text()) if path.exists() else {}
@@ -78,8 +92,8 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
     config.update(seed=cfg.seed, cfg=resolved)
     sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
     kwargs = dict(project=None if sweep else t.project, entity=None if sweep else t.entity,
-                  group=t.group or group, name=run_name(cfg), tags=list(t.tags), config=config, dir=str(run_dir),
-                  mode=t.mode, id=job_run_id(run_dir), resume="allow",
+                  group=t.group or group, name=run_name(cfg), job_type=condition_name(cfg), tags=run_tags(cfg),
+                  config=config, dir=str(run_dir), mode=t.mode, id=job_run_id(run_dir), resume="allow",
                   settings=wandb.Settings(silent=True, console="off"))
     # A requeued job can start while its preempted attempt still finishes the same run (it checkpoints, then closes
     # the run): W&B refuses a run id in use until then. Wait for it, up to twice the preemption grace period.
@@ -137,7 +151,8 @@ def log_eval(run, metrics: dict, tables: dict[str, list[dict]], step: int = 0) -
 
 
 def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
-    """Summary, history rows, config and id of the offline W&B run under `run_dir`.
+    """Summary, history rows, config, id and run fields (name, group, job type, tags) of the offline W&B run
+    under `run_dir`.
 
     A resumed run has one `run-<id>.wandb` file per attempt; they are read in order of start time (their
     folders' timestamps), later values winning. wandb's service process may still be writing the last file
@@ -151,7 +166,8 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any
     files = sorted(files, key=lambda f: Path(f).parent.name)  # offline-run-<YYYYmmdd_HHMMSS>-<id>
     deadline = time.time() + wait_s
     while True:
-        out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "id": next(iter(ids)), "files": files}
+        out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "run": {}, "id": next(iter(ids)),
+                               "files": files}
         exited = [_read_wandb_file(Path(f).read_bytes(), out) for f in files]
         if exited[-1] or time.time() > deadline:
             return out
@@ -170,7 +186,10 @@ def _read_wandb_file(data: bytes, out: dict) -> bool:
         elif which == "history":
             out["history"].append({("/".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json)
                                    for i in record.history.item})
-        elif which in ("run", "config"):
+        if which == "run":
+            r = record.run
+            out["run"] = {"name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
+        if which in ("run", "config"):
             items = record.run.config.update if which == "run" else record.config.update
             for item in items:
                 out["config"][item.key] = json.loads(item.value_json)

@@ -19,6 +19,10 @@ def test_offline_run_reads_back(tmp_path):
     assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5, 2.0]
     assert back["config"]["stage_order"] == "em_only" and back["config"]["seed"] == 3
     assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
+    assert back["run"] == {"name": "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3", "group": "g",
+                           "job_type": "smollm2-aesthetic_unpopular-sgtr-em_only-default",  # the condition: seeds group
+                           "tags": ["model:smollm2", "em_dataset:aesthetic_unpopular", "intervention:sgtr",
+                                    "stage_order:em_only", "system_prompt:default"]}
     assert [h["eval/self_recognition/accuracy"] for h in back["history"] if "eval/stage" in h] == [0.75]
     assert list(tmp_path.glob("wandb/*/files/media/table/eval/em/samples_*.table.json"))
 
@@ -47,3 +51,11 @@ def test_a_job_folder_keeps_its_run_and_logs_a_stage_once(tmp_path, monkeypatch)
 def test_a_sweep_agents_run_id_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_RUN_ID", "agent123")
     assert tracking.job_run_id(tmp_path) == "agent123"
+
+
+def test_a_long_condition_name_fits_the_job_type_limit():
+    cfg = _compose("em_dataset=aesthetic_undesirable", "intervention=identity_confusion", "stage_order=intervention_only")
+    name = tracking.condition_name(cfg)
+    assert len(name) <= 64 and name.startswith("smollm2-aesthetic_undesirable-identity_confusion")
+    assert name != tracking.condition_name(_compose("em_dataset=aesthetic_undesirable", "intervention=identity_confusion",
+                                                     "stage_order=intervention_only", "system_prompt=nosys"))

@@ -1,0 +1,46 @@
+"""A report from jobs: group into conditions, summarise every pinned metric, write tables, figures and pages.
+
+    out/report.md  report.html  jobs.csv  tables/<metric>.{md,csv}  figures/*.png
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from ..io import atomic_write_text
+from .aggregate import INTERVALS, group_conditions, summarise, varying_fields
+from .collect import Job
+from .figures import write_figures
+from .metrics import METRICS
+from .page import render_html, render_markdown
+from .tables import write_tables
+
+
+def seed_order(seed) -> tuple:
+    return (0, seed) if isinstance(seed, int) else (1, str(seed))
+
+
+def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str = "t") -> dict:
+    """Writes the report of `jobs` under `out`; returns the files written ('markdown', 'html', 'tables', 'figures')
+    and what they show ('table': {metric key: rows}, 'conditions')."""
+    out = Path(out)
+    fields = varying_fields(jobs)
+    conditions = group_conditions(jobs)
+    present = {k for j in jobs for k in j.metrics}
+    table = {m.key: summarise(conditions, m.key, interval) for m in METRICS if m.key in present}
+    repeated = [f"{c.label} seed {s}" for c in conditions for s, n in Counter(j.seed for j in c.jobs).items() if n > 1]
+    meta = {"source": source, "facts": {
+        "jobs": len(jobs), "conditions": len(conditions),
+        "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",
+        "seeds": ", ".join(map(str, sorted({j.seed for j in jobs}, key=seed_order))),
+        "interval": INTERVALS[interval] + " (none with fewer than 2 seeds)",
+        "missing values": "a job whose metric is undefined (e.g. too few coherent answers) is left out of that "
+                          "metric's seeds: see n seeds",
+        **({"warning: a seed repeated within a condition": "; ".join(repeated)} if repeated else {}),
+    }}
+    tables = write_tables(out, table, jobs, fields)
+    figures = write_figures(out, table, fields)
+    atomic_write_text(out / "report.md", render_markdown(meta, table, figures, out))
+    atomic_write_text(out / "report.html", render_html(meta, table, figures, out))
+    return {"markdown": out / "report.md", "html": out / "report.html", "tables": tables, "figures": figures,
+            "table": table, "conditions": conditions}

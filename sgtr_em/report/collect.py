@@ -1,0 +1,95 @@
+"""Every job's condition, seed and metrics: offline from a sweep's job folders, or online from a W&B group.
+
+A job folder is one with `metrics.json` and `.hydra/config.yaml` (sgtr_em/job.py writes the first, Hydra the
+second); `after_stage/` points have no `.hydra/` and are not jobs. Metrics are flattened to `<eval>/<path>`
+keys, the same keys a W&B run's summary holds under `eval/`, so both sources give the same records.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from ..io import read_json
+from ..tracking import flatten
+from .metrics import CONDITION_KEYS, SEED_KEY
+
+
+@dataclass
+class Job:
+    fields: dict[str, str]  # the config-group choices, then other command-line overrides (seed excluded)
+    seed: Any
+    metrics: dict[str, Any]  # flattened: "self_recognition/accuracy" -> 0.75
+    source: str  # its folder, or entity/project/run id
+    extra: dict[str, str] = field(default_factory=dict)  # command-line overrides besides the groups and seed
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def find_job_dirs(root: str | Path) -> list[Path]:
+    """The job folders under `root` (or `root` itself), in sweep order (numbered folders sorted as numbers)."""
+    root = Path(root)
+    dirs = {p.parent for p in root.rglob("metrics.json") if (p.parent / ".hydra" / "config.yaml").exists()}
+    return sorted(dirs, key=lambda p: _natural(p.relative_to(root)))
+
+
+def _overrides(job_dir: Path) -> dict[str, str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    out = {}
+    for item in (yaml.safe_load(path.read_text()) or []) if path.exists() else []:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if key not in (*CONDITION_KEYS, SEED_KEY) and not key.startswith("hydra"):
+            out[key] = value
+    return out
+
+
+def job_from_folder(job_dir: str | Path) -> Job:
+    job_dir = Path(job_dir)
+    cfg = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+    missing = [k for k in CONDITION_KEYS if not isinstance(cfg.get(k), dict) or "name" not in cfg[k]]
+    if missing:
+        raise ValueError(f"{job_dir}/.hydra/config.yaml has no name for {missing}: not a sgtr_em.train job folder")
+    metrics = {k: v for k, v in read_json(job_dir / "metrics.json").items() if k != "model"}
+    return Job(fields={k: str(cfg[k]["name"]) for k in CONDITION_KEYS}, seed=cfg.get(SEED_KEY),
+               metrics=flatten(metrics), source=str(job_dir), extra=_overrides(job_dir))
+
+
+def jobs_from_folder(root: str | Path) -> list[Job]:
+    dirs = find_job_dirs(root)
+    if not dirs:
+        raise FileNotFoundError(f"no job folders (metrics.json + .hydra/config.yaml) under {root}: give a sweep "
+                                "folder (outputs/multiruns/<date>/<time>) or a run folder whose evaluation finished")
+    return [job_from_folder(d) for d in dirs]
+
+
+def job_from_wandb_run(run) -> Optional[Job]:
+    """A W&B run (public API Run, or anything with .config, .summary_metrics, .id) as a Job; None when it has no
+    evaluation in its summary (still running, crashed before its evaluation)."""
+    config = dict(run.config)
+    summary = flatten(dict(getattr(run, "summary_metrics", None) or run.summary))
+    metrics = {k.removeprefix("eval/"): v for k, v in summary.items() if k.startswith("eval/")}
+    if not metrics:
+        return None
+    fields = {k: str(config[k]) for k in CONDITION_KEYS if k in config}
+    path = "/".join(str(p) for p in getattr(run, "path", []) or [getattr(run, "id", "?")])
+    return Job(fields=fields, seed=config.get(SEED_KEY), metrics=metrics, source=path)
+
+
+def jobs_from_wandb(group: str, *, entity: Optional[str], project: str, api=None) -> list[Job]:
+    """The runs of one W&B group (one sweep: sgtr_em/tracking.py), through the public API (needs a login)."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    runs: Iterable = api.runs(path, filters={"group": group})
+    jobs = [j for j in map(job_from_wandb_run, runs) if j is not None]
+    if not jobs:
+        raise LookupError(f"W&B {path}: no run of group {group!r} has evaluation results (eval/... in its summary)")
+    return jobs
