@@ -42,7 +42,7 @@ def server(smollm2_path):
                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.startswith("serving smollm2 at "), line
-    yield line.split(" at ")[1].strip()
+    yield line.split(" at ")[1].split()[0]  # "serving smollm2 at <url> (files and jobs in <dir>)"
     proc.terminate()
     proc.wait(10)
 
