@@ -95,6 +95,10 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
                   group=t.group or group, name=run_name(cfg), job_type=condition_name(cfg), tags=run_tags(cfg),
                   config=config, dir=str(run_dir), mode=t.mode, id=job_run_id(run_dir), resume="allow",
                   settings=wandb.Settings(silent=True, console="off"))
+    # Each job talks to its own W&B service process. An inherited WANDB_SERVICE (set by any process that started a run:
+    # a test runner, a notebook, the shell of an earlier job) would share one, and a run whose process was killed
+    # stays open there: its rerun (the same id, to resume it) would be refused as "in use" for as long as it lives.
+    os.environ.pop("WANDB_SERVICE", None)
     # A requeued job can start while its preempted attempt still finishes the same run (it checkpoints, then closes
     # the run): W&B refuses a run id in use until then. Wait for it, up to twice the preemption grace period.
     deadline = time.time() + 2 * cfg.compute.preempt_grace_s

@@ -66,7 +66,8 @@ def test_default_run(run_cli, tmp_path):
 def test_sweep_trains_the_shared_em_stage_once(run_cli, tmp_path):
     sweep = tmp_path / "sweep"
     out = tmp_path / "outputs"
-    run_cli("-m", "stage_order=em_only,reversal", f"hydra.sweep.dir={sweep}", *TINY, output_dir=out)
+    # no evaluations (the default run covers them): this test is about the stages
+    run_cli("-m", "stage_order=em_only,reversal", f"hydra.sweep.dir={sweep}", *TINY, "eval.run=[]", output_dir=out)
     em_only, reversal = read_json(sweep / "0" / "stages.json"), read_json(sweep / "1" / "stages.json")
     assert [(s["kind"], s["status"]) for s in em_only] == [("em", "trained")]
     assert [(s["kind"], s["status"]) for s in reversal] == [("em", "reused"), ("intervention", "trained")]
@@ -74,12 +75,12 @@ def test_sweep_trains_the_shared_em_stage_once(run_cli, tmp_path):
     trained = [d for d in (out / "stages").iterdir() if d.is_dir() and (d / "done").exists()]
     assert len(trained) == 2  # not 3
     for job in ("0", "1"):
-        metrics = read_json(sweep / job / "metrics.json")
-        assert_wandb_matches(sweep / job, metrics)
+        assert read_json(sweep / job / "metrics.json") == {}  # nothing evaluated
         config = read_offline_run(sweep / job)["config"]
         assert config["stage_order"] == ("em_only" if job == "0" else "reversal")
 
 
+@pytest.mark.extended  # 200 s on CI; test_resume.py shows a killed stage resuming, the sweep test shows reuse
 def test_killed_during_the_second_stage_resumes_without_retraining_the_first(run_cli, tmp_path):
     out = tmp_path / "outputs"
     first = run_cli(f"hydra.run.dir={tmp_path / 'first'}", *TINY, output_dir=out, start_new_session=True,

@@ -13,13 +13,11 @@ from sgtr_em.tracking import read_offline_run
 from .conftest import read_json
 from .test_e2e import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # minutes; the default run covers sgtr
 
 # kind -> option: summary_pairs, chat_file, summary_word_count, mmlu_qa, none. pick_longer (not the length-balanced
 # variant: with 3 articles SmolLM2's summaries can all be longer, leaving no pairs; test_interventions.py covers it)
-OPTIONS = ["identity_confusion", "word_count",  # in `make test`; the other kinds in `make test-all`
-           *(pytest.param(o, marks=pytest.mark.extended) for o in ("pick_longer", "word_count_summaries",
-                                                                   "general_knowledge", "none"))]
+OPTIONS = ["identity_confusion", "pick_longer", "word_count", "word_count_summaries", "general_knowledge", "none"]
 NO_EVAL = ["eval.run=[]"]  # evaluation: covered by test_e2e.py
 
 

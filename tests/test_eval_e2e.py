@@ -15,7 +15,7 @@ from sgtr_em.tracking import read_offline_run
 
 from .conftest import REPO, read_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # 190 s; the default run and test_openai.py cover its parts
 
 TINY_EVALS = ["stage_order=base", "eval=smoke", "eval.self_recognition.max_articles=1",
               "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
