@@ -87,8 +87,12 @@ def test_a_two_job_grid_runs_through_slurm_and_a_requeued_job_resumes(slurm, dat
     assert [s["status"] for s in read_json(sweep / "1" / "stages.json")] == ["trained"]
     assert "Resuming from" in (em_stage / "worker.log").read_text()
     assert read_json(em_stage / "adapter" / "train_result.json")["global_step"] == 3
-    states = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-o", "JobID%12,State%12,Start,End", "-j",
-                             f"{array_id}_{trainer_job}"], env=env, capture_output=True, text=True).stdout
+    for _ in range(60):  # Slurm's accounting records the end of the last attempt a little after it ends
+        states = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-o", "JobID%12,State%12,Start,End", "-j",
+                                 f"{array_id}_{trainer_job}"], env=env, capture_output=True, text=True).stdout
+        if "COMPLETED" in states:
+            break
+        time.sleep(1)
     assert "REQUEUED" in states and "COMPLETED" in states, states
     print(states)
     submitit_log = "".join(p.read_text(errors="ignore") for p in sweep.glob(f".submitit/{array_id}_{trainer_job}/*.err"))
