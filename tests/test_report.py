@@ -59,8 +59,10 @@ def test_an_undefined_value_leaves_its_seed_out_and_one_seed_has_no_interval(tmp
 
 def test_other_overrides_that_vary_are_condition_fields(tmp_path):
     for i, lr in enumerate(["1e-4", "1e-4", "2e-4"]):
-        make_job(tmp_path, i, seed=i % 2, metrics=em_sr(0.1, 0.5), overrides=(f"training.learning_rate={lr}",
-                                                                              "eval.em.max_new_tokens=12"))
+        # how a job ran (micro-batch, data folder) is no condition: seed 0 and 1 of 1e-4 pool although they differ
+        make_job(tmp_path, i, seed=i % 2, metrics=em_sr(0.1, 0.5), overrides=(
+            f"training.learning_rate={lr}", "eval.em.max_new_tokens=12", f"compute.micro_batch_size={2 ** i}",
+            f"paths.data_dir=/data{i}", "tracking=none"))
     conditions = aggregate.group_conditions(jobs_from_folder(tmp_path))
     assert [c.fields for c in conditions] == [{"training.learning_rate": "1e-4"}, {"training.learning_rate": "2e-4"}]
 

@@ -15,7 +15,7 @@ import yaml
 
 from ..io import read_json
 from ..tracking import flatten
-from .metrics import CONDITION_KEYS, SEED_KEY
+from .metrics import CONDITION_KEYS, RUN_ONLY_PREFIXES, SEED_KEY
 
 
 @dataclass
@@ -44,7 +44,7 @@ def _overrides(job_dir: Path) -> dict[str, str]:
     for item in (yaml.safe_load(path.read_text()) or []) if path.exists() else []:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if key not in (*CONDITION_KEYS, SEED_KEY) and not key.startswith("hydra"):
+        if key not in (*CONDITION_KEYS, SEED_KEY) and key.split(".")[0] not in RUN_ONLY_PREFIXES:
             out[key] = value
     return out
 

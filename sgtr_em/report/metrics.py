@@ -53,6 +53,10 @@ FIGURE_METRICS = ("em/misaligned_rate", "em/misaligned_rate_mo", "self_recogniti
 # command-line override that varies (e.g. training.learning_rate).
 CONDITION_KEYS = GROUP_KEYS
 SEED_KEY = "seed"
+# Overrides that say where and how fast a job runs, not what it computes (e.g. compute.micro_batch_size with the same
+# optimizer batch, a data folder, W&B mode): never condition fields, so runs of one condition on other hardware or
+# resumed with other settings still pool their seeds.
+RUN_ONLY_PREFIXES = ("hydra", "compute", "deepspeed", "paths", "tracking", "download")
 
 # stage_order values drawn as the two sides of the reversal-vs-prevention figure.
 ORDERS = {"reversal": "Reversal (EM -> intervention)", "prevention": "Prevention (intervention -> EM)"}
