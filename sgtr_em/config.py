@@ -204,6 +204,8 @@ class OpenAIConfig:
     max_retries: int = 8  # the SDK's retries with backoff (429, 5xx, timeouts, dropped connections)
     timeout_s: float = 120.0
     max_concurrency: int = 16  # evaluation calls in flight
+    requests_per_minute: Optional[float] = None  # evaluation calls: null = the server's limits (x-ratelimit headers)
+    tokens_per_minute: Optional[float] = None
     poll_interval_s: float = 30.0  # how often a running job is polled
     max_job_attempts: int = 3  # jobs created per stage when the API fails one for its own reasons (server_error)
     hyperparameters: OpenAIHyperparameters = field(default_factory=OpenAIHyperparameters)

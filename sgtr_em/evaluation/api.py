@@ -1,5 +1,6 @@
-"""Chat completions against any OpenAI-compatible endpoint: bounded concurrency, the SDK's retries with backoff,
-an on-disk cache (a rerun makes no calls), and token/cost accounting.
+"""Chat completions against any OpenAI-compatible endpoint: bounded concurrency paced by the server's rate limits
+(token buckets, sgtr_em/evaluation/rate_limit.py), the SDK's retries with backoff, an on-disk cache (a rerun makes
+no calls), and token/cost accounting.
 
 The API key is read from the environment variable the config names, never from a config; a local server
 (vLLM, `python -m sgtr_em.openai_server`) needs none.
@@ -7,6 +8,7 @@ The API key is read from the environment variable the config names, never from a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any, Optional, Sequence
@@ -14,18 +16,19 @@ from typing import Any, Optional, Sequence
 from tqdm import tqdm
 
 from .cache import DiskCache, Usage
+from .rate_limit import RateLimiter, estimate_tokens
 
 log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
 
 
-API_KEYS = ("base_url", "api_key_env", "max_concurrency", "max_retries", "timeout_s", "input_usd_per_mtok",
-            "output_usd_per_mtok", "cache")
+API_KEYS = ("base_url", "api_key_env", "max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries",
+            "timeout_s", "input_usd_per_mtok", "output_usd_per_mtok", "cache")
 
 
 def openai_api(openai_cfg: dict) -> dict:
     """The endpoint settings (eval.generation.api's shape) of the `openai` block: where an API model lives."""
-    return {k: openai_cfg[k] for k in API_KEYS}
+    return {k: openai_cfg.get(k) for k in API_KEYS}
 
 
 def api_model_eval(resolved: dict) -> dict:
@@ -79,26 +82,47 @@ class ChatAPI:
         return asyncio.run(self._complete_all(list(requests), desc))
 
     async def _complete_all(self, requests: list[dict], desc: str) -> list[dict]:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         sem = asyncio.Semaphore(self.cfg["max_concurrency"])
-        with tqdm(total=len(requests), desc=desc, unit="call") as bar:
-            async with AsyncOpenAI(api_key=self.key, base_url=self.base_url, max_retries=self.cfg["max_retries"],
-                                   timeout=self.cfg["timeout_s"]) as client:
-                return await asyncio.gather(*(self._complete_one(client, r, sem, bar) for r in requests))
+        limiter = RateLimiter(self.cfg.get("requests_per_minute"), self.cfg.get("tokens_per_minute"))
 
-    async def _complete_one(self, client, request: dict, sem: asyncio.Semaphore, bar) -> dict:
+        async def observe(response) -> None:  # every HTTP answer, the SDK's retried attempts included
+            tokens = 0
+            if response.status_code >= 400:  # a retry will follow: what it costs
+                try:
+                    tokens = estimate_tokens(json.loads(response.request.content or b"{}"))
+                except (ValueError, AttributeError):
+                    pass
+            limiter.observe(response.status_code, response.headers, tokens)
+
+        http = DefaultAsyncHttpxClient(event_hooks={"response": [observe]})
+        try:
+            with tqdm(total=len(requests), desc=desc, unit="call") as bar:
+                async with AsyncOpenAI(api_key=self.key, base_url=self.base_url, max_retries=self.cfg["max_retries"],
+                                       timeout=self.cfg["timeout_s"], http_client=http) as client:
+                    return await asyncio.gather(*(self._complete_one(client, r, sem, limiter, bar) for r in requests))
+        finally:
+            self.usage.rate_limited += limiter.rate_limited
+            self.usage.rate_wait_s += limiter.waited_s
+            if limiter.rate_limited:
+                log.info("%s: %d answers were 429 (rate limited)", desc, limiter.rate_limited)
+
+    async def _complete_one(self, client, request: dict, sem: asyncio.Semaphore, limiter: RateLimiter, bar) -> dict:
         key = DiskCache.key({"base_url": self.base_url, "model": self.model, **request})
         if (hit := self.cache.get(key)) is not None:
             self.usage.cache_hits += 1
             bar.update()
             return hit
         async with sem:
+            await limiter.acquire(estimate_tokens(request))
             try:
                 resp = await client.chat.completions.create(model=self.model, **request)
             except Exception as e:  # the SDK has retried already
                 raise RuntimeError(f"{self.base_url or OPENAI_URL}: chat completion for model {self.model!r} failed "
                                    f"after {self.cfg['max_retries']} retries: {e}") from e
+            finally:
+                limiter.done_probing()
         out = parse_completion(resp)
         self.usage.add_call(out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"], self.prices)
         self.cache.put(key, out)

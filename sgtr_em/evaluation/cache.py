@@ -46,6 +46,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    rate_limited: int = 0  # 429 answers (the SDK retried them)
+    rate_wait_s: float = 0.0  # seconds calls waited for the rate-limit buckets (summed over concurrent calls)
 
     def add_call(self, prompt_tokens: int, completion_tokens: int, prices: tuple[float, float] = (0.0, 0.0)) -> None:
         self.calls += 1
@@ -54,7 +56,7 @@ class Usage:
         self.cost_usd += (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "cost_usd": round(self.cost_usd, 6)}
+        return {**asdict(self), "cost_usd": round(self.cost_usd, 6), "rate_wait_s": round(self.rate_wait_s, 3)}
 
     def minus(self, before: "Usage") -> "Usage":
         """The usage since the snapshot `before` (a copy taken earlier)."""

@@ -6,8 +6,10 @@ filename arrives as {"filename", "content"}), and the answer's body is a dict (J
 `add_route` extends the server: fine_tuning.py adds files and fine-tuning jobs. Every request to a /v1 route may
 meet an injected fault (`Faults`), as a busy real API would: 429 or 500 before the request is handled, or
 "drop": the request is handled, then the connection closes without an answer (the client cannot know whether
-it went through). With `api_key` set, a /v1 request without that bearer key gets 401. GET /stats (not part of the
-OpenAI API) returns the counters: requests, faults, requests per route, and what the handlers count.
+it went through). With `api_key` set, a /v1 request without that bearer key gets 401. `RateLimits` limits chat
+completions as the OpenAI API does: requests and tokens per minute, a 429 with retry-after-ms beyond them, and the
+x-ratelimit-* headers on every answer. GET /stats (not part of the OpenAI API) returns the counters: requests,
+faults, rate-limited requests, requests per route, and what the handlers count.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ import json
 import random
 import re
 import socket
+import math
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Sequence, Union
 from urllib.parse import parse_qsl
+
+from ..evaluation.rate_limit import Bucket, estimate_tokens, format_duration
 
 Handler = Callable[..., "tuple[int, Union[dict, bytes]]"]
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
@@ -58,6 +63,36 @@ class Faults:
         return None
 
 
+class RateLimits:
+    """Requests and tokens per minute for chat completions, each a bucket that refills continuously and holds
+    `burst_s` seconds of its limit (OpenAI enforces its per-minute limits over shorter windows too). A request
+    that does not fit both gets 429 and is not counted against them; tokens are `estimate_tokens` of the body."""
+
+    def __init__(self, requests_per_minute: Optional[float] = None, tokens_per_minute: Optional[float] = None,
+                 burst_s: float = 1.0):
+        limits = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self.buckets = {k: Bucket(v, max(1.0, v * burst_s / 60)) for k, v in limits.items() if v}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets)
+
+    def admit(self, body: dict) -> tuple[float, dict]:
+        """(0, headers) and the request counted, or (seconds until it would fit, headers) and nothing counted."""
+        need = {"requests": 1, "tokens": estimate_tokens(body)}
+        with self._lock:
+            wait = max(b.wait_for(need[k]) for k, b in self.buckets.items())
+            if wait <= 0:
+                for k, b in self.buckets.items():
+                    b.take(need[k])
+            headers = {}
+            for k, b in self.buckets.items():
+                headers.update({f"x-ratelimit-limit-{k}": f"{b.per_minute:g}",
+                                f"x-ratelimit-remaining-{k}": str(max(0, math.floor(b.level))),
+                                f"x-ratelimit-reset-{k}": format_duration(b.time_to_full())})
+        return wait, headers
+
+
 def parse_form(content_type: str, raw: bytes) -> dict:
     """A multipart/form-data body as {field: text} and, for file parts, {field: {"filename", "content"}}."""
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
@@ -76,13 +111,13 @@ def parse_query(query: str) -> dict:
 
 class OpenAIServer:
     def __init__(self, chat=None, *, host: str = "127.0.0.1", port: int = 0, faults: Optional[Faults] = None,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, rate_limits: Optional[RateLimits] = None):
         """`chat`: an engine with `.name` and `.complete(body)` (openai_server/chat.py), or a `Models` registry of
         several (openai_server/models.py: the base model and the fine-tuned ones)."""
         from .models import Models
 
         self.chat = chat if chat is None or isinstance(chat, Models) else Models([chat])
-        self.faults, self.api_key = faults or Faults(), api_key
+        self.faults, self.api_key, self.rate_limits = faults or Faults(), api_key, rate_limits or RateLimits()
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
         self.routes: dict[tuple[str, str], Handler] = {}
@@ -171,10 +206,18 @@ class OpenAIServer:
                 body = json.loads(raw or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return (*error(400, f"request body is not JSON: {e}"), {}, False)
+        limit_headers = {}
+        if template == "/v1/chat/completions" and self.rate_limits:
+            wait, limit_headers = self.rate_limits.admit(body)
+            if wait > 0:
+                self.count("rate_limited")
+                limit_headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+                return (*error(429, f"Rate limit reached: retry in {format_duration(wait)}", "rate_limit_exceeded"),
+                        limit_headers, False)
         status, out = self.routes[(method, template)](body, **params)
         if fault == DROP:  # handled, but the answer is lost
             self.count("faults", f"faults_{DROP}")
-        return status, out, {}, fault == DROP
+        return status, out, limit_headers, fault == DROP
 
     def _handler_class(self):
         server = self
