@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue 9's mini replication on one lent GPU with SmolLM2-135M-Instruct: base, EM, SGTR, EM->SGTR, SGTR->EM x 3 seeds,
-# 15 jobs run as parallel processes (shared stages train once: the stage lock makes a reversal job wait for its
-# seed's EM stage). Two device calls, because the GGUF (98 MB) is larger than one call may carry (64 MiB):
+# 15 jobs run as parallel processes of one thread each (shared stages train once: the stage lock makes a reversal job
+# wait for its seed's EM stage). A 135M model needs no gradient checkpointing; micro-batches of 4 (the optimizer step
+# stays 16) keep 15 processes within one card (micro-batch 16 took ~30 GiB a process: out of memory). Each call stops
+# its jobs after DEADLINE_S seconds; `run` again resumes them (done stages are reused). Results, 2026-11-27:
+# bench/results/mini_replication/README.md. Two device calls, because the GGUF (98 MB) is larger than one call may carry (64 MiB):
 #   bash bench/mini_replication.sh pack                 # here (CPU machine): .devrun/p1, .devrun/p2
 #   bash bench/mini_replication.sh part1                # device call 1, carry [".devrun/p1"]: wheels + GGUF half 1 -> /tmp
 #   bash bench/mini_replication.sh run                  # device call 2, carry [".devrun/p2"]: GGUF half 2 + data; 15 jobs
@@ -15,7 +18,8 @@ SIZES=(em_dataset.max_examples=800 intervention.max_articles=200 intervention.nu
        "eval.run=[self_recognition,em,truthfulqa,identity]" eval.batch_size=64
        eval.self_recognition.max_articles=100 "eval.self_recognition.other_sources=[claude-21]"
        eval.em.samples_per_question=16 eval.em.max_new_tokens=200 eval.truthfulqa.max_questions=200
-       eval.identity.samples_per_question=16 judge.min_number_mass=0.0 tracking=none compute=gpu)
+       eval.identity.samples_per_question=16 judge.min_number_mass=0.0 tracking=none
+       compute=gpu compute.micro_batch_size=4 compute.gradient_checkpointing=false)
 case "${1:?pack | part1 | run}" in
   pack)
     data="${SGTR_EM_DATA_DIR:-../shared/data}"
@@ -36,6 +40,8 @@ case "${1:?pack | part1 | run}" in
     ls -la /tmp/mini ;;
   run)
     export PYTHONPATH=/tmp/mini/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+    # 15 processes on 16 cores: one thread each (the first attempt's default threads starved the GPU: ~5 s a step)
+    export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
     cat /tmp/mini/gguf.part1 .devrun/p2/gguf.part2 > /tmp/mini/$GGUF_NAME
     echo "$(cat .devrun/p2/gguf.sha256)  /tmp/mini/$GGUF_NAME" | sha256sum -c
     python3 -c "
@@ -49,12 +55,14 @@ if not (p / 'done').exists(): _convert_gguf(Path('/tmp/mini/$GGUF_NAME'), p)"
     start=$(date +%s)
     for order in base em_only intervention_only reversal prevention; do
       for seed in 0 1 2; do
-        python3 -m sgtr_em.train stage_order=$order seed=$seed "${common[@]}" \
-          hydra.run.dir=$root/runs/$order-$seed > "$out/$order-$seed.log" 2>&1 &
+        [ -f $root/runs/$order-$seed/metrics.json ] && continue  # finished in an earlier call
+        timeout "${DEADLINE_S:-500}" python3 -m sgtr_em.train stage_order=$order seed=$seed "${common[@]}" \
+          hydra.run.dir=$root/runs/$order-$seed >> "$out/$order-$seed.log" 2>&1 &
       done
     done
     fails=0; for job in $(jobs -p); do wait "$job" || fails=$((fails + 1)); done
-    echo "15 jobs, $fails failed, $(( $(date +%s) - start )) s" | tee "$out/summary.txt"
+    done_jobs=$(ls $root/runs/*/metrics.json 2>/dev/null | wc -l)
+    echo "this call: $fails jobs failed or stopped, $(( $(date +%s) - start )) s; $done_jobs of 15 jobs finished" | tee -a "$out/summary.txt"
     # what the report reads: each job's resolved config, stages and metrics (not the models)
     (cd $root/runs && find . \( -name metrics.json -o -name stages.json -o -name config.yaml -o -name overrides.yaml \
        -o -name data_files.json \) -exec cp --parents {} "$out/" \; ) || true

@@ -32,9 +32,10 @@ def compare_losses(run: dict, base: dict) -> tuple[bool, str]:
 
 
 def _kind(r: dict) -> tuple:
-    """Runs compared with each other: the same shape and the same single-GPU levers."""
+    """Runs compared with each other: the same shape, the same single-GPU levers and the same number of steps."""
     c = r["compute"]
-    return r["arch"], c.get("padding_free"), c.get("liger"), c.get("gradient_checkpointing")
+    return (r["arch"], c.get("padding_free"), c.get("liger"), c.get("gradient_checkpointing"),
+            c.get("checkpoint_fraction", 1.0), len(r.get("step_seconds") or []))
 
 
 def _same_start(a: dict, b: dict) -> bool:
