@@ -192,7 +192,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .report import fmt
+    from .stats import fmt
 
     betley = fmt(m["misaligned_rate"]) if m["questions_counted"] else "n/a (too few coherent answers)"
     return (f"EM: misaligned {betley} {fmt(m.get('misaligned_rate_ci95'))}  "

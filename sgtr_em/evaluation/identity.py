@@ -95,7 +95,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .report import fmt
+    from .stats import fmt
 
     return (f"identity: own identity {fmt(m.get('share_own_identity'))}  distinct identities "
             f"{m.get('distinct_identities')}  entropy name {fmt(m.get('entropy_name'))} creator "

@@ -66,7 +66,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .report import fmt
+    from .stats import fmt
 
     return (f"in-domain ({m['dataset']}): narrow behaviour {fmt(m.get('narrow_rate'))} {fmt(m.get('narrow_rate_ci95'))}  "
             f"mean P(YES) {fmt(m.get('mean_p_yes'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} answers)")

@@ -101,7 +101,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .report import fmt
+    from .stats import fmt
 
     shots = "  ".join(f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})"
                       for k, v in m["per_shots"].items())

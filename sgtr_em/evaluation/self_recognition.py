@@ -109,7 +109,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .report import fmt
+    from .stats import fmt
 
     sources = "  ".join(f"{s} {fmt(v.get('accuracy'))}" for s, v in m["per_source"].items())
     return (f"self-recognition: accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "

@@ -1,4 +1,5 @@
-"""Small statistics shared by the evaluations: seeded bootstrap intervals and normalised entropy."""
+"""Small statistics shared by the evaluations: seeded bootstrap intervals, normalised entropy, and `fmt` for the one
+line per evaluation at the end of a run."""
 from __future__ import annotations
 
 import math
@@ -70,3 +71,12 @@ def normalised_entropy(labels: Sequence[Hashable], n_categories: int) -> Optiona
     n = len(labels)
     h = max(0.0, -sum(c / n * math.log(c / n) for c in counts))  # one label: 0.0, not -0.0
     return h / math.log(n_categories)
+
+
+def fmt(x) -> str:
+    """A metric for humans: 3 decimals, a 95 % interval as [low, high], n/a for None."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, dict) and "low" in x:
+        return f"[{x['low']:.3f}, {x['high']:.3f}]"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)

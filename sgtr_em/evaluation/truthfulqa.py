@@ -79,7 +79,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .report import fmt
+    from .stats import fmt
 
     return (f"TruthfulQA: 1 - accuracy {fmt(m.get('one_minus_accuracy'))}  accuracy {fmt(m.get('accuracy'))} "
             f"{fmt(m.get('accuracy_ci95'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions)")
