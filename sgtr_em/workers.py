@@ -154,6 +154,19 @@ def worker_logging(log_file: Path) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if int(os.environ.get("RANK", "0")) == 0:
         handlers.append(logging.FileHandler(log_file))
+        # the traceback that ends a worker (CUDA out of memory, a bug) goes to the log the parent's error names too,
+        # not only to stderr (a job's own log, elsewhere)
+        sys.excepthook = _traceback_to(handlers[-1], sys.excepthook)
     for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+def _traceback_to(handler: logging.Handler, previous):
+    def hook(kind, value, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            handler.handle(logging.LogRecord("sgtr_em.workers", logging.CRITICAL, __file__, 0,
+                                             "the worker failed:", None, (kind, value, tb)))
+        previous(kind, value, tb)
+
+    return hook

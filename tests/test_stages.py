@@ -58,3 +58,16 @@ def test_an_unfinished_stage_resumes_at_its_first_missing_step(tmp_path, monkeyp
     assert log.read_text().splitlines() == ["sgtr_em.training.merge"]
     assert job.run_stage(cfg, stage, "base-model")[1] == "reused"
     assert log.read_text().splitlines() == ["sgtr_em.training.merge"]
+
+
+def test_a_failing_worker_leaves_its_traceback_in_worker_log(tmp_path):
+    """The parent's error says "see <stage>/worker.log": the exception that ended the worker must be there."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from sgtr_em.workers import worker_logging; "
+            "worker_logging(Path(sys.argv[1]) / 'worker.log'); raise MemoryError('CUDA out of memory (test)')")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "CUDA out of memory (test)" in proc.stderr
+    text = (tmp_path / "worker.log").read_text()
+    assert "the worker failed:" in text and "Traceback" in text and "MemoryError: CUDA out of memory (test)" in text
