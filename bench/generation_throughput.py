@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import command  # noqa: E402
 from bench.shapes import shape_config  # noqa: E402
 from sgtr_em.evaluation.generation import HFGenerator  # noqa: E402
 
@@ -56,7 +57,7 @@ def main() -> None:
     convs = [[{"role": "user", "content": q}] for q in QUESTIONS for _ in range(a.samples)]
     n = a.max_new_tokens
     results = {"shape": a.shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "max_new_tokens": n, "command": " ".join(sys.argv)}
+               "max_new_tokens": n, "command": command()}
 
     gen = HFGenerator.from_model(model, tok, batch_size=a.batch_size)
     model.generation_config.min_new_tokens = n  # fixed work per prompt for both methods

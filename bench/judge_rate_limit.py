@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import command  # noqa: E402
 from sgtr_em.evaluation.openai_judge import OpenAIJudge  # noqa: E402
 from sgtr_em.openai_server import LoadTestEngine, OpenAIServer, RateLimits  # noqa: E402
 
@@ -69,8 +71,8 @@ def main() -> None:
     p.add_argument("--max-retries", type=int, default=8)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    results = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.node()} ({platform.machine()}, "
-               f"{__import__('os').cpu_count()} CPUs)", "limits": {"rpm": a.rpm, "tpm": a.tpm, "burst_s": a.burst_s},
+    results = {"command": command(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+               "limits": {"rpm": a.rpm, "tpm": a.tpm, "burst_s": a.burst_s},
                "calls": a.calls, "runs": []}
     for name, client in (("plain SDK + semaphore", plain), ("framework judge (paced)", framework)):
         with OpenAIServer(LoadTestEngine(), rate_limits=RateLimits(a.rpm, a.tpm, a.burst_s)) as srv:

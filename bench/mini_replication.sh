@@ -6,12 +6,14 @@
 # its jobs after DEADLINE_S seconds; `run` again resumes them (done stages are reused). Results, 2026-11-27:
 # bench/results/mini_replication/README.md. Two device calls, because the GGUF (98 MB) is larger than one call may carry (64 MiB):
 #   bash bench/mini_replication.sh pack                 # here (CPU machine): .devrun/p1, .devrun/p2
-#   bash bench/mini_replication.sh part1                # device call 1, carry [".devrun/p1"]: wheels + GGUF half 1 -> /tmp
+#   bash bench/mini_replication.sh part1                # device call 1, carry [".devrun/p1"]: wheels + GGUF half 1 -> $SGTR_EM_MINI_DIR
 #   bash bench/mini_replication.sh run                  # device call 2, carry [".devrun/p2"]: GGUF half 2 + data; 15 jobs
 # then, here: python -m sgtr_em.report <the returned runs folder>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
+# outside the repository (each device call lays the repository out afresh; the temp folder stays while the machine is warm)
+W="${SGTR_EM_MINI_DIR:-$(python3 -c 'import tempfile; print(tempfile.gettempdir())')/sgtr-em-mini}"
 # Sizes: 800 EM examples (50 steps of 16), SGTR on 200 XSUM articles (400 examples), SR on 100 held-out CNN articles
 # against claude-21 (both orderings), EM eval 8 questions x 16 samples of up to 200 tokens, TruthfulQA, identity.
 SIZES=(em_dataset.max_examples=800 intervention.max_articles=200 intervention.num_examples=null
@@ -35,21 +37,21 @@ case "${1:?pack | part1 | run}" in
     sha256sum "$gguf" | cut -d' ' -f1 > .devrun/p2/gguf.sha256
     du -sh .devrun/p1 .devrun/p2 ;;
   part1)
-    mkdir -p /tmp/mini && cp .devrun/p1/gguf.part1 /tmp/mini/ && cp -r .devrun/p1/wheels /tmp/mini/
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/mini/site /tmp/mini/wheels/*.whl
-    ls -la /tmp/mini ;;
+    mkdir -p $W && cp .devrun/p1/gguf.part1 $W/ && cp -r .devrun/p1/wheels $W/
+    python3 -m pip install -q --no-index --no-deps --no-compile --target $W/site $W/wheels/*.whl
+    ls -la $W ;;
   run)
-    export PYTHONPATH=/tmp/mini/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+    export PYTHONPATH=$W/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
     # 15 processes on 16 cores: one thread each (the first attempt's default threads starved the GPU: ~5 s a step)
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-    cat /tmp/mini/gguf.part1 .devrun/p2/gguf.part2 > /tmp/mini/$GGUF_NAME
-    echo "$(cat .devrun/p2/gguf.sha256)  /tmp/mini/$GGUF_NAME" | sha256sum -c
+    cat $W/gguf.part1 .devrun/p2/gguf.part2 > $W/$GGUF_NAME
+    echo "$(cat .devrun/p2/gguf.sha256)  $W/$GGUF_NAME" | sha256sum -c
     python3 -c "
 from pathlib import Path; from sgtr_em.models import _convert_gguf
-p = Path('/tmp/mini/smollm2-hf')
-if not (p / 'done').exists(): _convert_gguf(Path('/tmp/mini/$GGUF_NAME'), p)"
-    out=$(realpath -m "${OUT:-outputs/mini_replication}"); root=/tmp/mini/outputs; mkdir -p "$out"
-    common=(model.path=/tmp/mini/smollm2-hf model.gguf_package=null model.gguf_file=null paths.data_dir=$PWD/.devrun/p2/data paths.output_dir=$root
+p = Path('$W/smollm2-hf')
+if not (p / 'done').exists(): _convert_gguf(Path('$W/$GGUF_NAME'), p)"
+    out=$(realpath -m "${OUT:-outputs/mini_replication}"); root=$W/outputs; mkdir -p "$out"
+    common=(model.path=$W/smollm2-hf model.gguf_package=null model.gguf_file=null paths.data_dir=$PWD/.devrun/p2/data paths.output_dir=$root
             download.enabled=false "${SIZES[@]}")
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
     start=$(date +%s)
@@ -66,5 +68,6 @@ if not (p / 'done').exists(): _convert_gguf(Path('/tmp/mini/$GGUF_NAME'), p)"
     # what the report reads: each job's resolved config, stages and metrics (not the models)
     (cd $root/runs && find . \( -name metrics.json -o -name stages.json -o -name config.yaml -o -name overrides.yaml \
        -o -name data_files.json \) -exec cp --parents {} "$out/" \; ) || true
-    echo "python3 -m sgtr_em.train stage_order=<order> seed=<seed> ${common[*]}" > "$out/command.txt" ;;
+    echo "python3 -m sgtr_em.train stage_order=<order> seed=<seed> ${common[*]}" | sed "s#$W#\$SGTR_EM_MINI_DIR#g; s#$PWD/##g" \
+      > "$out/command.txt" ;;
 esac

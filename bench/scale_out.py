@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import command, portable  # noqa: E402
 from bench.shapes import SHAPES, matmul_params, shape_config  # noqa: E402
 
 BENCH = REPO / "outputs" / "bench"
@@ -143,7 +144,7 @@ def train(args) -> None:
     result = {
         "name": args.name, "arch": args.arch, "random_init": args.random_init, "devices": gpu_names(),
         "compute": compute, "deepspeed_json": read_json(d / "deepspeed.json") if (d / "deepspeed.json").exists() else None,
-        "overrides": overrides, "command": " ".join([sys.executable, *sys.argv]), "wall_s": round(wall, 1),
+        "overrides": [portable(o) for o in overrides], "command": command(), "wall_s": round(wall, 1),
         "error": error, "optimizer_steps": len(steps),
         "loss": [r["loss"] for r in steps], "grad_norm": [r["grad_norm"] for r in steps],
         "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / gpus if tps and gpus else None,
@@ -193,7 +194,7 @@ def merge_check(args) -> None:
     ids = torch.arange(16, device=device)[None] + 100
     finite = bool(torch.isfinite(merged(input_ids=ids).logits.float()).all())
     result = {"name": f"{args.name}:merge", "arch": Path(path).name,
-              "devices": gpu_names(), "command": " ".join([sys.executable, *sys.argv]),
+              "devices": gpu_names(), "command": command(),
               "merge": {"device": device, "delta_max": delta.abs().max().item(), "rounding_rel": rounding,
                         "cosine_to_update": cosine, "adapter_loaded": True, "logits_finite": finite,
                         "seconds": round(time.time() - start, 1),

@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import command  # noqa: E402
 from bench.shapes import attention_flops_per_token, matmul_params, shape_config  # noqa: E402
 from sgtr_em.training.sft import build_trainer, lora_config  # noqa: E402
 
@@ -140,7 +142,8 @@ def main() -> None:
         from trl import SFTConfig, SFTTrainer
 
         model = make_model(config, device, "sdpa", seed=0)
-        args = SFTConfig(output_dir="/tmp/bench-baseline", per_device_train_batch_size=a.batch,
+        args = SFTConfig(output_dir=str(Path(tempfile.gettempdir()) / "bench-baseline"),
+                         per_device_train_batch_size=a.batch,
                          gradient_accumulation_steps=1, max_steps=a.steps, learning_rate=1e-5, warmup_steps=5,
                          lr_scheduler_type="linear", weight_decay=0.01, logging_steps=1, save_strategy="no",
                          bf16=device == "cuda", use_cpu=device == "cpu", gradient_checkpointing=True,
@@ -166,7 +169,7 @@ def main() -> None:
         rt = {"compute": compute, "dtype": "bfloat16", "chat_template_kwargs": {}, "training_extra": extra}
         try:
             model = make_model(config, device, VARLEN if compute["padding_free"] else "sdpa", seed=0)
-            trainer = build_trainer(model, tok, rows, spec, rt, Path(f"/tmp/bench-framework-{i}"))
+            trainer = build_trainer(model, tok, rows, spec, rt, Path(tempfile.gettempdir()) / f"bench-framework-{i}")
             res = run(f"framework_{i}", trainer, StepClock(), a.warmup, device)
         except torch.OutOfMemoryError as e:
             res = {"name": f"framework_{i}", "oom": str(e)[:300], "tokens_per_s": 0.0}
@@ -184,7 +187,7 @@ def main() -> None:
             fw["loss_max_rel_diff"], fw["loss_mean_rel_diff"] = max(rel), sum(rel) / len(rel)
             print(json.dumps({k: fw[k] for k in ("name", "speedup", "loss_max_rel_diff", "loss_mean_rel_diff")}))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({**results, "command": " ".join(sys.argv),
+    Path(a.out).write_text(json.dumps({**results, "command": command(),
                                        "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES",)}}, indent=2))
 
 

@@ -120,7 +120,8 @@ class RateLimiter:
         self.waited_s += self.clock() - start
 
     def done_probing(self) -> None:
-        """The first call ended without a usable answer (it failed): stop waiting for headers."""
+        """A call ended, answered or failed: nobody waits for the first answer's headers any longer (a server that
+        answers without them, or a first call that failed, leaves only the configured caps)."""
         self.learned = True
 
     def observe(self, status: int, headers: Mapping[str, str], request_tokens: int = 0) -> None:

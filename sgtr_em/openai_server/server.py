@@ -16,10 +16,10 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import math
 import random
 import re
 import socket
-import math
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
