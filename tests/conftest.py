@@ -9,23 +9,73 @@ from pathlib import Path
 
 import pytest
 
+from . import prereqs
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _data_dir() -> Path | None:
-    env = os.environ.get("SGTR_EM_DATA_DIR")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (candidate / "em").is_dir():
-            return candidate.resolve()
-    return None
+# -- prerequisites: found (or installed) once, before any test runs; under env CI missing ones and skips fail ---------
+
+_found: dict[str, tuple[object, str]] = {}
+_skipped: list[str] = []
+
+
+def pytest_collection_finish(session):
+    """After collection (and -m deselection), before the first test: look for / install what the selected tests
+    need, print it, and under CI stop the run here if anything is missing (no test has run yet)."""
+    if session.config.option.collectonly:
+        return
+    needed = {prereqs.FIXTURES[f] for item in session.items for f in item.fixturenames if f in prereqs.FIXTURES}
+    _found.update(prereqs.ensure(needed))
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    for name, (value, what) in _found.items():
+        line = f"prerequisite {name:8s} {'ok     ' if value else 'MISSING'} {what}"
+        tr.write_line(line) if tr else print(line)
+    missing = [f"{name}: {what}" for name, (value, what) in _found.items() if value is None]
+    if missing and prereqs.in_ci():
+        pytest.exit("under CI every prerequisite must be present (a missing one would skip tests):\n  "
+                    + "\n  ".join(missing), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def _prerequisite(name: str):
+    """The prerequisite found before the run; skips the test with the reason when missing (fails under CI)."""
+    if name not in _found:  # a test run some other way than by collection (e.g. pytest --fixtures-per-test)
+        _found.update(prereqs.ensure([name]))
+    value, what = _found[name]
+    if value is None:
+        (pytest.fail if prereqs.in_ci() else pytest.skip)(what)
+    return value
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI a skipped test fails the run: CI cannot pass by skipping."""
+    if _skipped and prereqs.in_ci() and session.exitstatus == 0:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = f"CI: {len(_skipped)} test(s) skipped, which fails the run under env CI:\n  " + "\n  ".join(_skipped)
+        tr.write_line(msg, red=True) if tr else print(msg)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    d = _data_dir()
-    if d is None:
-        pytest.skip("the paper's data folder is not here: set SGTR_EM_DATA_DIR (tests never download)")
-    return d
+    return _prerequisite("data")
+
+
+@pytest.fixture(scope="session")
+def slurm_installed() -> str:
+    """Slurm's binaries (installed before the run when missing); the cluster itself is started by test_slurm.py."""
+    return _prerequisite("slurm")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The chromium binary (Debian's, installed before the run when missing)."""
+    return _prerequisite("chromium")
 
 
 @pytest.fixture(scope="session")

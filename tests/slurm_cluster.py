@@ -1,6 +1,6 @@
 """A real single-node Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) in a temporary folder.
 
-Debian's packages, installed here if missing (root and apt-get needed); every daemon runs in the foreground
+Debian's packages are installed before the test session when missing (`tests/prereqs.py`); every daemon runs in the foreground
 as a child of the test session, on free ports, and is stopped by its PID. The settings are those of
 `LOCAL_SLURM.md` in the project's shared notes (accounting through slurmdbd, so submitit sees job states;
 fast requeue: KillWait=5, cred_expire=10, short scheduler intervals).
@@ -8,35 +8,11 @@ fast requeue: KillWait=5, cred_expire=10, short scheduler intervals).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
-
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server-core", "mariadb-client-core"]
-BINARIES = ["slurmctld", "slurmd", "sbatch", "sacct", "munged", "mungekey", "slurmdbd", "mariadbd", "mariadb-install-db"]
-
-
-def missing_binaries() -> list[str]:
-    sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    return [b for b in BINARIES if shutil.which(b, path=sbin) is None]
-
-
-def ensure_installed() -> str | None:
-    """Installs Slurm, munge and MariaDB from Debian if they are missing; returns why not, or None when ready."""
-    if not missing_binaries():
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"Slurm is not installed ({', '.join(missing_binaries())} missing) and cannot be: needs root and apt-get"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            return f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}"
-    return None if not missing_binaries() else f"still missing after apt-get: {missing_binaries()}"
-
 
 def _free_port() -> int:
     with socket.socket() as s:

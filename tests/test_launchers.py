@@ -27,14 +27,21 @@ def _compose_with_hydra(*overrides: str):
 
 
 def sbatch_script(*overrides: str, n_jobs: int, folder) -> str:
-    """The sbatch file hydra-submitit-launcher would submit for a grid of `n_jobs` (its own parameter mapping)."""
+    """The sbatch file hydra-submitit-launcher would submit for a grid of `n_jobs` (its own parameter mapping).
+
+    Writing the file needs no Slurm; submitit's executor refuses to be built without `srun` on PATH (which only
+    submitting needs), so its check is answered here: these tests pass on a machine without Slurm, in any order."""
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from submitit.slurm.slurm import SlurmExecutor
 
     launcher = _compose_with_hydra(*overrides).hydra.launcher
     params = {k: OmegaConf.to_container(launcher, resolve=True)[k] for k in launcher if k not in ("submitit_folder",
                                                                                                       "_target_")}
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # what submitit answers when srun is found
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     executor._executor.parameters["map_count"] = n_jobs

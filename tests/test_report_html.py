@@ -1,10 +1,8 @@
-"""The static HTML report opened in headless Chromium (Debian's `chromium`, installed here if missing): every
+"""The static HTML report opened in headless Chromium (Debian's `chromium`, installed before the session if missing: `tests/prereqs.py`): every
 figure loads (the page records each image's onload/onerror and natural width in data attributes)."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,22 +13,6 @@ from sgtr_em.report.build import write_report
 from sgtr_em.report.collect import jobs_from_folder
 
 from .report_fixtures import paper_like_sweep
-
-
-def chromium() -> str:
-    """The chromium binary, installed from Debian when missing; skips with the reason when it cannot be."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("chromium is not installed and cannot be here (needs root and apt-get): apt-get install chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
-    for cmd in (["apt-get", "update", "-qq"], install):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"chromium could not be installed: `{' '.join(cmd)}` failed: {proc.stderr.strip()[-300:]}")
-    return shutil.which("chromium") or pytest.skip("chromium still missing after apt-get install chromium")
 
 
 def loaded_dom(browser: str, page: Path, profile: Path) -> str:
@@ -47,8 +29,8 @@ def images(dom: str) -> list[dict]:
     return [dict(re.findall(r'([\w-]+)="([^"]*)"', tag)) for tag in re.findall(r"<img [^>]*>", dom)]
 
 
-def test_every_figure_of_the_html_report_loads_in_chromium(tmp_path):
-    browser = chromium()
+def test_every_figure_of_the_html_report_loads_in_chromium(chromium, tmp_path):
+    browser = chromium
     out = write_report(jobs_from_folder(paper_like_sweep(tmp_path / "sweep")), tmp_path / "report", source="s")
     start = time.time()
     imgs = images(loaded_dom(browser, out["html"], tmp_path / "profile"))

@@ -1,4 +1,4 @@
-"""A real single-node Slurm (started here; installed from Debian if missing) runs a two-job grid of the CPU default
+"""A real single-node Slurm (started here; installed from Debian before the session if missing) runs a two-job grid of the CPU default
 through hydra-submitit-launcher (the base model, and an EM stage). The training job is preempted mid-training the
 way Slurm warns a job (SIGUSR2): submitit's checkpoint hook requeues it, and the rerun resumes from the stage's
 checkpoint in the same run folder and W&B run (marked slow: minutes)."""
@@ -13,7 +13,7 @@ import pytest
 from sgtr_em.tracking import read_offline_run
 
 from .conftest import REPO, read_json
-from .slurm_cluster import LocalSlurm, ensure_installed
+from .slurm_cluster import LocalSlurm
 from .test_e2e import TINY
 
 pytestmark = pytest.mark.slow
@@ -23,14 +23,10 @@ GRID = [*TINY, "em_dataset.max_examples=24", "training.batch_size=8", "training.
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def slurm(slurm_installed, tmp_path_factory):
     start = time.time()
-    reason = ensure_installed()
-    if reason:
-        print(f"\nSKIPPED the real-Slurm test: {reason}")
-        pytest.skip(reason)
     cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    print(f"\nlocal Slurm: installed and started in {time.time() - start:.0f} s")
+    print(f"\nlocal Slurm: started in {time.time() - start:.0f} s")
     yield cluster
     cluster.stop()
 
