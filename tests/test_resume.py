@@ -40,6 +40,7 @@ def test_a_stage_killed_after_its_first_checkpoint_resumes_to_the_same_steps(run
     assert [s for s, *_ in got] == [1, 2, 3]
     # The resumed steps are the uninterrupted run's: weights, optimizer, RNG and data order all restored (measured: equal).
     assert [v for row in got for v in row] == pytest.approx([v for row in want for v in row], rel=1e-6)
+    assert_same_adapter(stage, reference_stage)  # and so is the stage's output
     wandb_run = read_offline_run(run_dir)
     assert wandb_run["id"] == run_id and len(wandb_run["files"]) == 2  # one W&B run, two attempts
     assert wandb_run["summary"]["train/1_em/status"] == "trained"
@@ -86,6 +87,19 @@ def test_a_signalled_worker_checkpoints_where_it_is_and_the_job_reads_it_as_inte
     assert "Resuming from" in (stage / "worker.log").read_text()
     got, want = train_losses(stage), train_losses(reference_stage)
     assert [v for row in got for v in row] == pytest.approx([v for row in want for v in row], rel=1e-6)
+    assert_same_adapter(stage, reference_stage)
+
+
+def assert_same_adapter(stage, reference_stage):
+    """The final adapters of two runs of one stage hold the same weights, and they are trained (B moved from 0)."""
+    import torch
+    from safetensors.torch import load_file
+
+    got, want = (load_file(s / "adapter" / "adapter_model.safetensors") for s in (stage, reference_stage))
+    assert got.keys() == want.keys() and any(".lora_B." in k for k in want)
+    for key, w in want.items():
+        torch.testing.assert_close(got[key], w, rtol=1e-5, atol=1e-8, msg=lambda m: f"{key}: {m}")
+    assert all(w.abs().max() > 0 for k, w in want.items() if ".lora_B." in k)
 
 
 def _catch(fn):
