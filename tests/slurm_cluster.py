@@ -60,6 +60,11 @@ class LocalSlurm:
         return self
 
     def stop(self) -> None:
+        if self.procs:  # cancel what still runs (a failed test's jobs): slurmstepd outlives slurmd otherwise
+            self._run(["scancel", f"--user={os.getuid()}"])  # KillWait=5: SIGKILL 5 s after SIGTERM
+            deadline = time.time() + 30
+            while time.time() < deadline and self._run(["squeue", "-h"]).stdout.strip():
+                time.sleep(0.5)
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -42,7 +42,7 @@ def _wait_for(what: str, find, proc: subprocess.Popen, timeout: float = 900):
 
 
 def test_a_two_job_grid_runs_through_slurm_and_a_requeued_job_resumes(slurm, data_dir, cache_dir, smollm2_path,
-                                                                        tmp_path):
+                                                                        tmp_path, request):
     out = tmp_path / "outputs"
     env = {**slurm.env, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_CACHE_DIR": str(cache_dir),
            "SGTR_EM_OUTPUT_DIR": str(out), "WANDB_SILENT": "true"}
@@ -50,6 +50,7 @@ def test_a_two_job_grid_runs_through_slurm_and_a_requeued_job_resumes(slurm, dat
            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "stage_order=base,em_only", *GRID]
     start = time.time()
     grid = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    request.addfinalizer(lambda: grid.poll() is None and grid.kill())  # a failed test leaves no multirun behind
 
     # Preempt the job that trains the EM stage once its first checkpoint is whole, as Slurm warns a job before a
     # preemption or its time limit: SIGUSR2. submitit's handler calls the launcher's checkpoint hook and requeues
