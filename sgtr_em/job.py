@@ -24,7 +24,7 @@ from .data.interventions import stage_files
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
-from .preflight import data_problems, folder_problems
+from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, stop_on_signals
 
@@ -195,7 +195,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         return None
     ok = False
     try:
-        problems = folder_problems(cfg)  # before any work: a full disk or a read-only folder fails now, not mid-save
+        # before any work: a full disk, a read-only folder or a judge server that is not up fails now, not mid-job
+        problems = api_key_problems(cfg) + folder_problems(cfg) + endpoint_problems(cfg)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))

@@ -75,24 +75,32 @@ def config_problems(cfg) -> list[str]:
     c = OmegaConf.to_container(cfg, resolve=False)
     c.pop("hydra", None)
     problems = [p for key, value in _walk(c) if (p := _secret_problem(key, value))]
-    problems += _api_key_problems(cfg)
+    for where in ("judge.api", "openai"):
+        name = OmegaConf.select(cfg, f"{where}.api_key_env")
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            problems.append(f"{where}.api_key_env must name an environment variable (upper case, e.g. OPENAI_API_KEY) "
+                            "that holds the key, never the key itself")
     problems += _range_problems(cfg)
     return problems
 
 
-def _api_key_problems(cfg) -> list[str]:
+def _api_uses(cfg) -> list[tuple[str, Any]]:
+    """The API endpoints a job will call: (config key, its api block)."""
     uses = []
     if cfg.judge.backend == "openai" and cfg.eval.run:
         uses.append(("judge.api", cfg.judge.api))
     if cfg.model.backend == "openai":
         uses.append(("openai", cfg.openai))
+    return uses
+
+
+def api_key_problems(cfg) -> list[str]:
+    """The API keys a job will need are in the environment (checked when the job is planned, before any work)."""
     problems = []
-    for where, api in uses:
+    for where, api in _api_uses(cfg):
         name = api.api_key_env
-        if not isinstance(name, str) or not ENV_NAME.match(name):
-            problems.append(f"{where}.api_key_env must name an environment variable (upper case, e.g. OPENAI_API_KEY) "
-                            "that holds the key, never the key itself")
-            continue
+        if not ENV_NAME.match(name):
+            continue  # config_problems says so
         base_url = api.base_url or os.environ.get("OPENAI_BASE_URL")
         official = base_url is None or base_url.startswith("https://api.openai.com")
         if official and not os.environ.get(name):
@@ -169,4 +177,27 @@ def data_problems(files, stages) -> list[str]:
                                 f"do not overlap), so no summary pair can be built: fix the file, or remove {src!r} "
                                 "from intervention.other_sources")
                 break
+    return problems
+
+
+def endpoint_problems(cfg, timeout_s: float = 10.0) -> list[str]:
+    """API endpoints the job will call that refuse connections now (a judge server not started, a wrong port): found
+    before any training rather than after it. An answer of any kind (401, 404) counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    problems = []
+    for where, api in _api_uses(cfg):
+        key, url = f"{where}.base_url", api.base_url
+        url = url or os.environ.get("OPENAI_BASE_URL")
+        if not url or url.startswith("https://api.openai.com"):
+            continue
+        try:
+            urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            problems.append(f"{key}: {url} cannot be reached ({reason}): start the server there, or fix {key} "
+                            f"(null: $OPENAI_BASE_URL, else api.openai.com)")
     return problems

@@ -105,9 +105,21 @@ def test_a_secret_in_a_config_and_a_key_given_as_a_variable_name_are_refused_wit
     assert FAKE_KEY not in problems and "notavariable-abc123" not in problems
 
 
+def test_a_missing_api_key_fails_when_the_job_is_planned_naming_the_variable(monkeypatch):
+    from sgtr_em.preflight import api_key_problems
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert api_key_problems(_compose("judge=openai"))[0].startswith(
+        "judge.api: the OpenAI API needs a key and the environment variable OPENAI_API_KEY is not set")
+    assert api_key_problems(_compose("model=gpt41"))[0].startswith("openai: the OpenAI API needs a key")
+    assert api_key_problems(_compose("judge=openai", "eval.run=[]")) == []  # nothing judged: no key needed
+    assert api_key_problems(_compose("judge=openai", "judge.api.base_url=http://127.0.0.1:9/v1")) == []  # a local server
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    assert api_key_problems(_compose("judge=openai", "model=gpt41")) == []
+
+
 @pytest.mark.parametrize("overrides,needle", [
-    (["judge=openai"], "judge.api: the OpenAI API needs a key and the environment variable OPENAI_API_KEY is not set"),
-    (["model=gpt41"], "openai: the OpenAI API needs a key"),
     (["training.learning_rate=-1"], "training.learning_rate: -1.0 must be a positive number"),
     (["training.batch_size=0"], "training.batch_size: 0 must be at least 1"),
     (["em_dataset.max_examples=0"], "em_dataset.max_examples: 0 leaves no training examples"),
@@ -120,9 +132,9 @@ def test_checks_that_need_no_model_fail_at_compose_time_naming_the_key(overrides
     assert needle in str(e.value)
 
 
-def test_a_local_judge_server_needs_no_key_and_the_default_config_is_valid(monkeypatch):
+def test_the_default_config_and_judge_openai_without_a_key_compose_and_validate(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    validate(_compose("judge=openai", "judge.model=smollm2", "judge.api.base_url=http://127.0.0.1:9/v1"))
+    validate(_compose("judge=openai"))  # the key is checked when the job is planned, not when a config is composed
     validate(_compose())
 
 
@@ -176,3 +188,17 @@ def test_the_run_folder_is_unique_per_process():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         hydra_cfg = OmegaConf.to_container(compose("config", return_hydra_config=True).hydra, resolve=False)
     assert hydra_cfg["run"]["dir"].endswith("-${job_suffix:}") and hydra_cfg["sweep"]["dir"].endswith("-${job_suffix:}")
+
+
+def test_a_judge_url_that_refuses_connections_fails_before_any_work_naming_the_key():
+    import socket
+
+    from sgtr_em.preflight import endpoint_problems
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _compose("judge=openai", "judge.model=smollm2", f"judge.api.base_url=http://127.0.0.1:{port}/v1")
+    problems = endpoint_problems(cfg)
+    assert len(problems) == 1 and problems[0].startswith(f"judge.api.base_url: http://127.0.0.1:{port}/v1 cannot be")
+    assert endpoint_problems(_compose("judge=openai", "judge.model=smollm2", "eval.run=[]")) == []
