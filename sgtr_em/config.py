@@ -257,18 +257,19 @@ GROUP_SCHEMAS = {
 
 
 def job_suffix() -> str:
-    """What makes a job's folder unique among jobs started in the same second, on one machine or many: the Slurm
-    job (array job and task), else the process id, and a random part. Cached in the config like Hydra's `now`,
-    so a sweep's jobs (and a pickled Slurm job) all see their sweep's value."""
+    """What makes a job's folder unique among jobs started in the same second, on one machine or many: under Slurm
+    its job (array job_task) and step, the same on every node of a multi-node job, unique in the cluster; else the
+    process id and a random part. Cached in the config like Hydra's `now`, so a sweep's jobs (and a pickled Slurm
+    job) all see their sweep's value."""
     import os
     import secrets
 
     env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        who = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
-    else:
-        who = env.get("SLURM_JOB_ID") or str(os.getpid())
-    return f"{who}-{secrets.token_hex(2)}"
+    if env.get("SLURM_JOB_ID"):
+        job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}" if env.get("SLURM_ARRAY_JOB_ID")
+               else env["SLURM_JOB_ID"])
+        return f"{job}.{env.get('SLURM_STEP_ID', 'batch')}"
+    return f"{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def register_configs() -> None:

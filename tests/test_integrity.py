@@ -12,7 +12,6 @@ import pytest
 from sgtr_em import job, tracking
 from sgtr_em.config import validate
 from sgtr_em.plan import plan_stages
-from sgtr_em.preflight import config_problems, folder_problems
 
 from .conftest import REPO, read_json
 from .test_config import _compose
@@ -100,6 +99,8 @@ def test_overrides_carrying_a_secret_are_refused_without_echoing_them(tmp_path):
 def test_a_secret_in_a_config_and_a_key_given_as_a_variable_name_are_refused_without_echoing_them(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     cfg = _compose("judge=openai", "judge.api.api_key_env=notavariable-abc123", "+openai.api_key=" + FAKE_KEY)
+    from sgtr_em.preflight import config_problems
+
     problems = "\n".join(config_problems(cfg))
     assert "judge.api.api_key_env must name an environment variable" in problems and "openai.api_key" in problems
     assert FAKE_KEY not in problems and "notavariable-abc123" not in problems
@@ -139,6 +140,8 @@ def test_the_default_config_and_judge_openai_without_a_key_compose_and_validate(
 
 
 def test_unwritable_or_full_output_folders_fail_before_any_work(tmp_path):
+    from sgtr_em.preflight import folder_problems
+
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     cfg = _compose(f"paths.output_dir={blocker / 'out'}")
@@ -202,3 +205,15 @@ def test_a_judge_url_that_refuses_connections_fails_before_any_work_naming_the_k
     problems = endpoint_problems(cfg)
     assert len(problems) == 1 and problems[0].startswith(f"judge.api.base_url: http://127.0.0.1:{port}/v1 cannot be")
     assert endpoint_problems(_compose("judge=openai", "judge.model=smollm2", "eval.run=[]")) == []
+
+
+def test_under_slurm_the_folder_is_the_slurm_jobs_on_every_node(monkeypatch):
+    from sgtr_em.config import job_suffix
+
+    monkeypatch.setenv("SLURM_JOB_ID", "812")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    assert job_suffix() == job_suffix() == "812.0"  # every node of the job's step agrees: multinode.follow finds it
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "800")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "12")
+    assert job_suffix() == "800_12.0"
