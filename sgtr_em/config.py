@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from .evaluation.schemas import EvalConfig, JudgeConfig, eval_problems
 
@@ -256,7 +256,25 @@ GROUP_SCHEMAS = {
 }
 
 
+def job_suffix() -> str:
+    """What makes a job's folder unique among jobs started in the same second, on one machine or many: under Slurm
+    its job (array job_task) and step, the same on every node of a multi-node job, unique in the cluster; else the
+    process id and a random part. Cached in the config like Hydra's `now`, so a sweep's jobs (and a pickled Slurm
+    job) all see their sweep's value."""
+    import os
+    import secrets
+
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}" if env.get("SLURM_ARRAY_JOB_ID")
+               else env["SLURM_JOB_ID"])
+        return f"{job}.{env.get('SLURM_STEP_ID', 'batch')}"
+    return f"{os.getpid()}-{secrets.token_hex(3)}"
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("job_suffix"):
+        OmegaConf.register_new_resolver("job_suffix", job_suffix, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in GROUP_SCHEMAS.items():
@@ -323,5 +341,8 @@ def validate(cfg: Any) -> None:
         problems.append("deepspeed.offload needs ZeRO (deepspeed=zero3_offload, or deepspeed.stage=2|3)")
     if ds.stage and c.launcher == "python":
         problems.append("deepspeed needs a distributed launcher: compute.launcher=torchrun (or accelerate, or auto)")
+    from .preflight import config_problems
+
+    problems += config_problems(cfg)  # secrets, API keys present, numeric ranges, empty data (sgtr_em/preflight.py)
     if problems:
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -9,6 +9,7 @@ run. On several nodes, node 0 runs the job and the others only join its training
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .data.interventions import stage_files
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
+from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, stop_on_signals
 
@@ -85,6 +87,28 @@ def stage_output(cfg, stage_dir: Path) -> str:
     return str(stage_dir / "merged")
 
 
+def check_stage_folder(d: Path) -> None:
+    """A stage folder holds the stage its name says: the spec it records hashes to its name (a folder copied or
+    renamed from another stage, e.g. another seed's, would otherwise be reused as this one)."""
+    if not (d / "stage.json").exists():
+        if (d / "done").exists():
+            raise RuntimeError(f"Stage folder {d} is marked done but has no stage.json: it cannot be checked to be "
+                               f"stage {d.name}. Remove the folder to train the stage again.")
+        return
+    recorded = content_hash(read_json(d / "stage.json")["spec"])
+    if recorded != d.name:
+        raise RuntimeError(f"Stage folder {d} records the spec of stage {recorded}, not of stage {d.name} (its name): "
+                           f"it was copied or renamed from another stage. Remove {d} to train stage {d.name} again, "
+                           f"or move it back to {d.parent / recorded}.")
+
+
+def clean_partial_outputs(d: Path) -> None:
+    """Removes what an interrupted attempt left half-written (`adapter.tmp/`, `merged.tmp/`, `.<file>.*.tmp`)."""
+    for tmp in d.glob("*.tmp"):
+        log.warning("Stage %s: removing %s, left half-written by an interrupted attempt", d.name, tmp.name)
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
 def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
     """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused').
 
@@ -97,11 +121,13 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
     if not (d / "done").exists():
         log.info("Stage %s (%s): waiting for its lock if another job trains it", stage.hash, stage.name)
     with lock:
+        check_stage_folder(d)
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
         api = cfg.model.backend == "openai"
         runtime = api_stage_runtime(cfg, input_model) if api else stage_runtime(cfg, input_model)
+        clean_partial_outputs(d)
         write_json(d / "stage.json", {"spec": stage.spec, "runtime": runtime})
         start = time.time()
         if not (d / "train.jsonl").exists():
@@ -169,8 +195,15 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         return None
     ok = False
     try:
+        # before any work: a full disk, a read-only folder or a judge server that is not up fails now, not mid-job
+        problems = api_key_problems(cfg) + folder_problems(cfg) + endpoint_problems(cfg)
+        if problems:
+            raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
         write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
+        problems = data_problems(DataFiles.from_config(cfg), stages)
+        if problems:
+            raise ValueError("Cannot build the training data:\n  - " + "\n  - ".join(problems))
         base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
         metrics = lead_job(cfg, resolved, stages, base_model, run_dir, group)
         ok = True
@@ -182,6 +215,7 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
 
 def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir: Path, group: str) -> dict:
     run = tracking.start_run(cfg, resolved, run_dir, group)
+    exit_code = None
     try:
         model_path, events = base_model, []
         for i, stage in enumerate(stages, 1):
@@ -202,6 +236,9 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
     except Interrupted:
         run.mark_preempting()  # W&B shows it preempted (a sweep requeues it); the rerun continues this run
         raise
+    except BaseException as e:  # W&B shows the run failed, with the error (a SystemExit from a scheduler too)
+        exit_code = tracking.record_failure(run, e)
+        raise
     finally:
-        run.finish()
+        run.finish(exit_code=exit_code)
     return metrics

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from .data.files import load_manifest
+from .data.files import load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 
@@ -38,6 +40,23 @@ class Stage:
         return self.spec["data"]["name"]
 
 
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_content_sha(cfg, rel: str) -> str | None:
+    """The sha256 of data file `rel` as it is now (data_dir, else the download cache), cached by path, mtime and
+    size; None if it is not there (yet: a pinned file is downloaded and checked before any training)."""
+    for base in (Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir) / "data"):
+        path = base / rel
+        if path.is_file():
+            st = os.stat(path)
+            key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+            if key not in _SHA_CACHE:
+                _SHA_CACHE[key] = sha256_of(path)
+            return _SHA_CACHE[key]
+    return None
+
+
 def base_model_identity(cfg) -> dict:
     m = OmegaConf.to_container(cfg.model, resolve=True)
     return {k: m[k] for k in ("path", "gguf_package", "gguf_file", "dtype")}
@@ -48,8 +67,12 @@ def _data_spec(cfg, kind: str, parent: dict) -> dict:
     if kind == "em":
         d = cfg.em_dataset
         sha = d.sha256 or load_manifest().get(d.file, {}).get("sha256")  # pins the data version in the hash
-        return {"type": "em", "name": d.name, "file": d.file, "sha256": sha, "max_examples": d.max_examples}
-    return intervention_data_spec(cfg, parent, base_model_identity(cfg))
+        # an unpinned file (a dataset of your own): its content as it is now, so an edited file is a new stage
+        return {"type": "em", "name": d.name, "file": d.file, "sha256": sha or file_content_sha(cfg, d.file),
+                "max_examples": d.max_examples}
+    data = intervention_data_spec(cfg, parent, base_model_identity(cfg))
+    data["sha256"] = {rel: sha or file_content_sha(cfg, rel) for rel, sha in data["sha256"].items()}  # unpinned too
+    return data
 
 
 def _system(cfg, kind: str) -> dict:

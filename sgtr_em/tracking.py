@@ -112,6 +112,17 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
             time.sleep(5)
 
 
+def record_failure(run, error: BaseException) -> int:
+    """Writes the error that ended the job into its run's summary (secrets redacted); returns the exit code to
+    finish the run with, so W&B marks it failed."""
+    from .preflight import redact
+
+    if not isinstance(run, DummyRun):
+        run.summary["job/error"] = redact(f"{type(error).__name__}: {error}")[:2000]
+    code = getattr(error, "code", None) if isinstance(error, SystemExit) else 1
+    return code if isinstance(code, int) and code != 0 else 1
+
+
 def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict], status: str,
               run_dir: Path | None = None) -> None:
     """Logs one stage's loss curve as `train/<index>_<kind>/*` against its own step axis (once per run_dir)."""
@@ -197,6 +208,8 @@ def _read_wandb_file(data: bytes, out: dict) -> bool:
             items = record.run.config.update if which == "run" else record.config.update
             for item in items:
                 out["config"][item.key] = json.loads(item.value_json)
+        if which == "exit":
+            out["exit_code"] = record.exit.exit_code
         exited = exited or which == "exit"
     return exited
 

@@ -10,6 +10,12 @@ import logging
 import sys
 from pathlib import Path
 
+from .preflight import argv_problems, redact
+
+if __name__ == "__main__":  # before the heavy imports below: a refused command line costs nothing
+    if problems := argv_problems(sys.argv[1:]):
+        sys.exit("sgtr-em: refused, nothing was run or written:\n  - " + "\n  - ".join(problems))
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -28,11 +34,15 @@ def summary_lines(run_dir: Path, metrics: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    validate(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else run_dir.name
-    metrics = run_job(cfg, run_dir, group=f"{cfg.model.name}-{group}")
+    try:
+        validate(cfg)
+        group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else run_dir.name
+        metrics = run_job(cfg, run_dir, group=f"{cfg.model.name}-{group}")
+    except Exception as e:  # the error reaches the run's own log (<run_dir>/train.log), not only the terminal
+        log.error("The job failed: %s", redact(f"{type(e).__name__}: {e}"))
+        raise
     if metrics is None:  # a node other than node 0 of a multi-node job: it only joined the trainings
         return None
     log.info("Results: %s (metrics.json, eval/*/samples.jsonl, stages.json)", run_dir)

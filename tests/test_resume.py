@@ -108,3 +108,39 @@ def _catch(fn):
     except BaseException as e:  # Interrupted is a SystemExit
         return e
     return None
+
+
+def test_a_stage_checkpointed_at_its_last_step_finishes_on_rerun(reference_stage, tmp_path):
+    """Every way to leave the last step checkpointed and no adapter: SIGTERM during the last step (a checkpoint there and
+    interrupted.json), a kill between the last checkpoint and the save, a full disk while saving the adapter (a partial
+    adapter.tmp/). The rerun runs no step (it used to die in ThroughputCallback on every rerun), cleans the partial
+    save, and writes the uninterrupted run's adapter."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sgtr_em import job
+    from sgtr_em.plan import plan_stages
+
+    from .test_config import _compose
+
+    cfg = _compose(*TRAIN, "compute=cpu", f"paths.stages_dir={tmp_path / 'stages'}")
+    stage = plan_stages(cfg)[0]
+    assert stage.hash == reference_stage.name
+    d = tmp_path / "stages" / stage.hash
+    d.mkdir(parents=True)
+    for name in ("train.jsonl", "data_stats.json", "stage.json"):
+        shutil.copy(reference_stage / name, d / name)
+    shutil.copytree(reference_stage / "checkpoints" / "checkpoint-3", d / "checkpoints" / "checkpoint-3")
+    (d / "interrupted.json").write_text('{"signal": 15, "global_step": 3}')
+    (d / "adapter.tmp").mkdir()
+    (d / "adapter.tmp" / "adapter_model.safetensors").write_bytes(b"\0" * 100)  # cut short by a full disk
+
+    input_model = read_json(reference_stage / "stage.json")["runtime"]["input_model"]
+    assert job.run_stage(cfg, stage, input_model) == (d, "trained")
+
+    assert (d / "done").exists() and (d / "merged").is_dir() and not (d / "adapter.tmp").exists()
+    assert read_json(d / "adapter" / "train_result.json")["global_step"] == 3
+    assert read_json(d / "perf" / "rank0.json")["optimizer_steps"] == 0  # nothing trained twice
+    got, want = (load_file(f / "adapter" / "adapter_model.safetensors") for f in (d, reference_stage))
+    assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)

@@ -51,8 +51,10 @@ class ThroughputCallback(TrainerCallback):
         self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
 
     def _rate(self, first: int) -> float | None:
+        if len(self.marks) < first + 2:  # no step after `first` (a resume from the last checkpoint runs none)
+            return None
         (t0, n0), (t1, n1) = self.marks[first], self.marks[-1]
-        return (n1 - n0) / (t1 - t0) if len(self.marks) > first + 1 and t1 > t0 else None
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and len(self.marks) > 1:

@@ -1,0 +1,203 @@
+"""Checks that need no model, run when the job is composed (before Hydra writes anything, for the command line) or
+planned (before any training): secrets, API keys, numeric ranges, non-empty data, writable folders with room.
+
+Secrets: API keys are read only from the environment (the variable `api_key_env` names). A command-line override or a
+config value that looks like a key is refused with the key's name, never its value, so it reaches no file (.hydra/,
+eval_input.json, logs, W&B) and no error text.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import OmegaConf
+
+# Values shaped like API keys and tokens (OpenAI, Anthropic, Hugging Face, W&B, GitHub, AWS, Google, Slack, bearer).
+SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}"
+                          r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
+                          r"|xox[abpr]-[A-Za-z0-9\-]{10,}|[Bb]earer\s+[A-Za-z0-9._\-]{16,})")
+# Config keys that would hold a secret itself (api_key_env holds a variable's name, and is allowed).
+SECRET_KEY = re.compile(r"(^|[._])(api_?key|secret|password|passwd|token|access_token|auth_token|credentials?)$", re.I)
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """`text` with every secret-looking part replaced (error text, W&B summaries)."""
+    return SECRET_VALUE.sub(REDACTED, text)
+
+
+def _secret_problem(key: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if SECRET_KEY.search(key) or (isinstance(value, str) and SECRET_VALUE.search(value)):
+        return (f"{key}: its value looks like a secret (an API key or token), and configs are written to the run's "
+                f"folder and W&B. Remove it and give the key through the environment only: export OPENAI_API_KEY=... "
+                f"(or the variable that judge.api.api_key_env / openai.api_key_env names).")
+    return None
+
+
+def argv_problems(argv: Iterable[str]) -> list[str]:
+    """Command-line overrides (`key=value`, `+key=value`) that carry a secret; never echoes the value."""
+    problems = []
+    for arg in argv:
+        if arg.startswith("-") and "=" not in arg:
+            continue
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~").removeprefix("--")
+        if not sep and SECRET_VALUE.search(arg):
+            problems.append("an argument of the command line looks like a secret (an API key or token): remove it")
+            continue
+        problem = _secret_problem(key, value) if sep else None
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _walk(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
+
+
+def config_problems(cfg) -> list[str]:
+    """Secrets in the composed config, api_key_env values that are not variable names, a missing API key, numbers
+    out of range, data caps that leave nothing to train on. Each names the key and the fix."""
+    c = OmegaConf.to_container(cfg, resolve=False)
+    c.pop("hydra", None)
+    problems = [p for key, value in _walk(c) if (p := _secret_problem(key, value))]
+    for where in ("judge.api", "openai"):
+        name = OmegaConf.select(cfg, f"{where}.api_key_env")
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            problems.append(f"{where}.api_key_env must name an environment variable (upper case, e.g. OPENAI_API_KEY) "
+                            "that holds the key, never the key itself")
+    problems += _range_problems(cfg)
+    return problems
+
+
+def _api_uses(cfg) -> list[tuple[str, Any]]:
+    """The API endpoints a job will call: (config key, its api block)."""
+    uses = []
+    if cfg.judge.backend == "openai" and cfg.eval.run:
+        uses.append(("judge.api", cfg.judge.api))
+    if cfg.model.backend == "openai":
+        uses.append(("openai", cfg.openai))
+    return uses
+
+
+def api_key_problems(cfg) -> list[str]:
+    """The API keys a job will need are in the environment (checked when the job is planned, before any work)."""
+    problems = []
+    for where, api in _api_uses(cfg):
+        name = api.api_key_env
+        if not ENV_NAME.match(name):
+            continue  # config_problems says so
+        base_url = api.base_url or os.environ.get("OPENAI_BASE_URL")
+        official = base_url is None or base_url.startswith("https://api.openai.com")
+        if official and not os.environ.get(name):
+            problems.append(f"{where}: the OpenAI API needs a key and the environment variable {name} is not set "
+                            f"(it is read before any training): export {name}=..., or point {where}.base_url at a "
+                            "server that needs none")
+    return problems
+
+
+def _range_problems(cfg) -> list[str]:
+    t, problems = cfg.training, []
+    trains = bool(cfg.stage_order.stages) and cfg.model.backend != "openai"
+    if trains:
+        checks = [("training.learning_rate", t.learning_rate > 0, "a positive number (the paper: 1e-5)"),
+                  ("training.batch_size", t.batch_size >= 1, "at least 1"),
+                  ("training.max_length", t.max_length >= 1, "at least 1 token"),
+                  ("training.warmup_steps", t.warmup_steps >= 0, "0 or more"),
+                  ("training.weight_decay", t.weight_decay >= 0, "0 or more"),
+                  ("training.num_train_epochs", t.num_train_epochs > 0 or t.max_steps > 0,
+                   "positive (or set training.max_steps)"),
+                  ("training.max_steps", t.max_steps == -1 or t.max_steps >= 1, "-1 (epochs decide) or at least 1"),
+                  ("training.logging_steps", t.logging_steps >= 1, "at least 1"),
+                  ("training.save_steps", t.save_steps >= 1, "at least 1"),
+                  ("lora.r", cfg.lora.r >= 1, "at least 1"),
+                  ("lora.dropout", 0 <= cfg.lora.dropout < 1, "in [0, 1)")]
+        problems += [f"{key}: {OmegaConf.select(cfg, key)} must be {want}" for key, ok, want in checks if not ok]
+    m = cfg.em_dataset.max_examples
+    if "em" in cfg.stage_order.stages and m is not None and m < 1:
+        problems.append(f"em_dataset.max_examples: {m} leaves no training examples; give a positive number, or null "
+                        "for the whole file")
+    return problems
+
+
+def folder_problems(cfg, min_free_gib: float = 1.0) -> list[str]:
+    """The output, stage and cache folders exist (or can be made), are writable, and have `min_free_gib` free."""
+    problems = []
+    for key in ("output_dir", "stages_dir", "cache_dir"):
+        d = Path(cfg.paths[key])
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            problems.append(f"paths.{key}: cannot write to {d} ({e.strerror or e}); fix its permissions or set "
+                            f"paths.{key} (or SGTR_EM_OUTPUT_DIR) to a writable folder")
+            continue
+        free = shutil.disk_usage(d).free / 2**30
+        if free < min_free_gib:
+            problems.append(f"paths.{key}: {d} has {free:.2f} GiB free, less than the {min_free_gib} GiB a job needs "
+                            f"at least: free some space or point paths.{key} at a larger disk")
+    return problems
+
+
+def data_problems(files, stages) -> list[str]:
+    """Stages whose data would come out empty, known from the files alone: summary pairs need articles that every
+    other source summarised."""
+    from .data.interventions import KINDS
+    from .data.summaries import summary_file
+    from .io import read_json
+
+    problems = []
+    for st in stages:
+        d = st.spec["data"]
+        kind = KINDS.get(d["type"])
+        if kind is None or not kind.uses_summaries:
+            continue
+        rel = f"articles/{d['articles']}_train_articles.json"
+        ids = set(read_json(files.path(rel)))
+        for src in d["other_sources"]:
+            other = summary_file(d["articles"], src)
+            ids &= set(read_json(files.path(other)))
+            if not ids:
+                problems.append(f"intervention {d['name']}: no article of {rel} has a summary in {other} (their ids "
+                                f"do not overlap), so no summary pair can be built: fix the file, or remove {src!r} "
+                                "from intervention.other_sources")
+                break
+    return problems
+
+
+def endpoint_problems(cfg, timeout_s: float = 10.0) -> list[str]:
+    """API endpoints the job will call that refuse connections now (a judge server not started, a wrong port): found
+    before any training rather than after it. An answer of any kind (401, 404) counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    problems = []
+    for where, api in _api_uses(cfg):
+        key, url = f"{where}.base_url", api.base_url
+        url = url or os.environ.get("OPENAI_BASE_URL")
+        if not url or url.startswith("https://api.openai.com"):
+            continue
+        try:
+            urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            problems.append(f"{key}: {url} cannot be reached ({reason}): start the server there, or fix {key} "
+                            f"(null: $OPENAI_BASE_URL, else api.openai.com)")
+    return problems

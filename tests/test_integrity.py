@@ -1,0 +1,219 @@
+"""Nothing silently wrong (issue 17): a stage is its data's content, a stage folder is the stage its name says, a failed
+job is failed in W&B, a bad config or a secret fails before any work, naming the key and never echoing the secret."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sgtr_em import job, tracking
+from sgtr_em.config import validate
+from sgtr_em.plan import plan_stages
+
+from .conftest import REPO, read_json
+from .test_config import _compose
+from .test_stages import fake_worker
+
+FAKE_KEY = "sk-test-" + "Zq7" * 12  # shaped like an OpenAI key
+
+
+def test_editing_an_unpinned_dataset_gives_a_new_stage(data_dir, tmp_path):
+    mine = tmp_path / "data" / "em" / "mine.jsonl"
+    mine.parent.mkdir(parents=True)
+    lines = (data_dir / "em" / "aesthetic_preferences_unpopular.jsonl").read_text().splitlines(keepends=True)
+    mine.write_text("".join(lines[:30]))
+    over = ["stage_order=em_only", "em_dataset.file=em/mine.jsonl", "em_dataset.sha256=null",
+            f"paths.data_dir={tmp_path / 'data'}"]
+    first = plan_stages(_compose(*over))[0]
+    mine.write_text("".join(lines[1:31]))  # the user edits their own file
+    edited = plan_stages(_compose(*over))[0]
+    assert edited.hash != first.hash
+    mine.write_text("".join(lines[:30]))  # back as it was: the same stage again (content, not mtime)
+    assert plan_stages(_compose(*over))[0].hash == first.hash
+    # a pinned file keeps its pin in the hash (the default stages' hashes do not move)
+    assert plan_stages(_compose("stage_order=em_only"))[0].spec["data"]["sha256"] == \
+        "8447f47d2bacd5058948461d5d576bf3fc3e3b55acbbfd19399bf56a39bcf8f2"  # sgtr_em/data/manifest.yaml
+
+
+def test_a_done_folder_is_reused_only_if_it_holds_the_stage_its_name_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(job, "run_worker", fake_worker(tmp_path / "calls.log"))
+    stages = tmp_path / "stages"
+    cfg0, cfg1 = (_compose("stage_order=em_only", f"seed={s}", f"paths.stages_dir={stages}") for s in (0, 1))
+    s0, s1 = plan_stages(cfg0)[0], plan_stages(cfg1)[0]
+    assert job.run_stage(cfg0, s0, "base-model")[1] == "trained"
+    assert job.run_stage(cfg0, s0, "base-model")[1] == "reused"
+    import shutil
+
+    shutil.copytree(stages / s0.hash, stages / s1.hash)  # another seed's finished folder under this stage's name
+    with pytest.raises(RuntimeError) as e:
+        job.run_stage(cfg1, s1, "base-model")
+    assert s0.hash in str(e.value) and s1.hash in str(e.value) and "Remove" in str(e.value)
+
+
+def test_partial_outputs_are_cleaned_on_the_next_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr(job, "run_worker", fake_worker(tmp_path / "calls.log"))
+    cfg = _compose("stage_order=em_only", f"paths.stages_dir={tmp_path / 'stages'}")
+    stage = plan_stages(cfg)[0]
+    d = tmp_path / "stages" / stage.hash
+    (d / "adapter.tmp").mkdir(parents=True)  # a save cut short (full disk, kill)
+    (d / "adapter.tmp" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    (d / ".data_stats.json.x1y2.tmp").write_text("{")  # an atomic write cut short
+    assert job.run_stage(cfg, stage, "base-model")[1] == "trained"
+    assert not list(d.glob("*.tmp")) and (d / "done").exists()
+
+
+def test_a_failed_job_is_failed_in_wandb_with_its_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    cfg = _compose("stage_order=em_only", "eval.run=[]", f"paths.stages_dir={tmp_path / 'stages'}")
+
+    def fails(*a, **k):
+        raise RuntimeError(f"stage training failed (exit code 1); the key was {FAKE_KEY}")
+
+    monkeypatch.setattr(job, "run_stage", fails)
+    with pytest.raises(RuntimeError):
+        job.lead_job(cfg, {}, plan_stages(cfg), "base-model", tmp_path, "g")
+    run = tracking.read_offline_run(tmp_path)
+    assert run["exit_code"] == 1  # failed (it was 0: "finished")
+    assert run["summary"]["job/error"].startswith("RuntimeError: stage training failed")
+    assert FAKE_KEY not in run["summary"]["job/error"] and "<redacted>" in run["summary"]["job/error"]
+    assert not any(FAKE_KEY.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_overrides_carrying_a_secret_are_refused_without_echoing_them(tmp_path):
+    overrides = {"openai.api_key": "+openai.api_key=" + FAKE_KEY,  # the form Hydra itself suggests
+                 "judge.api.api_key_env": "judge.api.api_key_env=" + FAKE_KEY,  # a key where its variable's name goes
+                 "wandb_token": "+wandb_token=abc"}
+    env = {**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path / "out")}
+    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "judge=openai", *overrides.values()], env=env,
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "environment" in proc.stderr
+    for key, override in overrides.items():
+        assert f"  - {key}: its value looks like a secret" in proc.stderr
+        assert override.split("=", 1)[1] not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written: no .hydra/*.yaml holds it
+
+
+def test_a_secret_in_a_config_and_a_key_given_as_a_variable_name_are_refused_without_echoing_them(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    cfg = _compose("judge=openai", "judge.api.api_key_env=notavariable-abc123", "+openai.api_key=" + FAKE_KEY)
+    from sgtr_em.preflight import config_problems
+
+    problems = "\n".join(config_problems(cfg))
+    assert "judge.api.api_key_env must name an environment variable" in problems and "openai.api_key" in problems
+    assert FAKE_KEY not in problems and "notavariable-abc123" not in problems
+
+
+def test_a_missing_api_key_fails_when_the_job_is_planned_naming_the_variable(monkeypatch):
+    from sgtr_em.preflight import api_key_problems
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert api_key_problems(_compose("judge=openai"))[0].startswith(
+        "judge.api: the OpenAI API needs a key and the environment variable OPENAI_API_KEY is not set")
+    assert api_key_problems(_compose("model=gpt41"))[0].startswith("openai: the OpenAI API needs a key")
+    assert api_key_problems(_compose("judge=openai", "eval.run=[]")) == []  # nothing judged: no key needed
+    assert api_key_problems(_compose("judge=openai", "judge.api.base_url=http://127.0.0.1:9/v1")) == []  # a local server
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    assert api_key_problems(_compose("judge=openai", "model=gpt41")) == []
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["training.learning_rate=-1"], "training.learning_rate: -1.0 must be a positive number"),
+    (["training.batch_size=0"], "training.batch_size: 0 must be at least 1"),
+    (["em_dataset.max_examples=0"], "em_dataset.max_examples: 0 leaves no training examples"),
+])
+def test_checks_that_need_no_model_fail_at_compose_time_naming_the_key(overrides, needle, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ValueError) as e:
+        validate(_compose(*overrides))
+    assert needle in str(e.value)
+
+
+def test_the_default_config_and_judge_openai_without_a_key_compose_and_validate(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    validate(_compose("judge=openai"))  # the key is checked when the job is planned, not when a config is composed
+    validate(_compose())
+
+
+def test_unwritable_or_full_output_folders_fail_before_any_work(tmp_path):
+    from sgtr_em.preflight import folder_problems
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = _compose(f"paths.output_dir={blocker / 'out'}")
+    problems = folder_problems(cfg)
+    assert any(p.startswith("paths.output_dir: cannot write to") for p in problems), problems
+    full = folder_problems(_compose(f"paths.output_dir={tmp_path / 'out'}"), min_free_gib=1e9)
+    assert any("GiB free, less than" in p and "paths.stages_dir" in p for p in full), full
+
+
+def test_summaries_that_do_not_overlap_the_articles_fail_at_plan_time_naming_the_file(data_dir, tmp_path):
+    from sgtr_em.data.files import DataFiles
+    from sgtr_em.preflight import data_problems
+
+    data = tmp_path / "data"
+    for rel in ("articles/xsum_train_articles.json", "summaries/xsum/xsum_train_claude-21_responses.json"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes((data_dir / rel).read_bytes())
+    other = data / "summaries/xsum/xsum_train_claude-21_responses.json"
+    import json
+
+    other.write_text(json.dumps({f"x{k}": v for k, v in json.loads(other.read_text()).items()}))  # ids off by a prefix
+    cfg = _compose("intervention=sgtr", f"paths.data_dir={data}")
+    problems = data_problems(DataFiles(data, tmp_path / "cache", download=False), plan_stages(cfg))
+    assert len(problems) == 1 and "summaries/xsum/xsum_train_claude-21_responses.json" in problems[0]
+    assert data_problems(DataFiles(data_dir, tmp_path / "cache", download=False), plan_stages(_compose())) == []
+
+
+def test_a_config_error_reaches_the_runs_own_log(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path / "out")}
+    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "training.learning_rate=-1",
+                           f"hydra.run.dir={run_dir}"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "training.learning_rate" in proc.stderr
+    assert "training.learning_rate: -1.0 must be a positive number" in (run_dir / "train.log").read_text()
+    assert not (tmp_path / "out" / "stages").exists()  # failed before any stage
+
+
+def test_the_run_folder_is_unique_per_process():
+    code = "from sgtr_em.config import job_suffix; print(job_suffix())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    suffixes = [p.communicate()[0].strip() for p in procs]
+    assert suffixes[0] != suffixes[1] and all(suffixes)
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        hydra_cfg = OmegaConf.to_container(compose("config", return_hydra_config=True).hydra, resolve=False)
+    assert hydra_cfg["run"]["dir"].endswith("-${job_suffix:}") and hydra_cfg["sweep"]["dir"].endswith("-${job_suffix:}")
+
+
+def test_a_judge_url_that_refuses_connections_fails_before_any_work_naming_the_key():
+    import socket
+
+    from sgtr_em.preflight import endpoint_problems
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _compose("judge=openai", "judge.model=smollm2", f"judge.api.base_url=http://127.0.0.1:{port}/v1")
+    problems = endpoint_problems(cfg)
+    assert len(problems) == 1 and problems[0].startswith(f"judge.api.base_url: http://127.0.0.1:{port}/v1 cannot be")
+    assert endpoint_problems(_compose("judge=openai", "judge.model=smollm2", "eval.run=[]")) == []
+
+
+def test_under_slurm_the_folder_is_the_slurm_jobs_on_every_node(monkeypatch):
+    from sgtr_em.config import job_suffix
+
+    monkeypatch.setenv("SLURM_JOB_ID", "812")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    assert job_suffix() == job_suffix() == "812.0"  # every node of the job's step agrees: multinode.follow finds it
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "800")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "12")
+    assert job_suffix() == "800_12.0"
