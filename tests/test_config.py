@@ -1,6 +1,8 @@
 """Every option file of every group composes and validates; typos and wrong types fail at compose time."""
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -136,3 +138,34 @@ def test_cfg_job_prints_the_resolved_config():
     cfg = OmegaConf.create(out)
     assert cfg.stage_order.stages == ["intervention", "em"]
     assert "news-articler summarizer" in cfg.prompts.detection_system
+
+
+# `+key=value` (Hydra's hint for a key that is not there) bypasses struct mode: the typed schemas refuse it anyway.
+PLUS_TYPOS = {group: f"+{group}.{sorted(f.name for f in dataclasses.fields(schema))[0]}x=1"
+              for group, schema in GROUP_SCHEMAS.items()}
+PLUS_TYPOS.update({"root": "+learning_rate=1e-4", "nested": "+eval.em.samples_per_questoin=3",
+                   "openai": "+openai.hyperparameters.n_epoch=2"})
+
+
+@pytest.mark.parametrize("where", sorted(PLUS_TYPOS))
+def test_plus_cannot_add_a_key_to_a_typed_group(where):
+    override = PLUS_TYPOS[where]
+    key = override[1:].split("=")[0]
+    with pytest.raises(ValueError, match=f"{key.replace('.', '[.]')}: not a key of"):
+        validate(_compose(override))
+
+
+def test_plus_still_adds_to_the_open_places():
+    """Dict-typed fields take new keys: chat template arguments, DeepSpeed JSON, download sources, prompt sets."""
+    cfg = _compose("+model.chat_template_kwargs.enable_thinking=false", "+deepspeed.overrides.steps_per_print=5",
+                   "+download.sources.mirror=http://127.0.0.1:1")
+    validate(cfg)
+    assert cfg.deepspeed.overrides.steps_per_print == 5
+
+
+def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "+training.learning_rat=1e-4"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "training.learning_rat: not a key of TrainingConfig (did you mean training.learning_rate?" in proc.stderr
+    assert not list(tmp_path.rglob("stages"))  # nothing trained
