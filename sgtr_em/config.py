@@ -99,6 +99,7 @@ class TrainingConfig:
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int = 2
+    keep_checkpoints: bool = False  # false: a finished stage's checkpoints/ go once its adapter and merge are verified
 
 
 @dataclass
@@ -116,6 +117,7 @@ class ComputeConfig:
     nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
     nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm
     preempt_grace_s: int = 90  # on SIGTERM/SIGUSR2 a worker saves a checkpoint; the parent waits this long
+    cpu_threads: Optional[int] = None  # threads per worker; null: the cores given (Slurm, affinity) / processes
 
 
 @dataclass
