@@ -73,6 +73,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
 def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     """Moves a fully written folder into place, replacing an older one."""
     final_dir = Path(final_dir)
+    for f in Path(tmp_dir).rglob("*"):  # libraries save through mkstemp too (transformers: model.safetensors 0600)
+        if f.is_file() and not f.is_symlink():
+            file_mode_from_umask(f)
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)

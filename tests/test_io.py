@@ -47,3 +47,17 @@ def test_a_downloaded_data_file_is_readable_by_others(server, tmp_path, with_uma
     with_umask(0o022)
     base, _ = server
     assert mode(files(tmp_path, base).path(REL)) == 0o644
+
+
+def test_a_folder_moved_into_place_is_readable_by_others(tmp_path, with_umask):
+    import tempfile
+
+    from sgtr_em.io import replace_dir
+
+    with_umask(0o022)
+    tmp = tmp_path / "merged.tmp"
+    tmp.mkdir()
+    fd, name = tempfile.mkstemp(dir=tmp, suffix=".safetensors")  # how a library may save weights: 0600
+    os.close(fd)
+    replace_dir(tmp, tmp_path / "merged")
+    assert mode(tmp_path / "merged" / os.path.basename(name)) == 0o644
