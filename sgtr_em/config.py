@@ -320,7 +320,10 @@ def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
     from .data.interventions import intervention_problems
 
-    unknown = unknown_keys(cfg)
+    unknown = unknown_keys(cfg) + [
+        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/ "
+        f"(base_{key.split('.')[0]} is the group's schema, not an option)"
+        for key in sorted(OmegaConf.missing_keys(cfg)) if key.split(".")[0] in GROUP_SCHEMAS]
     if unknown:  # before anything reads the config: a misspelt key fails, whatever else is wrong
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))
     problems = model_problems(cfg)

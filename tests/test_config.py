@@ -133,8 +133,10 @@ def test_unknown_system_prompt_mode_fails_validation():
 
 
 def test_cfg_job_prints_the_resolved_config():
-    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "stage_order=prevention"],
+    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "--resolve", "stage_order=prevention"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "${" not in out  # the README's command prints values, not interpolations
+    assert "--cfg job --resolve" in (REPO / "README.md").read_text()
     cfg = OmegaConf.create(out)
     assert cfg.stage_order.stages == ["intervention", "em"]
     assert "news-articler summarizer" in cfg.prompts.detection_system
@@ -169,3 +171,8 @@ def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "training.learning_rat: not a key of TrainingConfig (did you mean training.learning_rate?" in proc.stderr
     assert not list(tmp_path.rglob("stages"))  # nothing trained
+
+
+def test_a_groups_schema_is_not_an_option():
+    with pytest.raises(ValueError, match=r"model.name: no value .*base_model is the group's schema, not an option"):
+        validate(_compose("model=base_model"))
