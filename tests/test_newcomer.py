@@ -69,3 +69,31 @@ def test_a_worker_runs_with_those_threads(monkeypatch):
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
     assert worker_env(10, {"launcher": "torchrun", "cpu_threads": 4})["OMP_NUM_THREADS"] == "4"
+
+
+def test_one_line_per_stage_names_its_steps_loss_and_first_learning_rate(tmp_path):
+    import json
+
+    from sgtr_em.job import stage_line
+    from sgtr_em.plan import Stage
+
+    stage = Stage(kind="em", spec={"data": {"name": "aesthetic_unpopular"}})
+    d = tmp_path / stage.hash
+    d.mkdir()
+    rows = [{"step": 1, "loss": 2.5, "learning_rate": 5e-6, "lr_applied": 1e-5},
+            {"step": 2, "loss": 2.25, "learning_rate": 0.0, "lr_applied": 5e-6}, {"step": 2, "train_loss": 2.4}]
+    (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "done").write_text('{"seconds": 41.6}')
+    assert stage_line(1, 2, stage, "trained", d) == (f"Stage 1/2 em (aesthetic_unpopular) {stage.hash}: trained in 42 s; "
+                                                     "2 steps, loss 2.500 -> 2.250, first step at learning rate 1e-05")
+
+
+def test_a_pure_position_bias_is_said_to_be_chance_by_construction():
+    from sgtr_em.evaluation.registry import summary_lines
+
+    sr = {"accuracy": 0.5, "accuracy_ci95": [0.25, 0.75], "prob_correct": 0.5, "invalid_rate": 0.0, "n_pairs": 6,
+          "chose_first_rate": 1.0, "per_source": {}}
+    [line] = summary_lines({"self_recognition": sr})
+    assert "pure position bias (chose_first_rate 1.0: always the first option)" in line and "chance by construction" in line
+    [line] = summary_lines({"self_recognition": {**sr, "chose_first_rate": 0.75}})
+    assert "position bias" not in line
