@@ -65,7 +65,7 @@ def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
     assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == ("smollm2", ["em", "intervention"], "summary_pairs")
     assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
-    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 5
+    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 0  # every step moves the weights
     assert cfg.training.batch_size == 16
     assert cfg.training.max_length == 2048 and cfg.training.weight_decay == 0.01
 
@@ -75,6 +75,9 @@ def test_paper_scale_is_one_override_away():
     assert cfg.em_dataset.max_examples is None and cfg.intervention.max_articles is None
     assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 100
     assert cfg.judge.min_number_mass == 0.25
+    assert cfg.training.warmup_steps == 5  # the paper's warm-up, back
+    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        assert _compose(f"experiment={experiment}").training.warmup_steps == 5, experiment
 
 
 @pytest.mark.parametrize("override", ["training.lrr=1e-4", "lora.rank=8", "model.nmae=x"])
