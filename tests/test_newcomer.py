@@ -80,8 +80,8 @@ def test_one_line_per_stage_names_its_steps_loss_and_first_learning_rate(tmp_pat
     stage = Stage(kind="em", spec={"data": {"name": "aesthetic_unpopular"}})
     d = tmp_path / stage.hash
     d.mkdir()
-    rows = [{"step": 1, "loss": 2.5, "learning_rate": 5e-6, "lr_applied": 1e-5},
-            {"step": 2, "loss": 2.25, "learning_rate": 0.0, "lr_applied": 5e-6}, {"step": 2, "train_loss": 2.4}]
+    rows = [{"step": 1, "loss": 2.5, "learning_rate": 1e-5}, {"step": 2, "loss": 2.25, "learning_rate": 5e-6},
+            {"step": 2, "train_loss": 2.4}]
     (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "done").write_text('{"seconds": 41.6}')
     assert stage_line(1, 2, stage, "trained", d) == (f"Stage 1/2 em (aesthetic_unpopular) {stage.hash}: trained in 42 s; "

@@ -14,24 +14,15 @@ from ..io import write_json
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Appends every logged step (loss, learning rate, grad norm, tokens/s) to a JSONL file the parent reads.
-
-    `lr_applied` is the learning rate the step was taken with (the Trainer's `learning_rate` is the scheduler's value
-    after the step, the next step's: under a linear warm-up the first step runs at 0 although it logs lr / warmup)."""
+    """Appends every logged step (loss, learning rate, grad norm, tokens/s) to a JSONL file the parent reads."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.lr_applied = None
-
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        if optimizer is not None:
-            self.lr_applied = optimizer.param_groups[0]["lr"]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
-            extra = {"lr_applied": self.lr_applied} if "loss" in logs and self.lr_applied is not None else {}
             with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs, **extra}) + "\n")
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
 def _peak_memory_gib(reserved: bool = False) -> float | None:
