@@ -47,8 +47,7 @@ def cpu_threads(configured: int | None = None, nproc: int = 1) -> int:
 
 def thread_env(threads: int) -> dict:
     """A worker's thread settings. OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning, so on a
-    shared machine a thread does not burn a core waiting for its partner that the scheduler has taken off one
-    (measured in the closing note of issue 22: a default spinning job ran ~8x slower under load, not ~3x)."""
+    shared machine a thread does not burn a core waiting for its partner that the scheduler has taken off one."""
     n = str(threads)
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "OMP_WAIT_POLICY": "PASSIVE"}
 
