@@ -77,7 +77,9 @@ def test_paper_scale_is_one_override_away():
     assert cfg.judge.min_number_mass == 0.25
     assert cfg.training.warmup_steps == 5  # the paper's warm-up, back
     for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
-        assert _compose(f"experiment={experiment}").training.warmup_steps == 5, experiment
+        cfg = _compose(f"experiment={experiment}")
+        if cfg.em_dataset.max_examples is None:  # every experiment at the paper's sizes has the paper's warm-up
+            assert cfg.training.warmup_steps == 5, experiment
 
 
 @pytest.mark.parametrize("override", ["training.lrr=1e-4", "lora.rank=8", "model.nmae=x"])
