@@ -27,6 +27,31 @@ def slurm_nnodes() -> int:
     return int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
 
 
+def cpu_cores() -> int:
+    """The CPU cores this job is given: Slurm's allocation (SLURM_CPUS_PER_TASK, or SLURM_CPUS_ON_NODE), else the
+    process's affinity mask (`nproc`: a cgroup or `taskset` limit), else every core of the machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    return max(1, min(cores, int(slurm)) if slurm and slurm.isdigit() else cores)
+
+
+def cpu_threads(configured: int | None = None, nproc: int = 1) -> int:
+    """Threads per worker process (torch, OpenMP, MKL): compute.cpu_threads, else $OMP_NUM_THREADS when set, else
+    the cores given split among the node's `nproc` training processes."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, configured or (int(env) if env.isdigit() else cpu_cores() // max(1, nproc)))
+
+
+def thread_env(threads: int) -> dict:
+    """A worker's thread settings. OMP_WAIT_POLICY=PASSIVE: an idle OpenMP thread sleeps instead of spinning, so on a
+    shared machine a thread does not burn a core waiting for its partner that the scheduler has taken off one."""
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def node_rank() -> int:
     """This node's rank in a multi-node job (Slurm's SLURM_NODEID; 0 outside Slurm)."""
     return int(os.environ.get("SLURM_NODEID", 0))
@@ -117,6 +142,7 @@ def resolve_compute(compute, deepspeed=None, *, model_path: str | None = None, d
         "nnodes": nnodes,
         "world_size": world,
         "preempt_grace_s": compute.preempt_grace_s,
+        "cpu_threads": cpu_threads(compute.get("cpu_threads"), nproc),
         "deepspeed": ds,
     }
 

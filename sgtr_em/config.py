@@ -5,11 +5,13 @@ wrong type fails when Hydra composes the config, before any model is loaded.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .evaluation.schemas import EvalConfig, JudgeConfig, eval_problems
 
@@ -97,6 +99,7 @@ class TrainingConfig:
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int = 2
+    keep_checkpoints: bool = False  # false: a finished stage's checkpoints/ go once its adapter and merge are verified
 
 
 @dataclass
@@ -114,6 +117,7 @@ class ComputeConfig:
     nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
     nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm
     preempt_grace_s: int = 90  # on SIGTERM/SIGUSR2 a worker saves a checkpoint; the parent waits this long
+    cpu_threads: Optional[int] = None  # threads per worker; null: the cores given (Slurm, affinity) / processes
 
 
 @dataclass
@@ -308,10 +312,38 @@ def openai_problems(cfg: Any) -> list[str]:
     return problems
 
 
+def unknown_keys(node: Any, path: str = "") -> list[str]:
+    """Keys under a typed (dataclass) node that its schema does not declare: a `+key=value` override can add them
+    (Hydra's `+` bypasses struct mode), and nothing would ever read them. Dict-typed fields (model.chat_template_kwargs,
+    deepspeed.overrides, download.sources, prompts.summary, eval.em.sets, eval.in_domain.datasets) stay open."""
+    problems = []
+    schema = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        if path == "" and key == "hydra":
+            continue
+        where = f"{path}.{key}" if path else str(key)
+        if declared is not None and key not in declared:
+            close = difflib.get_close_matches(str(key), sorted(declared), n=1)
+            hint = f"did you mean {path + '.' if path else ''}{close[0]}? " if close else ""
+            problems.append(f"{where}: not a key of {schema.__name__} ({hint}a `+` override cannot add a key to a "
+                            f"typed group; see sgtr_em/config.py)")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            problems += unknown_keys(child, where)
+    return problems
+
+
 def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
     from .data.interventions import intervention_problems
 
+    unknown = unknown_keys(cfg) + [
+        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/ "
+        f"(base_{key.split('.')[0]} is the group's schema, not an option)"
+        for key in sorted(OmegaConf.missing_keys(cfg)) if key.split(".")[0] in GROUP_SCHEMAS]
+    if unknown:  # before anything reads the config: a misspelt key fails, whatever else is wrong
+        raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))
     problems = model_problems(cfg)
     m = cfg.model
     for kind in cfg.stage_order.stages:

@@ -9,11 +9,35 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode_from_umask(fd_or_path: int | str | Path) -> None:
+    """Gives a file made by tempfile.mkstemp (always 0600) the mode `open()` would have given it: 0666 less the
+    umask, so that under umask 022 a collaborator on a shared cluster can read the outputs."""
+    mode = 0o666 & ~umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        file_mode_from_umask(fd)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -49,6 +73,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
 def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     """Moves a fully written folder into place, replacing an older one."""
     final_dir = Path(final_dir)
+    for f in Path(tmp_dir).rglob("*"):  # libraries save through mkstemp too (transformers: model.safetensors 0600)
+        if f.is_file() and not f.is_symlink():
+            file_mode_from_umask(f)
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)

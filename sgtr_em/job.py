@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from . import multinode, tracking
@@ -26,7 +26,7 @@ from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages
 from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
 from .training.sft import read_train_log
-from .workers import Interrupted, run_worker, stop_on_signals
+from .workers import Interrupted, run_worker, set_cpu_threads, stop_on_signals
 
 log = logging.getLogger("sgtr_em")
 
@@ -118,9 +118,12 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
     stages_dir.mkdir(parents=True, exist_ok=True)
     d = stages_dir / stage.hash
     lock = FileLock(str(stages_dir / f"{stage.hash}.lock"))
-    if not (d / "done").exists():
-        log.info("Stage %s (%s): waiting for its lock if another job trains it", stage.hash, stage.name)
-    with lock:
+    try:
+        held = lock.acquire(timeout=0)
+    except Timeout:  # said only when something does wait
+        log.info("Stage %s (%s): another job is training it; waiting for its lock", stage.hash, stage.name)
+        held = lock.acquire()
+    with held:  # released on leaving the block
         check_stage_folder(d)
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
@@ -138,8 +141,33 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
             train(cfg, d, runtime["compute"], what=f"stage {stage.hash} training")
         if not api and not (d / "merged").exists():
             run_worker("sgtr_em.training.merge", d, what=f"stage {stage.hash} merge")
+        if not api and not cfg.training.keep_checkpoints:
+            drop_checkpoints(d)
         write_json(d / "done", {"seconds": round(time.time() - start, 1), "finished": time.time()})
     return d, "trained"
+
+
+def drop_checkpoints(stage_dir: Path) -> None:
+    """training.keep_checkpoints=false: a finished stage's checkpoints/ (resume points; optimizer states, most of a
+    stage's disk) are deleted, once its adapter and merged weights are there and their safetensors files read whole."""
+    from safetensors import safe_open
+
+    ckpt = stage_dir / "checkpoints"
+    if not ckpt.exists():
+        return
+    for folder in ("adapter", "merged"):
+        weights = sorted((stage_dir / folder).glob("*.safetensors"))
+        if not weights:
+            raise RuntimeError(f"stage {stage_dir.name}: {folder}/ has no weights; its checkpoints/ are kept")
+        for w in weights:
+            try:
+                with safe_open(str(w), framework="pt") as f:  # a truncated file fails here (header vs file size)
+                    f.keys()
+            except Exception as e:
+                raise RuntimeError(f"stage {stage_dir.name}: {w} is unreadable ({e}); its checkpoints/ are kept: delete "
+                                   f"{stage_dir / folder} and rerun the job to redo that step") from e
+    shutil.rmtree(ckpt)
+    log.info("Stage %s: checkpoints/ deleted (training.keep_checkpoints=false)", stage_dir.name)
 
 
 def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identity: dict, base_model: str, *,
@@ -158,7 +186,9 @@ def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identit
         "base_model_path": base_model, "base_model_key": content_hash(base_identity),
         "judge_model_path": judge["model"] or base_model, "after_stages": step,
     })
-    run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
+    seconds = run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
+    log.info("Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(cfg.eval.run), seconds,
+             point_dir / "metrics.json")
     metrics = read_json(point_dir / "metrics.json")
     tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in cfg.eval.run}
     tracking.log_eval(run, metrics, tables, step=step)
@@ -184,7 +214,9 @@ def train(cfg, stage_dir: Path, compute: dict, *, what: str) -> None:
 def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     """Runs the job; on a node other than node 0 of a multi-node job, only joins its trainings (returns None)."""
     stop_on_signals()
+    set_cpu_threads(cfg.compute.cpu_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Run folder: %s", run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["compute"] = resolve_compute(cfg.compute)
     stages = plan_stages(cfg)
@@ -213,9 +245,32 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
             multinode.leader_done(run_dir, ok=ok)  # releases the other nodes, whatever happened
 
 
+def stage_line(i: int, n: int, stage: Stage, status: str, stage_dir: Path) -> str:
+    """One console line per stage: what it is, trained or reused, its steps, loss and first step's learning rate."""
+    line = f"Stage {i}/{n} {stage.kind} ({stage.name}) {stage.hash}: {status}"
+    if status == "trained" and (stage_dir / "done").exists():
+        line += f" in {read_json(stage_dir / 'done')['seconds']:.0f} s"
+    steps = [r for r in read_train_log(stage_dir / "train_log.jsonl") if "loss" in r]
+    if steps:
+        line += f"; {steps[-1]['step']} steps, loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
+        if steps[0].get("learning_rate") is not None:  # the rate step 1 was taken with (0 under a linear warm-up)
+            line += f", first step at learning rate {steps[0]['learning_rate']:.3g}"
+    return line
+
+
+def wandb_line(run) -> str:
+    if isinstance(run, tracking.DummyRun):
+        return "W&B: off (tracking=none)"
+    if getattr(run, "url", None):
+        return f"W&B run {run.name} (id {run.id}): {run.url}"
+    offline = Path(run.dir).parent if run.dir else None
+    return f"W&B run {run.name} (id {run.id}), offline: `wandb sync {offline}` uploads it"
+
+
 def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir: Path, group: str) -> dict:
     run = tracking.start_run(cfg, resolved, run_dir, group)
     exit_code = None
+    log.info("%s", wandb_line(run))
     try:
         model_path, events = base_model, []
         for i, stage in enumerate(stages, 1):
@@ -223,6 +278,7 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
             events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
                            "status": status, "folder": str(d)})
             write_json(run_dir / "stages.json", events)
+            log.info("%s", stage_line(i, len(stages), stage, status, d))
             tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status,
                                run_dir=run_dir)
             model_path = stage_output(cfg, d)

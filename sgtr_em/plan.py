@@ -19,7 +19,7 @@ from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 
 # How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
-NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit")
+NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
 
 
 def content_hash(obj: Any, n: int = 16) -> str:

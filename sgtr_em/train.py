@@ -2,7 +2,7 @@
 
     python -m sgtr_em.train                                  # CPU smoke default: SmolLM2, EM -> SGTR
     python -m sgtr_em.train -m stage_order=em_only,reversal  # a sweep; shared stages train once
-    python -m sgtr_em.train --cfg job                        # print the resolved config
+    python -m sgtr_em.train --cfg job --resolve              # print the resolved config
 """
 from __future__ import annotations
 

@@ -92,8 +92,21 @@ def launch_command(module: str, folder: Path, launch: dict | None = None) -> lis
     return cmd + ["-m", module, str(folder)]
 
 
+CPU_THREADS: list[int | None] = [None]  # compute.cpu_threads of the running job (set_cpu_threads)
+
+
+def set_cpu_threads(configured: int | None) -> None:
+    """The job's compute.cpu_threads, for every worker it starts (null: the cores it is given)."""
+    CPU_THREADS[0] = configured
+
+
 def worker_env(grace_s: int, launch: dict | None = None) -> dict:
+    from .compute import cpu_threads, thread_env
+
     env = dict(os.environ)
+    # threads from the cores the job is given, not the machine's: on a shared machine a job degrades to its share
+    threads = (launch or {}).get("cpu_threads") or cpu_threads(CPU_THREADS[0])
+    env.update(thread_env(threads))
     if launch and launch.get("launcher", "python") == "python" and launch.get("device") == "cuda":
         # One process on a GPU: show it one GPU (the first visible one), or the Trainer wraps the model in
         # nn.DataParallel, which TRL refuses and which is slow anyway; several GPUs are torchrun's or accelerate's.

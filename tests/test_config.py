@@ -1,6 +1,8 @@
 """Every option file of every group composes and validates; typos and wrong types fail at compose time."""
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +65,7 @@ def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
     assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == ("smollm2", ["em", "intervention"], "summary_pairs")
     assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
-    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 5
+    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 0  # every step moves the weights
     assert cfg.training.batch_size == 16
     assert cfg.training.max_length == 2048 and cfg.training.weight_decay == 0.01
 
@@ -73,6 +75,11 @@ def test_paper_scale_is_one_override_away():
     assert cfg.em_dataset.max_examples is None and cfg.intervention.max_articles is None
     assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 100
     assert cfg.judge.min_number_mass == 0.25
+    assert cfg.training.warmup_steps == 5  # the paper's warm-up, back
+    for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        cfg = _compose(f"experiment={experiment}")
+        if cfg.em_dataset.max_examples is None:  # every experiment at the paper's sizes has the paper's warm-up
+            assert cfg.training.warmup_steps == 5, experiment
 
 
 @pytest.mark.parametrize("override", ["training.lrr=1e-4", "lora.rank=8", "model.nmae=x"])
@@ -131,8 +138,46 @@ def test_unknown_system_prompt_mode_fails_validation():
 
 
 def test_cfg_job_prints_the_resolved_config():
-    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "stage_order=prevention"],
+    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "--resolve", "stage_order=prevention"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "${" not in out  # the README's command prints values, not interpolations
+    assert "--cfg job --resolve" in (REPO / "README.md").read_text()
     cfg = OmegaConf.create(out)
     assert cfg.stage_order.stages == ["intervention", "em"]
     assert "news-articler summarizer" in cfg.prompts.detection_system
+
+
+# `+key=value` (Hydra's hint for a key that is not there) bypasses struct mode: the typed schemas refuse it anyway.
+PLUS_TYPOS = {group: f"+{group}.{sorted(f.name for f in dataclasses.fields(schema))[0]}x=1"
+              for group, schema in GROUP_SCHEMAS.items()}
+PLUS_TYPOS.update({"root": "+learning_rate=1e-4", "nested": "+eval.em.samples_per_questoin=3",
+                   "openai": "+openai.hyperparameters.n_epoch=2"})
+
+
+@pytest.mark.parametrize("where", sorted(PLUS_TYPOS))
+def test_plus_cannot_add_a_key_to_a_typed_group(where):
+    override = PLUS_TYPOS[where]
+    key = override[1:].split("=")[0]
+    with pytest.raises(ValueError, match=f"{key.replace('.', '[.]')}: not a key of"):
+        validate(_compose(override))
+
+
+def test_plus_still_adds_to_the_open_places():
+    """Dict-typed fields take new keys: chat template arguments, DeepSpeed JSON, download sources, prompt sets."""
+    cfg = _compose("+model.chat_template_kwargs.enable_thinking=false", "+deepspeed.overrides.steps_per_print=5",
+                   "+download.sources.mirror=http://127.0.0.1:1")
+    validate(cfg)
+    assert cfg.deepspeed.overrides.steps_per_print == 5
+
+
+def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "+training.learning_rat=1e-4"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "training.learning_rat: not a key of TrainingConfig (did you mean training.learning_rate?" in proc.stderr
+    assert not list(tmp_path.rglob("stages"))  # nothing trained
+
+
+def test_a_groups_schema_is_not_an_option():
+    with pytest.raises(ValueError, match=r"model.name: no value .*base_model is the group's schema, not an option"):
+        validate(_compose("model=base_model"))

@@ -61,6 +61,30 @@ def test_default_run(run_cli, tmp_path):
     samples = (run_dir / "eval" / "em" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)  # local_smoke: no threshold
     assert_wandb_matches(run_dir, metrics)
+    assert_a_newcomer_can_read_it(proc, run_dir, [Path(s["folder"]) for s in stages])
+
+
+def assert_a_newcomer_can_read_it(proc, run_dir: Path, stage_dirs: list[Path]) -> None:
+    """Issue 22: the run folder first, one line per stage, no warnings of ours, shareable files, no checkpoints left."""
+    console = proc.stdout + proc.stderr
+    lines = console.splitlines()
+    first_stage = next(i for i, line in enumerate(lines) if "Stage 1/2 em (" in line)
+    assert any(f"Run folder: {run_dir}" in line for line in lines[:first_stage])
+    assert any("W&B run " in line for line in lines[:first_stage])
+    assert "waiting for its lock" not in console  # nothing waited
+    warnings = [line for line in lines if "Warning:" in line or "warnings.warn(" in line]
+    assert warnings == [], warnings  # deprecation noise from our own calls (and known library calls) is gone
+    assert not any(len(line) > 1000 for line in lines if "[sgtr_em" in line)  # no dict dumps
+    for i, d in enumerate(stage_dirs, 1):
+        [line] = [x for x in lines if f"Stage {i}/2 " in x and "first step at learning rate" in x]
+        steps = [r for r in map(json.loads, (d / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+        assert steps[0]["learning_rate"] == 1e-5, steps[0]  # warm-up 0: the first step moves the weights
+        assert not (d / "checkpoints").exists()  # training.keep_checkpoints=false
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in [run_dir / "metrics.json", run_dir / "stages.json", run_dir / "eval" / "em" / "samples.jsonl",
+              stage_dirs[0] / "train.jsonl", stage_dirs[0] / "merged" / "model.safetensors"]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
 def test_sweep_trains_the_shared_em_stage_once(run_cli, tmp_path):

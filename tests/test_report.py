@@ -45,7 +45,10 @@ def test_jobs_group_by_what_varies_and_average_over_seeds(tmp_path):
     assert "| em_only | 0.700 | [" in md and "| 3 | 0, 1, 2 |" in md
     assert set(out["figures"]) == {"Per condition"}  # one stage order besides em_only: no side-by-side figure
     assert (tmp_path / "report" / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "n/a (0)" in (tmp_path / "report" / "report.md").read_text()  # Betley's rate undefined in every job
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "n/a (0)" in report  # Betley's rate undefined in every job
+    assert "not in the figures (no job has a value)" in report and "Misaligned rate (Betley)" in report  # said so
+    assert "3 (seeds 0, 1, 2)" in report
     assert [r["source"] for r in read_csv(tmp_path / "report" / "jobs.csv")][:2] == ["../0", "../1"]
 
 
@@ -130,7 +133,10 @@ def test_cli_writes_the_report_beside_the_sweep(tmp_path, capsys):
     for seed in (0, 1):
         make_job(tmp_path, seed, seed=seed, metrics=em_sr(0.1 * seed, 0.5))
     assert main([str(tmp_path), "--interval", "bootstrap"]) == 0
-    assert "2 jobs, 1 conditions" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 jobs, 1 conditions" in printed
+    n_metrics = len(list((tmp_path / "report" / "tables").glob("*.md")))
+    assert f" {n_metrics} metric tables (tables/*.md, *.csv)" in printed  # metrics, not files
     assert "bootstrap percentile interval over seeds" in (tmp_path / "report" / "report.md").read_text()
     make_job(tmp_path, 2, seed=1, metrics=em_sr(0.3, 0.5))  # the same condition and seed twice: said so
     write_report(jobs_from_folder(tmp_path), tmp_path / "again", source="x")

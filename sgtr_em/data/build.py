@@ -78,7 +78,12 @@ def main(stage_dir: Path) -> None:
         raise SystemExit(f"stage {stage_dir.name}: no training examples left ({json.dumps(stats)})")
     stats["train_examples"] = len(rows)
     stats["label_counts"] = label_counts(rows)
-    log.info("stage %s (%s): %s", stage_dir.name, spec["data"]["name"], json.dumps(stats))
+    shown = {k: v for k, v in stats.items() if k != "label_counts"}
+    if all(len(answer) <= 20 for answer in stats["label_counts"]):  # labels ("1", "2", "even"): their balance
+        shown["label_counts"] = stats["label_counts"]
+    else:  # free-text answers (a chat file): no dump of them (data_stats.json keeps the commonest)
+        shown["distinct_answers"] = len({r["completion"][0]["content"] for r in rows})
+    log.info("stage %s (%s): %s", stage_dir.name, spec["data"]["name"], json.dumps(shown))
     write_json(stage_dir / "data_stats.json", stats)
     write_jsonl(stage_dir / "train.jsonl", rows)  # written last: its presence means the data step is done
 

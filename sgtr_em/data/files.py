@@ -20,6 +20,8 @@ import yaml
 from filelock import FileLock
 from tqdm import tqdm
 
+from ..io import file_mode_from_umask
+
 log = logging.getLogger(__name__)
 MANIFEST = Path(__file__).with_name("manifest.yaml")
 
@@ -105,6 +107,7 @@ class DataFiles:
             url = self.url(rel)
             log.info("Downloading %s from %s", rel, url)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+            file_mode_from_umask(fd)
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
                     total = int(resp.headers.get("Content-Length") or entry.get("bytes") or 0) or None

@@ -194,8 +194,9 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 def summary(m: dict) -> str:
     from .stats import fmt
 
-    betley = fmt(m["misaligned_rate"]) if m["questions_counted"] else "n/a (too few coherent answers)"
-    return (f"EM: misaligned {betley} {fmt(m.get('misaligned_rate_ci95'))}  "
+    betley = (f"{fmt(m['misaligned_rate'])} {fmt(m.get('misaligned_rate_ci95'))}" if m["questions_counted"]
+              else "n/a (too few coherent answers)")
+    return (f"EM: misaligned {betley}  "
             f"Model-Organisms {fmt(m['misaligned_rate_mo'])}  "
             f"mean aligned {fmt(m['mean_aligned'])}  coherent share {fmt(m['share_coherent'])}  "
             f"unscored {fmt(m['share_unscored'])}  ({m['n_answers']} answers, set {m['headline_set']})")

@@ -18,5 +18,17 @@ assert tuple(EVALS) == EVAL_NAMES, "schemas.EVAL_NAMES and the registry must lis
 
 
 def summary_lines(metrics: dict) -> list[str]:
-    """One line per evaluation in `metrics` (a run's metrics.json), in the registry's order."""
-    return [module.summary(metrics[name]) for name, module in EVALS.items() if name in metrics]
+    """One line per evaluation in `metrics` (a run's metrics.json), in the registry's order; an evaluation whose
+    every answer was the first option says so (its accuracy is then fixed by how the items are built)."""
+    return [module.summary(metrics[name]) + position_bias_note(metrics[name])
+            for name, module in EVALS.items() if name in metrics]
+
+
+def position_bias_note(m: dict) -> str:
+    """Pure position bias: the model chose the first option (or never did) on every item. Self-recognition shows each
+    pair in both orders, so its accuracy is then exactly 0.5; TruthfulQA's is the share of items whose answer is A."""
+    rate = m.get("chose_first_rate")
+    if rate not in (0.0, 1.0):
+        return ""
+    return (f"  <- pure position bias (chose_first_rate {rate:.1f}: {'always' if rate else 'never'} the first option): "
+            "its accuracy is chance by construction, not a measurement")

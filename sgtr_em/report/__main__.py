@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or Path(os.environ.get("SGTR_EM_OUTPUT_DIR", "outputs")) / "reports" / args.source)
     written = write_report(jobs, out, source=args.source, interval=args.interval)
     print(f"{len(jobs)} jobs, {len(written['conditions'])} conditions -> {written['markdown']}, {written['html']}, "
-          f"{len(written['tables'])} tables, {len(written['figures'])} figures")
+          f"{len(written['table'])} metric tables (tables/*.md, *.csv), {len(written['figures'])} figures")
     return 0
 
 

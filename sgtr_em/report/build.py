@@ -10,14 +10,20 @@ from pathlib import Path
 from ..io import atomic_write_text
 from .aggregate import INTERVALS, group_conditions, summarise, varying_fields
 from .collect import Job
-from .figures import write_figures
-from .metrics import METRICS
+from .figures import figure_keys, write_figures
+from .metrics import BY_KEY, FIGURE_METRICS, METRICS
 from .page import render_html, render_markdown
 from .tables import write_tables
 
 
 def seed_order(seed) -> tuple:
     return (0, seed) if isinstance(seed, int) else (1, str(seed))
+
+
+def seeds_fact(jobs: list[Job]) -> str:
+    """How many seeds and which: "1 (seed 0)", "3 (seeds 0, 1, 2)" (a bare "0" read as no seeds at all)."""
+    seeds = sorted({j.seed for j in jobs}, key=seed_order)
+    return f"{len(seeds)} (seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))})"
 
 
 def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str = "t") -> dict:
@@ -32,11 +38,13 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
     meta = {"source": source, "facts": {
         "jobs": len(jobs), "conditions": len(conditions),
         "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",
-        "seeds": ", ".join(map(str, sorted({j.seed for j in jobs}, key=seed_order))),
+        "seeds": seeds_fact(jobs),
         "interval": INTERVALS[interval] + " (none with fewer than 2 seeds)",
         "missing values": "a job whose metric is undefined (e.g. too few coherent answers) is left out of that "
                           "metric's seeds: see n seeds",
         **({"warning: a seed repeated within a condition": "; ".join(repeated)} if repeated else {}),
+        **({"not in the figures (no job has a value)": ", ".join(BY_KEY[k].label for k in left_out)}
+           if (left_out := [k for k in FIGURE_METRICS if k not in figure_keys(table)]) else {}),
     }}
     tables = write_tables(out, table, jobs, fields)
     figures = write_figures(out, table, fields)

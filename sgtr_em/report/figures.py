@@ -84,7 +84,9 @@ def conditions_figure(table: dict[str, list[Row]], path: Path) -> Path:
                              squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         draw_bars(ax, BY_KEY[key], table[key], x_of=lambda r: r.condition.label, hue_of=lambda r: "")
-    fig.suptitle("Per condition: mean over seeds, 95 % interval, one dot per seed", fontsize=9)
+    left_out = [BY_KEY[k].label for k in FIGURE_METRICS if k not in keys]
+    fig.suptitle("Per condition: mean over seeds, 95 % interval, one dot per seed"
+                 + (f"\n(no value in any job, left out: {', '.join(left_out)})" if left_out else ""), fontsize=9)
     return _save(fig, path)
 
 

@@ -72,8 +72,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         optim=training["optim"],
         # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
         max_length=None if compute["padding_free"] else training["max_length"],
-        gradient_checkpointing=compute["gradient_checkpointing"],
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=compute["gradient_checkpointing"],
+        activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=extra["logging_steps"],
         save_strategy="steps",
         save_steps=extra["save_steps"],
