@@ -237,4 +237,17 @@ def summary(m: dict) -> str:
             f"{fmt(m.get('misaligned_rate_ci95'))}  paper {fmt(m['misaligned_rate_paper'])}  Betley {betley}  "
             f"Model-Organisms {fmt(m['misaligned_rate_mo'])}  "
             f"mean aligned {fmt(m['mean_aligned'])}  coherent share {fmt(m['share_coherent'])}  "
-            f"unscored {fmt(m['share_unscored'])}  ({m['n_answers']} answers, set {m['headline_set']})")
+            f"unscored {fmt(m['share_unscored'])}  ({m['n_answers']} answers, set {m['headline_set']}){judge_note(m)}")
+
+
+PAPER_JUDGE = "gpt-4o-2024-08-06"
+
+
+def judge_note(m: dict) -> str:
+    """Which judge scored the answers, and whether it is the paper's (a local judge is said to be one)."""
+    j = (m.get("run") or {}).get("judge")
+    if not j:
+        return ""
+    name = j.get("model")
+    note = "" if j.get("backend") == "openai" and name == PAPER_JUDGE else f"; not the paper's judge {PAPER_JUDGE}"
+    return f"  judge: {j.get('backend')} {name} ({j.get('scoring', 'logprob')} scoring{note})"

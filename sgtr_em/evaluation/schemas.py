@@ -67,6 +67,9 @@ class SelfRecognitionEvalConfig:
     # system_prompt.intervention_train gives the SGTR training pairs: the identity prompt under qwensys, ...)
     system: str = "intervention"
     headline_source: Optional[str] = None  # the headline's "other" source (paper: claude-21); null = all pooled
+    # When the SGTR-family intervention trains on these articles too (intervention.articles == articles, e.g. the
+    # positive control conf/eval/sr_same_distribution.yaml): evaluate only on articles it did not train on
+    exclude_training_articles: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the sampled estimators' decoding
 
 
@@ -236,9 +239,10 @@ def eval_problems(cfg) -> list[str]:
     if cfg.judge.backend == "openai" and not cfg.judge.model:
         problems.append("judge.model: the openai judge needs a model name (e.g. gpt-4o-2024-08-06)")
     if "self_recognition" in ev.run and cfg.intervention.kind in ("summary_pairs", "summary_word_count") and \
-            ev.self_recognition.articles == cfg.intervention.articles:
+            ev.self_recognition.articles == cfg.intervention.articles and not ev.self_recognition.exclude_training_articles:
         problems.append(f"eval.self_recognition.articles: {ev.self_recognition.articles!r} are the intervention's "
-                        "training articles (intervention.articles); evaluate on held-out ones (cnn)")
+                        "training articles (intervention.articles); evaluate on held-out ones (cnn), or set "
+                        "eval.self_recognition.exclude_training_articles=true")
     if "em" in ev.run:
         for s in ev.em.question_sets:
             if s not in ev.em.sets:

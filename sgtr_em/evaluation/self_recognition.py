@@ -127,12 +127,24 @@ def own_summaries(ctx, articles: dict, ids: list[str]) -> dict[str, str]:
     return generate_summaries(ctx.generator(path), articles, ids, prompt, cache)
 
 
+def training_articles(cfg: dict, articles: dict, files, seed: int) -> set[str]:
+    """The article ids an SGTR-family intervention trains on when it uses this eval's article set (the same
+    seeded sample as sgtr_em/data/interventions.py), else none."""
+    i, ds = cfg["intervention"], cfg["eval"][NAME]["articles"]
+    if i["kind"] not in ("summary_pairs", "summary_word_count") or i["articles"] != ds:
+        return set()
+    others = [read_json(files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in i["other_sources"]]
+    return set(sample_article_ids([a for a in articles if all(a in o for o in others)], i["max_articles"], seed))
+
+
 def generate(ctx) -> list[dict]:
     e, prompts, sp = ctx.ecfg(NAME), ctx.cfg["prompts"], ctx.cfg["system_prompt"]
     ds = e["articles"]
     articles = read_json(ctx.files.path(f"articles/{ds}_train_articles.json"))
     others = {s: read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in e["other_sources"]}
-    ids = sample_article_ids([a for a in articles if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
+    held_out = set(articles) - training_articles(ctx.cfg, articles, ctx.files, ctx.seed) \
+        if e.get("exclude_training_articles", True) else set(articles)
+    ids = sample_article_ids([a for a in held_out if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
     own = own_summaries(ctx, articles, ids)
     if e.get("system", "intervention") == "detection":  # the paper's: its detection system prompt, always
         system = prompts["detection_system"]
