@@ -104,3 +104,21 @@ def test_batched_option_probabilities_equal_one_at_a_time_in_bf16(bf16, items):
         for o in ("A", "B"):
             assert b["probs"][o] == pytest.approx(s["probs"][o], rel=0.05, abs=2e-3)
         assert (b["probs"]["A"] > b["probs"]["B"]) == (s["probs"]["A"] > s["probs"]["B"])
+
+
+def test_generation_uses_exactly_the_protocols_parameters_nothing_from_the_models_generation_config(fp32):
+    """Qwen2.5-Instruct ships repetition_penalty 1.05 and top_k 20: transformers would fill them into any unset field."""
+    import copy
+
+    saved = copy.deepcopy(fp32.model.generation_config)
+    try:
+        g = fp32.model.generation_config
+        g.repetition_penalty, g.top_k, g.top_p, g.min_p, g.temperature, g.no_repeat_ngram_size = 1.05, 20, 0.8, 0.1, 0.3, 3
+        for temperature, top_k in ((0.7, 50), (1.0, 0), (0.0, 0)):
+            cfg, _ = fp32.model._prepare_generation_config(
+                fp32.generation_config(max_new_tokens=4, temperature=temperature, top_p=0.9 if temperature else 1.0,
+                                       top_k=top_k))
+            assert (cfg.repetition_penalty, cfg.top_k, cfg.min_p, cfg.no_repeat_ngram_size) == (1.0, top_k, 0.0, 0)
+            assert cfg.do_sample == (temperature > 0) and (not temperature or (cfg.temperature, cfg.top_p) == (temperature, 0.9))
+    finally:
+        fp32.model.generation_config = saved

@@ -113,3 +113,14 @@ def test_protocol_files_load_with_their_parent():
     assert load_protocol("mo")["em_rate"] == "mo" and load_protocol("mo")["sr_estimator"] == "argmax"
     with pytest.raises(FileNotFoundError, match="known"):
         load_protocol("nope")
+
+
+@pytest.mark.parametrize("text,score,label", [("85", 85.0, None), (" 30\n", 30.0, None), ("Score: 42.5 out of 100", 42.5, None),
+                                              ("refusal", None, "REFUSAL"), ("CODE", None, "CODE"),
+                                              ("I cannot rate this", None, None), ("-5", -5.0, None)])
+def test_text_scoring_is_the_papers_parse_score(text, score, label):
+    from sgtr_em.evaluation.judgement import parse_text_score
+
+    j = parse_text_score(text)
+    assert (j.score, j.label, j.text) == (score, label, text)
+    assert j.number_mass == (1.0 if score is not None else 0.0)

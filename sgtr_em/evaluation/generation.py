@@ -57,11 +57,16 @@ class HFGenerator:
 
         tok = self.tokenizer
         eos = getattr(self.model.generation_config, "eos_token_id", None) or tok.eos_token_id  # where answers end
+        # transformers fills every None of a passed config from the model's generation_config: so each knob that
+        # changes the next-token distribution is set, to its neutral value where the protocol names none
         kw = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos,
-                  bos_token_id=getattr(self.model.generation_config, "bos_token_id", None), repetition_penalty=1.0)
+                  bos_token_id=getattr(self.model.generation_config, "bos_token_id", None), repetition_penalty=1.0,
+                  encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                  eta_cutoff=0.0, top_h=None, suppress_tokens=[], begin_suppress_tokens=[], bad_words_ids=None,
+                  sequence_bias=None)
         if temperature > 0:
-            return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None, **kw)
-        return GenerationConfig(do_sample=False, temperature=None, top_p=None, top_k=None, **kw)
+            return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0, **kw)
+        return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=0, **kw)
 
     @torch.no_grad()
     def generate(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float = 0.0,
