@@ -50,6 +50,7 @@ if not (p / 'done').exists(): _convert_gguf(Path('$W/$GGUF_NAME'), p)"
     for seed in 0 1; do
       for job in base control xsum mini; do
         [ $seed = 1 ] && [ $job = mini ] && continue
+        [ -f $root/runs/$job-$seed/metrics.json ] && continue  # finished in an earlier call
         case $job in
           base) args=(experiment=sr_positive_control stage_order=base) ;;
           control) args=(experiment=sr_positive_control) ;;
