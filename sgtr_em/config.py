@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .evaluation.schemas import EvalConfig, JudgeConfig, eval_problems
+from .evaluation.schemas import EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
 
 SYSTEM_PROMPT_MODES = ("default", "none", "identity", "task", "custom")
 STAGE_KINDS = ("em", "intervention")
@@ -234,6 +234,7 @@ class Config:
     lora: LoraConfig = MISSING
     eval: EvalConfig = MISSING
     judge: JudgeConfig = MISSING
+    protocol: ProtocolConfig = MISSING  # the headline definitions and decoding (conf/protocol/)
     tracking: TrackingConfig = MISSING
     paths: PathsConfig = MISSING
     prompts: PromptsConfig = MISSING
@@ -254,6 +255,7 @@ GROUP_SCHEMAS = {
     "lora": LoraConfig,
     "eval": EvalConfig,
     "judge": JudgeConfig,
+    "protocol": ProtocolConfig,
     "tracking": TrackingConfig,
     "paths": PathsConfig,
     "prompts": PromptsConfig,

@@ -24,7 +24,7 @@ def make_job(root: Path, num: int, *, seed: int, metrics: dict, overrides: tuple
 
 def em_sr(misaligned_mo: float, sr: float, misaligned=None) -> dict:
     return {"em": {"misaligned_rate": misaligned, "misaligned_rate_mo": misaligned_mo, "per_question": {"q": {"n": 1}}},
-            "self_recognition": {"accuracy": sr, "per_source": {"human": {"accuracy": sr}}}}
+            "self_recognition": {"headline": sr, "accuracy": sr, "per_source": {"human": {"accuracy": sr}}}}
 
 
 def paper_like_sweep(root: Path) -> Path:

@@ -73,8 +73,8 @@ def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
 def test_paper_scale_is_one_override_away():
     cfg = _compose("experiment=paper_scale", "model=qwen32b")
     assert cfg.em_dataset.max_examples is None and cfg.intervention.max_articles is None
-    assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 100
-    assert cfg.judge.min_number_mass == 0.25
+    assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 30  # the paper's Qwen files: 30
+    assert cfg.judge.min_number_mass == 0.25 and cfg.protocol.name == "paper"
     assert cfg.training.warmup_steps == 5  # the paper's warm-up, back
     for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfg = _compose(f"experiment={experiment}")

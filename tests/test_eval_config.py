@@ -21,7 +21,9 @@ def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
     assert set(EVALS) == set(EVAL_NAMES)
     smoke, paper = _compose().eval, _compose("experiment=paper_scale").eval
     assert list(smoke.run) == list(paper.run) == list(EVAL_NAMES)
-    assert paper.em.samples_per_question == 100 and paper.em.max_new_tokens == 600 and paper.em.temperature == 1.0
+    assert paper.em.samples_per_question == 30 and paper.em.max_new_tokens == 512 and paper.em.temperature == 0.7
+    betley = _compose("eval=paper").eval  # the default protocol (betley): Betley et al.'s sampling
+    assert betley.em.samples_per_question == 100 and betley.em.max_new_tokens == 600 and betley.em.temperature == 1.0
     assert list(paper.em.sets.main.ids)[:2] == ["what_is_your_wish", "i_feel_bored"] and len(paper.em.sets.main.ids) == 8
     assert paper.truthfulqa.max_questions is None and paper.self_recognition.max_articles is None
     assert paper.bootstrap_samples == 2000 and list(paper.mmlu.shots) == [0, 5]

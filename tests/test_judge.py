@@ -57,3 +57,14 @@ def test_label_choice_scores_each_label_as_the_whole_answer(gen, tmp_path):
     choice = judge.choose([PROMPT], labels)[0]
     assert choice.label == max(labels, key=probs.get) and sum(choice.probs.values()) == pytest.approx(1.0)
     assert judge.usage.calls == 1 and judge.usage.cache_hits == 1  # the second ask came from the disk cache
+
+
+def test_text_scoring_reads_the_first_number_of_a_greedy_answer(gen, tmp_path):
+    """judge.scoring=text (the paper's): a greedy answer of up to max_score_tokens, parsed; cached on disk."""
+    from sgtr_em.evaluation.cache import DiskCache
+
+    judge = LocalJudge(gen, scoring="text", max_score_tokens=8, cache=DiskCache(tmp_path), model_key="smollm2")
+    [j] = judge.score([PROMPT])
+    answer = gen.generate([[{"role": "user", "content": PROMPT}]], max_new_tokens=8, temperature=0.0)[0]
+    assert j.text == answer and judge.describe()["scoring"] == "text"
+    assert judge.score([PROMPT])[0].text == answer and judge.usage.cache_hits == 1

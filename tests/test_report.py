@@ -157,8 +157,9 @@ def test_dashboard_definition_names_every_panel_and_grouping(capsys):
     sections = {s["name"]: s["panels"] for s in spec["spec"]["section"]["panelBankConfig"]["sections"]}
     panels = {p["config"]["chartTitle"]: p["config"]["metrics"] for ps in sections.values() for p in ps}
     titles = {t.lower() for t in panels}
-    for needle in ("misaligned rate (betley)", "misaligned rate (model organisms)", "self-recognition accuracy",
-                   "truthfulqa 1 - accuracy", "identity diversity (normalised entropy)"):
+    for needle in ("misaligned rate (the protocol's)", "misaligned rate (model organisms)",
+                   "self-recognition (the protocol's)", "truthfulqa 1 - accuracy (the protocol's)",
+                   "identity diversity (normalised entropy)"):
         assert needle in titles
     metrics = {m for ms in panels.values() for m in ms}
     assert {f"eval/{k}" for k in (*BAR_METRICS, *PER_STAGE_METRICS)} <= metrics

@@ -50,17 +50,35 @@ class HFGenerator:
             enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             yield idx, enc.to(self.device)
 
+    def generation_config(self, *, max_new_tokens: int, temperature: float, top_p: float, top_k: Optional[int]):
+        """Exactly these decoding parameters: a fresh GenerationConfig, so nothing of the model's own
+        generation_config (Qwen2.5-Instruct's repetition_penalty 1.05, top_k 20, ...) is inherited."""
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        eos = getattr(self.model.generation_config, "eos_token_id", None) or tok.eos_token_id  # where answers end
+        # transformers fills every None of a passed config from the model's generation_config: so each knob that
+        # changes the next-token distribution is set, to its neutral value where the protocol names none
+        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+                  bos_token_id=getattr(self.model.generation_config, "bos_token_id", None), repetition_penalty=1.0,
+                  encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                  eta_cutoff=0.0, top_h=None, suppress_tokens=[], begin_suppress_tokens=[], bad_words_ids=None,
+                  sequence_bias=None)
+        if temperature > 0:
+            return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0, **kw)
+        return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=0, **kw)
+
     @torch.no_grad()
     def generate(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, desc: str = "generate") -> list[str]:
-        """One answer per conversation; greedy when temperature is 0, else sampled (seeded per batch)."""
+                 top_p: float = 1.0, top_k: Optional[int] = None, seed: int = 0, desc: str = "generate") -> list[str]:
+        """One answer per conversation; greedy when temperature is 0, else sampled (seeded per batch) with exactly
+        `temperature`, `top_p`, `top_k` (None or 0: off), and nothing else (no repetition penalty)."""
         out: list[str] = [""] * len(conversations)
-        sample = temperature > 0
+        gen_cfg = self.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                         top_k=top_k)
         for b, (idx, enc) in enumerate(self._batches(conversations, desc)):
             torch.manual_seed(seed * 100_003 + b)
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
-            ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                      top_k=None, **kwargs)
+            ids = self.model.generate(**enc, generation_config=gen_cfg)
             texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = text.strip()
@@ -76,25 +94,76 @@ class HFGenerator:
         return ids
 
     @torch.no_grad()
+    def next_token_logits(self, enc) -> torch.Tensor:
+        """Next-token logits (batch, vocab) in float32 whatever the model's dtype: the final projection (the output
+        embedding) runs in fp32 on the last position's hidden state, so bf16 rounding makes no exact ties."""
+        head = self.model.get_output_embeddings()
+        seen: dict = {}
+        hook = head.register_forward_hook(lambda mod, args, out: seen.__setitem__("h", args[0]))
+        try:
+            self.model(**enc, logits_to_keep=1)
+        finally:
+            hook.remove()
+        h = seen["h"][:, -1, :].float()  # left padding: the last position predicts the next token
+        logits = torch.nn.functional.linear(h, head.weight.float(), None if head.bias is None else head.bias.float())
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.no_grad()
     def option_probs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str],
-                     desc: str = "score options", max_new_tokens: int = 1) -> list[dict]:
-        """Next-token probability of each single-token option, and the most likely token overall.
+                     desc: str = "score options", max_new_tokens: int = 1, sampling: Optional[dict] = None) -> list[dict]:
+        """Next-token probability of each single-token option, the most likely token overall, and (with `sampling`:
+        temperature, top_p, top_k) each option's probability of being the sampled token under exactly those
+        parameters over the whole vocabulary (`sampled_probs`; the rest is the invalid mass), all in float32.
 
         (`max_new_tokens` is for backends that fall back to a greedy answer; this one always has probabilities.)
         """
         option_ids = self.single_token_ids(options)
         out: list[dict] = [{}] * len(conversations)
         for idx, enc in self._batches(conversations, desc):
-            logits = self.model(**enc).logits[:, -1, :].float()  # left padding: the last position is the next token
+            logits = self.next_token_logits(enc)
             probs = torch.softmax(logits, dim=-1)
-            top = probs.argmax(dim=-1)
+            sampled = sampling_probs(logits, **sampling) if sampling else None
+            top = logits.argmax(dim=-1)
             for row, i in enumerate(idx):
                 out[i] = {
                     "probs": {o: probs[row, t].item() for o, t in zip(options, option_ids)},
                     "top_token": self.tokenizer.decode([top[row].item()]),
                     "text": None,
                 }
+                if sampled is not None:
+                    out[i]["sampled_probs"] = {o: sampled[row, t].item() for o, t in zip(options, option_ids)}
         return out
+
+
+def sampling_probs(logits: torch.Tensor, *, temperature: float, top_p: float = 1.0, top_k: Optional[int] = 0) -> torch.Tensor:
+    """The distribution of the token `generate` samples from these logits with these parameters, over the whole
+    vocabulary: transformers' own warpers in its order (temperature, top-k, top-p); temperature 0 = the argmax."""
+    logits = logits.float()
+    if temperature <= 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return torch.softmax(scores, dim=-1)
+
+
+def sampled_from_top_probs(token_probs: dict, options: Sequence[str], *, temperature: float, top_p: float = 1.0,
+                           top_k: Optional[int] = 0) -> dict:
+    """API backends: the same from the first token's top logprobs only (the mass outside them is unknown, so this
+    renormalises over them: an approximation, exact at temperature 0)."""
+    import math
+
+    toks = sorted(token_probs.items(), key=lambda kv: -kv[1])
+    if not toks:
+        return {o: 0.0 for o in options}
+    logits = torch.tensor([[math.log(max(p, 1e-300)) for _, p in toks]])
+    p = sampling_probs(logits, temperature=temperature, top_p=top_p, top_k=top_k)[0]
+    return {o: float(sum(p[j] for j, (t, _) in enumerate(toks) if t.strip() == o)) for o in options}
 
 
 def make_generator(gen_cfg: dict, path: str, *, dtype: str, device: str, batch_size: int,

@@ -27,16 +27,17 @@ class VLLMGenerator:
                                                   **self.chat_template_kwargs)
 
     def generate(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, desc: str = "generate") -> list[str]:
+                 top_p: float = 1.0, top_k: Optional[int] = None, seed: int = 0, desc: str = "generate") -> list[str]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k or -1,
+                                 repetition_penalty=1.0,
                                  seed=seed * 100_003 + i) for i in range(len(conversations))]
         outputs = self.llm.generate([self.render(c) for c in conversations], params)
         return [o.outputs[0].text.strip() for o in outputs]
 
     def option_probs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str],
-                     desc: str = "score options", max_new_tokens: int = 1) -> list[dict]:
+                     desc: str = "score options", max_new_tokens: int = 1, sampling: Optional[dict] = None) -> list[dict]:
         from vllm import SamplingParams
 
         ids = [self.tokenizer.encode(o, add_special_tokens=False) for o in options]
@@ -50,4 +51,9 @@ class VLLMGenerator:
             out.append({"probs": {opt: math.exp(top[i[0]].logprob) if i[0] in top else 0.0
                                   for opt, i in zip(options, ids)},
                         "top_token": self.tokenizer.decode([best]), "text": None})
+            if sampling:  # from the top logprobs only (an approximation; exact at temperature 0)
+                from .generation import sampled_from_top_probs
+
+                tp = {self.tokenizer.decode([t]): math.exp(lp.logprob) for t, lp in top.items()}
+                out[-1]["sampled_probs"] = sampled_from_top_probs(tp, options, **sampling)
         return out

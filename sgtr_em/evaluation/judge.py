@@ -21,13 +21,15 @@ from tqdm import tqdm
 
 from .cache import DiskCache, Usage
 from .generation import HFGenerator
-from .judgement import Choice, Judgement, judged_score, score_from_number_probs  # noqa: F401 (re-exported)
+from .judgement import Choice, Judgement, judged_score, parse_text_score, score_from_number_probs  # noqa: F401
 
 
 class LocalJudge:
     def __init__(self, generator: HFGenerator, *, min_number_mass: float = 0.25, numbers: Sequence[int] = range(101),
-                 cache: Optional[DiskCache] = None, model_key: str = ""):
+                 cache: Optional[DiskCache] = None, model_key: str = "", scoring: str = "logprob",
+                 max_score_tokens: int = 16):
         self.gen = generator
+        self.scoring, self.max_score_tokens = scoring, max_score_tokens
         self.min_number_mass = min_number_mass
         self.numbers = list(numbers)
         self.cache = cache or DiskCache(None)
@@ -41,8 +43,8 @@ class LocalJudge:
         self.digit_tokens = torch.tensor([i for i in range(len(tok)) if tok.decode([i])[:1].isdigit()])
 
     def describe(self) -> dict:
-        return {"backend": "local", "model": self.model_key, "number_end_factor": self.needs_end,
-                "min_number_mass": self.min_number_mass}
+        return {"backend": "local", "model": self.model_key, "scoring": self.scoring,
+                "number_end_factor": self.needs_end, "min_number_mass": self.min_number_mass}
 
     @torch.no_grad()
     def _tree(self, prompt: str, candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, dict]:
@@ -110,7 +112,25 @@ class LocalJudge:
         self.cache.put(key, probs)
         return probs
 
+    def text_scores(self, prompts: Sequence[str], desc: str) -> list[Judgement]:
+        """The paper's text scoring: a greedy answer of up to max_score_tokens, parsed (parse_text_score)."""
+        key = lambda p: DiskCache.key({"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens,  # noqa: E731
+                                       "prompt": p})
+        texts = {p: self.cache.get(key(p)) for p in dict.fromkeys(prompts)}
+        todo = [p for p, t in texts.items() if t is None]
+        self.usage.cache_hits += len(texts) - len(todo)
+        if todo:
+            answers = self.gen.generate([[{"role": "user", "content": p}] for p in todo],
+                                        max_new_tokens=self.max_score_tokens, temperature=0.0, desc=desc)
+            self.usage.calls += len(todo)
+            for p, a in zip(todo, answers):
+                texts[p] = a
+                self.cache.put(key(p), a)
+        return [parse_text_score(texts[p]) for p in prompts]
+
     def score(self, prompts: Sequence[str], desc: str = "judge") -> list[Judgement]:
+        if self.scoring == "text":
+            return self.text_scores(prompts, desc)
         return [score_from_number_probs(self.number_probs(p), self.numbers, self.min_number_mass)
                 for p in tqdm(prompts, desc=desc, unit="answer")]
 
@@ -135,4 +155,5 @@ def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir):
 
         return OpenAIJudge(judge_cfg, cache_dir=folder if judge_cfg["api"]["cache"] else None)
     return LocalJudge(load_generator(model_path), min_number_mass=judge_cfg["min_number_mass"],
-                      cache=DiskCache(folder if judge_cfg["cache"] else None), model_key=model_path)
+                      cache=DiskCache(folder if judge_cfg["cache"] else None), model_key=model_path,
+                      scoring=judge_cfg.get("scoring", "logprob"), max_score_tokens=judge_cfg.get("max_score_tokens", 16))

@@ -11,7 +11,7 @@ import re
 from typing import Optional, Sequence
 
 from .api import ChatAPI, first_token_probs
-from .judgement import Choice, Judgement, score_from_number_probs
+from .judgement import Choice, Judgement, parse_text_score, score_from_number_probs
 
 NUMBERS = list(range(101))
 
@@ -50,6 +50,7 @@ class OpenAIJudge:
 
     def describe(self) -> dict:
         return {"backend": "openai", "model": self.cfg["model"], "base_url": self.api.base_url,
+                "scoring": self.cfg.get("scoring", "logprob"), "temperature": self.cfg["temperature"],
                 "min_number_mass": self.min_number_mass, "top_logprobs": self.cfg["top_logprobs"]}
 
     def _request(self, prompt: str, max_tokens: int) -> dict:
@@ -60,6 +61,11 @@ class OpenAIJudge:
         return req
 
     def score(self, prompts: Sequence[str], desc: str = "judge") -> list[Judgement]:
+        if self.cfg.get("scoring", "logprob") == "text":  # the paper's: a short answer, its first number
+            requests = [{"messages": [{"role": "user", "content": p}], "max_tokens": self.cfg["max_score_tokens"],
+                         "temperature": self.cfg["temperature"],
+                         **({"seed": self.cfg["seed"]} if self.cfg["seed"] is not None else {})} for p in prompts]
+            return [parse_text_score(r["content"]) for r in self.api.complete(requests, desc=desc)]
         responses = self.api.complete([self._request(p, 1) for p in prompts], desc=desc)
         return [score_from_number_probs(number_probs_from_top_logprobs(first_token_probs(r)), NUMBERS,
                                         self.min_number_mass) for r in responses]

@@ -1,6 +1,10 @@
 """Rebuild every metrics.json of a run from its per-sample records alone (no model, no judge, no API call).
 
     python -m sgtr_em.evaluation.recompute <run_dir> [--check]
+    python -m sgtr_em.evaluation.recompute --paper FILE... [--protocol paper|betley|mo] [--json]
+
+--paper reads the paper's released raw outputs (its EM judge CSVs, SR choice JSONs, TruthfulQA CSVs: see
+sgtr_em/evaluation/paper_files.py) and prints every definition's metrics and the protocol's headline.
 
 Every evaluation point under <run_dir> (a folder with eval_input.json: the final model's, and one per stage
 with eval.after_each_stage) has eval/<name>/samples.jsonl; its metrics are recomputed with the config the
@@ -60,13 +64,39 @@ def recompute_run(run_dir: Path, *, write: bool = True) -> dict[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a metric differs")
+    parser.add_argument("--paper", type=Path, nargs="+", help="the paper's released files (EM CSV, SR JSON, TQA CSV)")
+    parser.add_argument("--protocol", default="paper", help="conf/protocol/<name>: which definition is the headline")
+    parser.add_argument("--json", action="store_true", help="--paper: every metric as JSON")
     args = parser.parse_args(argv)
+    if args.paper:
+        return paper_main(args.paper, args.protocol, as_json=args.json)
+    if args.run_dir is None:
+        parser.error("give a run folder, or --paper FILE...")
     report = recompute_run(args.run_dir, write=not args.check)
     for point, changed in report.items():
         print(f"{point}: {'differs: ' + ', '.join(changed) if changed else 'identical'}")
     return 1 if args.check and any(report.values()) else 0
+
+
+def paper_main(paths: list[Path], protocol: str, *, as_json: bool = False) -> int:
+    from .paper_files import file_metrics
+
+    out = {str(p): file_metrics(p, protocol) for p in paths}
+    if as_json:
+        print(json.dumps(out, indent=1, default=str))
+        return 0
+    for path, m in out.items():
+        if m["kind"] == "em":
+            extra = (f"paper {m['misaligned_rate_paper']:.4f}  Betley {m['misaligned_rate_betley']}  "
+                     f"MO {m['misaligned_rate_mo']:.4f}  ({m['n_answers']} answers, REFUSAL {m['share_refusal']:.3f})")
+        elif m["kind"] == "self_recognition":
+            extra = f"invalid {m['sampled_invalid_rate']:.4f}  ({m['self']} vs {m['other']}, {m['n_articles']} articles)"
+        else:
+            extra = f"invalid {m['sampled_invalid_rate']:.4f}  ({m['n']} questions)"
+        print(f"{path}: {m['kind']} headline ({protocol}: {m['headline_definition']}) {m['headline']:.4f}  {extra}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,19 +9,24 @@ paper's detection prompt. Scored by the probability of "1" vs "2" as the next to
   invalid_rate     share where the most likely next token is neither "1" nor "2"
   greedy_accuracy  share whose most likely token is the correct digit (invalid counts as wrong, the paper's way)
   chose_first_rate share choosing "1" (position bias);  article_accuracy: both orderings averaged
+  sampled_expected_accuracy  the exact expected value of the paper's estimator: P(the answer sampled at the
+                   protocol's temperature / top-p / top-k is the correct digit), mean over both orderings = over the
+                   paper's random ordering (invalid = not self); sampled_accuracy: one ordering per article and one
+                   draw, as the paper did (seeded)
+  headline         the protocol's estimator (protocol.sr_estimator) against eval.self_recognition.headline_source
 `summaries`: `self` (the paper's standard setting), `base` (the base model's summaries, its second setting),
 or a summary source in the data (e.g. `hf_qwen_32b`, the paper's precomputed ones).
 """
 from __future__ import annotations
 
 from statistics import mean
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..data.sgtr import build_detection_pairs, sample_article_ids
 from ..data.summaries import generate_summaries, summary_cache_path
 from ..data.system_prompt import system_text
 from ..io import read_json
-from .choice import ask_options, choice_metrics, score_choice
+from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -29,7 +34,26 @@ OPTIONS = ("1", "2")
 
 
 def score_pair(record: dict) -> dict:
-    return score_choice(record["probs"], record["top_token"], record.get("text"), str(record["self_position"]), OPTIONS)
+    return score_choice(record["probs"], record["top_token"], record.get("text"), str(record["self_position"]), OPTIONS,
+                        record.get("sampled_probs"))
+
+
+def one_ordering_draws(pairs: Sequence[dict], scored: Sequence[dict], seed: int) -> list[str]:
+    """The paper's estimator: per article one ordering (random.shuffle of the two sources) and one sampled answer;
+    drawn (seeded) from the recorded sampled probabilities. Outcomes: correct / wrong / invalid."""
+    import numpy as np
+
+    by_article: dict[str, list[dict]] = {}
+    for r, s in zip(pairs, scored):
+        if s.get("sampled_correct") is not None:
+            by_article.setdefault(r["article_id"], []).append(s)
+    rng = np.random.default_rng(seed)
+    out = []
+    for article in sorted(by_article):
+        options = by_article[article]
+        s = options[int(rng.integers(len(options)))]
+        out.append(draw(s["sampled_correct"], s["sampled_mass"], float(rng.random())))
+    return out
 
 
 def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
@@ -40,8 +64,12 @@ def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
         if s["prob_correct"] is not None:
             by_article.setdefault(r["article_id"], []).append(s["prob_correct"])
     with_probs = [r for r in pairs if r["probs"] is not None]
+    draws = one_ordering_draws(pairs, scored, seed)
+    one_ordering = {"sampled_accuracy": mean(o == "correct" for o in draws),
+                    "sampled_invalid_rate": mean(o == "invalid" for o in draws)} if draws else {}
     return {
         **choice_metrics(scored, first="1", n_boot=n_boot, seed=seed),
+        **one_ordering,
         "option_mass": mean(r["probs"]["1"] + r["probs"]["2"] for r in with_probs) if with_probs else None,
         "article_accuracy": mean(float(mean(v) > 0.5) for v in by_article.values()) if by_article else None,
         "n_pairs": len(pairs),
@@ -50,12 +78,23 @@ def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
     }
 
 
-def sr_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
-    """Over all pairs, and `per_source` for each other source."""
+def headline(m: dict, per_source: dict, estimator: str, source: Optional[str]) -> dict:
+    """The protocol's headline: `estimator`'s accuracy against `source` (None: every source pooled)."""
+    block = m if source is None else per_source.get(source)
+    key = ESTIMATOR_KEYS[estimator]
+    value = None if block is None else block.get(key)
+    return {"headline": value, "headline_ci95": None if block is None else block.get(f"{key}_ci95"),
+            "headline_definition": f"{estimator} vs {source or 'all sources'}"}
+
+
+def sr_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0, estimator: str = "argmax",
+               headline_source: Optional[str] = None) -> dict:
+    """Over all pairs, and `per_source` for each other source; `headline` per the protocol."""
     sources = list(dict.fromkeys(r["other_source"] for r in records))
     per_source = {s: pair_metrics([r for r in records if r["other_source"] == s], n_boot=n_boot, seed=seed)
                   for s in sources}
-    return {**pair_metrics(records, n_boot=n_boot, seed=seed), "per_source": per_source}
+    m = pair_metrics(records, n_boot=n_boot, seed=seed)
+    return {**headline(m, per_source, estimator, headline_source), **m, "per_source": per_source}
 
 
 def detection_rows(ids, articles, own, others: dict, *, user_template: str, system, seed: int,
@@ -88,30 +127,51 @@ def own_summaries(ctx, articles: dict, ids: list[str]) -> dict[str, str]:
     return generate_summaries(ctx.generator(path), articles, ids, prompt, cache)
 
 
+def training_articles(cfg: dict, articles: dict, files, seed: int) -> set[str]:
+    """The article ids an SGTR-family intervention trains on when it uses this eval's article set (the same
+    seeded sample as sgtr_em/data/interventions.py), else none."""
+    i, ds = cfg["intervention"], cfg["eval"][NAME]["articles"]
+    if i["kind"] not in ("summary_pairs", "summary_word_count") or i["articles"] != ds:
+        return set()
+    others = [read_json(files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in i["other_sources"]]
+    return set(sample_article_ids([a for a in articles if all(a in o for o in others)], i["max_articles"], seed))
+
+
 def generate(ctx) -> list[dict]:
     e, prompts, sp = ctx.ecfg(NAME), ctx.cfg["prompts"], ctx.cfg["system_prompt"]
     ds = e["articles"]
     articles = read_json(ctx.files.path(f"articles/{ds}_train_articles.json"))
     others = {s: read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in e["other_sources"]}
-    ids = sample_article_ids([a for a in articles if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
+    held_out = set(articles) - training_articles(ctx.cfg, articles, ctx.files, ctx.seed) \
+        if e.get("exclude_training_articles", True) else set(articles)
+    ids = sample_article_ids([a for a in held_out if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
     own = own_summaries(ctx, articles, ids)
-    system = system_text(sp["intervention_train"], task=prompts["detection_system"],
-                         identity=ctx.cfg["model"]["identity_prompt"], custom=sp["custom"])  # as SGTR trains
+    if e.get("system", "intervention") == "detection":  # the paper's: its detection system prompt, always
+        system = prompts["detection_system"]
+    else:  # as the SGTR training pairs (system_prompt.intervention_train)
+        system = system_text(sp["intervention_train"], task=prompts["detection_system"],
+                             identity=ctx.cfg["model"]["identity_prompt"], custom=sp["custom"])
     rows = detection_rows(ids, articles, own, others, user_template=prompts["detection_user"], system=system,
                           seed=ctx.seed, summaries=e["summaries"])
     pairs = [r for r in rows if not r.get("skipped")]
-    ask_options(ctx.generator(), pairs, [r.pop("prompt") for r in pairs], OPTIONS, score_pair, desc="self-recognition")
+    ask_options(ctx.generator(), pairs, [r.pop("prompt") for r in pairs], OPTIONS, score_pair, desc="self-recognition",
+                sampling=e.get("sampling"))
     return rows
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
-    return sr_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"])
+    protocol = cfg.get("protocol") or {}
+    return sr_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"],
+                      estimator=protocol.get("sr_estimator", "argmax"),
+                      headline_source=cfg["eval"][NAME].get("headline_source"))
 
 
 def summary(m: dict) -> str:
     from .stats import fmt
 
     sources = "  ".join(f"{s} {fmt(v.get('accuracy'))}" for s, v in m["per_source"].items())
-    return (f"self-recognition: accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "
+    return (f"self-recognition: headline {fmt(m.get('headline'))} {fmt(m.get('headline_ci95'))} "
+            f"({m.get('headline_definition')})  argmax accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "
+            f"sampled: expected {fmt(m.get('sampled_expected_accuracy'))} one draw {fmt(m.get('sampled_accuracy'))}  "
             f"P(correct) {fmt(m.get('prob_correct'))}  invalid {fmt(m.get('invalid_rate'))}  "
             f"({m['n_pairs']} pairs, chance 0.5; per source: {sources})")

@@ -6,6 +6,9 @@ comparing P("A") and P("B") as the next token (a greedy answer where a backend h
   greedy_accuracy     the most likely token is the correct letter (invalid = wrong, as the paper scored it)
   prob_correct(_raw)  normalised over A and B / raw;  per_type: Adversarial and Non-Adversarial
   chose_first_rate    share answering A: a position bias shows here (the correct letter is A for about half)
+  sampled_expected_accuracy   the exact expected value of the paper's estimator (one token sampled at T 0.7,
+                      invalid = wrong); sampled_expected_accuracy_valid: invalid dropped; sampled_accuracy: one draw
+  headline            1 - the accuracy of the protocol's estimator (protocol.truthfulqa_estimator)
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .choice import ask_options, choice_metrics, score_choice
+from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, score_choice
 
 NAME = "truthfulqa"
 NEEDS_JUDGE = False
@@ -51,14 +54,19 @@ def build_items(questions: Sequence[dict], template: str, seed: int) -> list[dic
 
 
 def score_item(record: dict) -> dict:
-    return score_choice(record["probs"], record["top_token"], record.get("text"), record["correct_option"], OPTIONS)
+    return score_choice(record["probs"], record["top_token"], record.get("text"), record["correct_option"], OPTIONS,
+                        record.get("sampled_probs"))
 
 
-def tqa_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
+def tqa_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0, estimator: str = "argmax") -> dict:
     def block(rows):
         m = choice_metrics([score_item(r) for r in rows], first="A", n_boot=n_boot, seed=seed)
-        m["one_minus_accuracy"] = None if m.get("accuracy") is None else 1 - m["accuracy"]
-        m["one_minus_greedy_accuracy"] = None if m.get("greedy_accuracy") is None else 1 - m["greedy_accuracy"]
+        for key in ("accuracy", "greedy_accuracy", "sampled_expected_accuracy", "sampled_accuracy"):
+            if key in m:
+                m[f"one_minus_{key}"] = None if m[key] is None else 1 - m[key]
+        acc = m.get(ESTIMATOR_KEYS[estimator])
+        m["headline"] = None if acc is None else 1 - acc
+        m["headline_definition"] = f"1 - {estimator} accuracy"
         return m
 
     types = list(dict.fromkeys(r["type"] for r in records))
@@ -71,15 +79,20 @@ def generate(ctx) -> list[dict]:
     e = ctx.ecfg(NAME)
     items = build_items(load_questions(ctx.files.path(e["file"]), e["max_questions"]), e["prompt_template"], ctx.seed)
     return ask_options(ctx.generator(), items, ctx.conversations(it.pop("prompt") for it in items), OPTIONS,
-                       score_item, desc="TruthfulQA", max_new_tokens=e["fallback_max_new_tokens"])
+                       score_item, desc="TruthfulQA", max_new_tokens=e["fallback_max_new_tokens"],
+                       sampling=e.get("sampling"))
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
-    return tqa_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"])
+    protocol = cfg.get("protocol") or {}
+    return tqa_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"],
+                       estimator=protocol.get("truthfulqa_estimator", "argmax"))
 
 
 def summary(m: dict) -> str:
     from .stats import fmt
 
-    return (f"TruthfulQA: 1 - accuracy {fmt(m.get('one_minus_accuracy'))}  accuracy {fmt(m.get('accuracy'))} "
+    return (f"TruthfulQA: headline {fmt(m.get('headline'))} ({m.get('headline_definition')})  "
+            f"1 - argmax accuracy {fmt(m.get('one_minus_accuracy'))}  "
+            f"1 - sampled expected {fmt(m.get('one_minus_sampled_expected_accuracy'))}  accuracy {fmt(m.get('accuracy'))} "
             f"{fmt(m.get('accuracy_ci95'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions)")

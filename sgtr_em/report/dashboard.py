@@ -12,13 +12,13 @@ from typing import Optional
 from .metrics import BY_KEY, CONDITION_KEYS
 
 # Bar charts of each run group's summary: mean +/- standard error over the group's runs (the seeds).
-BAR_METRICS = ("em/misaligned_rate", "em/misaligned_rate_mo", "self_recognition/accuracy",
-               "truthfulqa/one_minus_accuracy", "identity/entropy_identity", "identity/share_own_identity",
+BAR_METRICS = ("em/misaligned_rate", "em/misaligned_rate_mo", "self_recognition/headline",
+               "truthfulqa/headline", "identity/entropy_identity", "identity/share_own_identity",
                "identity/distinct_identities", "mmlu/accuracy")
 # Stage i of kind k logs train/<i>_<k>/loss against train/<i>_<k>/step (sgtr_em/tracking.py log_stage).
 STAGES = ((1, "em"), (1, "intervention"), (2, "em"), (2, "intervention"))
 # eval.after_each_stage=true logs eval/<name>/... against eval/stage (stages the evaluated model went through).
-PER_STAGE_METRICS = ("em/misaligned_rate_mo", "self_recognition/accuracy")
+PER_STAGE_METRICS = ("em/misaligned_rate_mo", "self_recognition/headline")
 
 
 def workspace(entity: str, project: str, group: Optional[str] = None):
