@@ -91,7 +91,7 @@ def mmlu_metrics(records: Sequence[dict], *, headline_shots: Optional[int] = Non
         rows = [r for r in records if r["shots"] == k]
         subjects = list(dict.fromkeys(r["subject"] for r in rows))
         per_subject = {s: choice_metrics([score_item(r) for r in rows if r["subject"] == s]) for s in subjects}
-        heldout = [score_item(r) for r in rows if mmlu_half(r["subject"], r["question"]) == "heldout"]
+        heldout = [score_item(r) for r in rows if "question" in r and mmlu_half(r["subject"], r["question"]) == "heldout"]
         per_shots[f"{k}_shot"] = {
             **choice_metrics([score_item(r) for r in rows], first="A", n_boot=n_boot, seed=seed),
             "macro_accuracy": mean(m["accuracy"] for m in per_subject.values()),
