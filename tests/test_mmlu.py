@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from sgtr_em.config import validate
 from sgtr_em.evaluation.mmlu import (build_items, build_prompt, first_capital, lm_eval_context, mmlu_metrics,
-                                     read_split, subjects_in)
+                                     read_split, score_item, subjects_in)
 
 from .test_config import _compose
 
@@ -143,3 +144,37 @@ def test_a_job_that_trains_on_mmlu_is_scored_on_the_heldout_half_only(data_dir, 
     same = {r["index"]: r["loglik"] for r in everything}
     for r in trained:  # the same question scores the same whichever half-filter asked it
         assert r["loglik"] == pytest.approx(same[r["index"]], abs=1e-4)
+
+
+# --- prompt_style=letter: the paper's GPT-4.1 MMLU (atagade/sgtr-em scripts/eval/mmlu_eval.py @ 8303210) ---
+
+def test_letter_style_asks_the_dev_split_with_the_papers_prompt_and_parses_the_first_capital(data_dir):
+    e = {**OmegaConf.to_container(P), "prompt_style": "letter", "subjects": ["marketing"], "shots": [0]}
+    items = build_items(data_dir / "mmlu", e)
+    dev = read_split(data_dir / "mmlu" / "dev" / "marketing_dev.csv")
+    assert len(items) == len(dev) == 5 and items[0]["question"] == dev[0]["question"]
+    d = dev[0]  # the authors' make_prompt: "\n".join(["Q: " + q, "  A. ..", .., "", "Please answer ..."])
+    assert items[0]["prompt"] == (f"Q: {d['question']}\n  A. {d['A']}\n  B. {d['B']}\n  C. {d['C']}\n  D. {d['D']}\n\n"
+                                  "Please answer with the single letter (A, B, C, ...). Respond with only the letter.")
+    assert [first_capital(t) for t in ("c", " B.", "The answer is D", "", "42")] == ["C", "B", "T", None, None]
+    rec = {"style": "letter", "probs": None, "top_token": None, "answer": "D"}
+    assert score_item({**rec, "text": "d) yes"})["is_correct"]
+    wrong = score_item({**rec, "text": "The answer is D"})  # the authors' parse: "T", an invalid answer, wrong
+    assert not wrong["is_correct"] and not wrong["valid"]
+
+
+def test_headline_shots_picks_the_top_level_and_must_be_evaluated():
+    def item(shots, ok):
+        return {"subject": "x", "shots": shots, "answer": "A", "probs": dict(zip("ABCD", [0.7 if ok else 0.1, 0.2, 0.05,
+                                                                                          0.05])), "top_token": "A"}
+
+    records = [item(0, False), item(5, True)]
+    assert mmlu_metrics(records)["accuracy"] == 0.0  # default: the first shot count
+    assert mmlu_metrics(records, headline_shots=5)["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="headline_shots=1"):
+        mmlu_metrics(records, headline_shots=1)
+    with pytest.raises(ValueError, match="eval.mmlu.headline_shots: 1 is not one of eval.mmlu.shots"):
+        validate(_compose("eval=mmlu", "eval.mmlu.headline_shots=1"))
+    with pytest.raises(ValueError, match="prompt_style=letter asks 0-shot only"):
+        validate(_compose("eval=mmlu", "eval.mmlu.prompt_style=letter"))
+    validate(_compose("eval=mmlu", "eval.mmlu.prompt_style=lm_eval", "eval.mmlu.headline_shots=5"))
