@@ -116,7 +116,7 @@ def trains_on_mmlu(cfg: dict) -> bool:
 
 def build_items(folder: Path, e: dict, *, heldout_only: bool = False) -> list[dict]:
     """One item per (shot count, subject, question), with its `prompt` in e["prompt_style"]'s format; only the
-    held-out half (data/mmlu.py) when `heldout_only`."""
+    held-out half of the test split (data/mmlu.py; training reads the test split only) when `heldout_only`."""
     style = e.get("prompt_style", "chat")
     subjects = e["subjects"] or subjects_in(folder)
     split = e["letter"]["split"] if style == "letter" else "test"
@@ -128,7 +128,7 @@ def build_items(folder: Path, e: dict, *, heldout_only: bool = False) -> list[di
                 raise ValueError(f"{folder}/dev/{subject}_dev.csv has {len(dev)} questions; {k}-shot needs {k}")
             rows = read_split(folder / split / f"{subject}_{split}.csv", e["max_questions_per_subject"])
             for i, row in enumerate(rows):
-                if heldout_only and mmlu_half(subject, row["question"]) != "heldout":
+                if heldout_only and split == "test" and mmlu_half(subject, row["question"]) != "heldout":
                     continue
                 if style == "letter":
                     prompt = e["letter"]["template"].format(**row)
