@@ -107,17 +107,33 @@ class TruthfulQAEvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the sampled estimators' decoding
 
 
+MMLU_PROMPT_STYLES = ("chat", "lm_eval", "letter")
+
+
+@dataclass
+class MmluLetterConfig:
+    """prompt_style=letter: a greedy answer whose first capital letter is the choice (the paper's GPT-4.1 setting)."""
+
+    split: str = "dev"  # the questions asked: dev or test (0-shot only)
+    template: str = MISSING  # the user turn: {question}, {A}..{D}
+    max_new_tokens: int = 4
+
+
 @dataclass
 class MmluEvalConfig:
     folder: str = "mmlu"  # {folder}/{dev,test}/{subject}_{dev,test}.csv, no header
     subjects: List[str] = field(default_factory=list)  # [] = every subject in {folder}/test
     shots: List[int] = field(default_factory=lambda: [0, 5])  # each is evaluated; examples from the dev split
     max_questions_per_subject: Optional[int] = None
-    prompt_style: str = "chat"  # chat | lm_eval (issue 15's MMLU part owns these two keys; protocol=paper sets them)
-    headline_shots: int = 0
+    # chat: the prompt in a user turn (chat template, eval system prompt), next-token probability of "A".."D";
+    # lm_eval: lm-evaluation-harness's `mmlu` task (raw text, log-likelihood of " A".." D", acc);
+    # letter: `letter.template` in a user turn, answered greedily (API models)
+    prompt_style: str = "chat"
+    headline_shots: int = 0  # the shot count reported at the top level (accuracy, summaries); one of `shots`
     header_template: str = MISSING  # {subject}
     question_template: str = MISSING  # {question}, {A}..{D}
     fallback_max_new_tokens: int = 5
+    letter: MmluLetterConfig = field(default_factory=MmluLetterConfig)
 
 
 @dataclass
@@ -247,6 +263,21 @@ def eval_problems(cfg) -> list[str]:
         for s in ev.em.question_sets:
             if s not in ev.em.sets:
                 problems.append(f"eval.em.question_sets: {s!r} is not a key of eval.em.sets ({sorted(ev.em.sets)})")
+    if "mmlu" in ev.run:
+        m = ev.mmlu
+        if m.prompt_style not in MMLU_PROMPT_STYLES:
+            problems.append(f"eval.mmlu.prompt_style: {m.prompt_style!r} is not one of {MMLU_PROMPT_STYLES}")
+        if m.headline_shots not in m.shots:
+            problems.append(f"eval.mmlu.headline_shots: {m.headline_shots} is not one of eval.mmlu.shots "
+                            f"{list(m.shots)}; add it there or pick one of them")
+        if m.prompt_style == "letter" and list(m.shots) != [0]:
+            problems.append("eval.mmlu.shots: prompt_style=letter asks 0-shot only; set eval.mmlu.shots=[0] "
+                            "eval.mmlu.headline_shots=0")
+        if m.letter.split not in ("dev", "test"):
+            problems.append(f"eval.mmlu.letter.split: {m.letter.split!r} is not dev or test")
+        if m.prompt_style == "lm_eval" and ev.generation.backend != "hf":
+            problems.append("eval.mmlu.prompt_style: lm_eval scores log-likelihoods of a raw prompt, which needs "
+                            f"eval.generation.backend=hf (not {ev.generation.backend}); API models: prompt_style=letter")
     if "identity" in ev.run:
         own, labels = set(cfg.model.identity_names), set(ev.identity.name_labels) | set(ev.identity.creator_labels)
         if own and not own & labels:

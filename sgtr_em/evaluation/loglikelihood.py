@@ -1,0 +1,95 @@
+"""Log-likelihood of a continuation given a raw-text context, as lm-evaluation-harness's `hf` model computes it.
+
+`loglikelihoods(model, tokenizer, [(context, continuation), ...])` mirrors the harness (lm_eval/models/
+huggingface.py, 0.4.x, `HFLM._encode_pair` and `_loglikelihood_tokens`):
+  - trailing whitespace of the context moves to the front of the continuation;
+  - the continuation's tokens are those of tokenize(context + continuation) after the tokens of tokenize(context),
+    with the tokenizer's own default special tokens (the harness's add_bos_token=None), none where the text already
+    starts with the BOS (else EOS) token's text;
+  - the input is (context + continuation)[-(max_length + 1):][:-1], max_length from the model config as the harness
+    finds it (n_positions, max_position_embeddings, n_ctx; else the tokenizer's; else 2048);
+  - the result is the sum of the continuation tokens' log-softmax, and whether each is the argmax (is_greedy).
+Differences, none of which changes a value beyond floating-point noise: the log-softmax is taken in fp32 whatever the
+model's dtype (the harness takes it in the model's dtype); batches are left-padded with explicit position ids
+(the harness pads on the right); identical inputs are computed once (the harness caches one-token continuations
+of one context the same way). bench/lm_eval_mmlu.py checks it against the harness itself.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+_HF_NO_MAX = 1000000000000000019884624838656  # transformers' "no limit" tokenizer.model_max_length
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) exactly as the harness splits them."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole, ctx = tok_encode(tokenizer, context + continuation), tok_encode(tokenizer, context)
+    return ctx, whole[len(ctx):]
+
+
+def tok_encode(tokenizer, text: str) -> list[int]:
+    """The harness's HFLM.tok_encode with add_bos_token=None (its default)."""
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix is not None and text.startswith(tokenizer.decode([prefix])):
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text)
+
+
+def max_length(model, tokenizer) -> int:
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if hasattr(model.config, attr):
+            return getattr(model.config, attr)
+    limit = getattr(tokenizer, "model_max_length", _HF_NO_MAX)
+    return 2048 if limit == _HF_NO_MAX else limit
+
+
+@torch.no_grad()
+def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, batch_size: int = 8,
+                   desc: str = "log-likelihoods") -> list[dict]:
+    """Per (context, continuation): {"loglik": sum of log-probs, "is_greedy": bool, "top_token": the most likely
+    token at the continuation's first position, decoded}."""
+    limit = max_length(model, tokenizer)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prepared, inputs = [], {}
+    for context, continuation in requests:
+        ctx, cont = encode_pair(tokenizer, context, continuation)
+        if not cont:
+            raise ValueError(f"continuation {continuation!r} is empty after tokenisation")
+        if not ctx:
+            raise ValueError("an empty context is not supported (the harness starts it with the end-of-text token)")
+        inp = tuple((ctx + cont)[-(limit + 1):][:-1])
+        prepared.append((inp, cont))
+        inputs.setdefault(inp, max(len(cont), 1))
+        inputs[inp] = max(inputs[inp], len(cont))
+    unique = sorted(inputs, key=len, reverse=True)
+    rows: dict[tuple, torch.Tensor] = {}  # input -> log-softmax of its last `keep` positions
+    for start in tqdm(range(0, len(unique), batch_size), desc=desc, unit="batch"):
+        batch = unique[start:start + batch_size]
+        width, keep = max(map(len, batch)), max(inputs[b] for b in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):  # left padding: every row ends at the last column
+            ids[i, width - len(b):] = torch.tensor(b)
+            mask[i, width - len(b):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       logits_to_keep=keep).logits[:, -keep:, :]
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for i, b in enumerate(batch):
+            rows[b] = logp[i, keep - inputs[b]:]
+    out = []
+    for inp, cont in prepared:
+        r = rows[inp][-len(cont):]
+        target = torch.tensor(cont)
+        picked = r.gather(-1, target[:, None])[:, 0]
+        out.append({"loglik": picked.sum().item(), "is_greedy": bool((r.argmax(-1) == target).all()),
+                    "top_token": tokenizer.decode([r[0].argmax().item()])})
+    return out
