@@ -52,6 +52,20 @@ def lora_config(lora: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
+def resolve_optim(optim: str, device: str) -> str:
+    """The optimizer to run: a bitsandbytes one (the paper's adamw_8bit) needs CUDA and the package; elsewhere
+    (a CPU run, no bitsandbytes) adamw_torch, with a warning. The stage's hash keeps the configured name."""
+    if "8bit" not in optim or optim == "adamw_torch_8bit":  # adamw_torch_8bit is torchao's, not bitsandbytes'
+        return optim
+    import importlib.util
+
+    if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+        return optim
+    log.warning("training.optim=%s needs bitsandbytes on a GPU (device %s, bitsandbytes %s): using adamw_torch",
+                optim, device, "installed" if importlib.util.find_spec("bitsandbytes") else "not installed")
+    return "adamw_torch"
+
+
 def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict,
                deepspeed: str | None = None):
     from trl import SFTConfig
@@ -71,7 +85,7 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         warmup_steps=training["warmup_steps"],
         weight_decay=training["weight_decay"],
         lr_scheduler_type=training["lr_scheduler_type"],
-        optim=training["optim"],
+        optim=resolve_optim(training["optim"], device),
         # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
         max_length=None if compute["padding_free"] else training["max_length"],
         gradient_checkpointing=compute["gradient_checkpointing"],
