@@ -137,3 +137,18 @@ def test_trainer_batch_masks(family, smollm2_path, tmp_path):
     loss_tokens = int(((batch["labels"] != -100) & batch["attention_mask"].bool()).sum())
     real_tokens = int(batch["attention_mask"].sum())
     assert (loss_tokens, real_tokens) == BATCH_COUNTS[family]
+
+
+def test_the_papers_8bit_optimizer_falls_back_on_the_cpu(caplog, tmp_path):
+    """training.optim=adamw_8bit (the paper's, set by conf/experiment/paper_scale.yaml) needs bitsandbytes on a GPU;
+    a CPU run uses adamw_torch and says so. The stage's hash keeps the configured name."""
+    from sgtr_em.training.sft import resolve_optim
+
+    with caplog.at_level("WARNING", logger="sgtr_em.training.sft"):
+        assert resolve_optim("adamw_8bit", "cpu") == "adamw_torch"
+    assert "training.optim=adamw_8bit needs bitsandbytes on a GPU" in caplog.text
+    assert resolve_optim("adamw_torch", "cpu") == "adamw_torch" and resolve_optim("adamw_torch_8bit", "cpu") == \
+        "adamw_torch_8bit"
+    spec, rt = stage_settings()
+    args = training_args({**spec, "training": {**spec["training"], "optim": "adamw_8bit"}}, rt, tmp_path)
+    assert args.optim == "adamw_torch"
