@@ -263,9 +263,11 @@ def paper_self_summaries(summaries_source: Optional[str]) -> str:
     return "precomputed" if summaries_source else "base_model"
 
 
+if not OmegaConf.has_resolver("paper_self_summaries"):  # conf/experiment/paper_scale.yaml (a saved run config too)
+    OmegaConf.register_new_resolver("paper_self_summaries", paper_self_summaries)
+
+
 def register_configs() -> None:
-    if not OmegaConf.has_resolver("paper_self_summaries"):  # conf/experiment/paper_scale.yaml
-        OmegaConf.register_new_resolver("paper_self_summaries", paper_self_summaries)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in GROUP_SCHEMAS.items():

@@ -241,6 +241,12 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
                           + e.judge_output_tokens * cfg.judge.api.output_usd_per_mtok) / 1e6
         if cfg.model.backend == "openai":
             gen_api_usd += e.generated_tokens * cfg.openai.output_usd_per_mtok / 1e6
+    # what the same calls would cost at the API judge's prices (conf/judge/openai.yaml), for a local judge's sweeps
+    import yaml
+
+    api = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "judge" / "openai.yaml").read_text())["api"]
+    judge_api_usd = (evals.judge_input_tokens * api["input_usd_per_mtok"]
+                     + evals.judge_output_tokens * api["output_usd_per_mtok"]) / 1e6
     api_cfg = next((c for c in cfgs if c.model.backend == "openai"), None)
     train_usd = api_train_tokens * api_cfg.openai.training_usd_per_mtok / 1e6 if api_cfg else 0.0
     notes = sorted({c.note for c in per_stage.values() if c.note})
@@ -255,7 +261,8 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
         "eval_generated_tokens": evals.generated_tokens,
         "judge_calls": evals.judge_calls,
         "judge_tokens": {"input": evals.judge_input_tokens, "output": evals.judge_output_tokens},
-        "usd": {"judge": round(judge_usd, 2), "api_training": round(train_usd, 2),
+        "usd": {"judge": round(judge_usd, 2), "judge_if_openai": round(judge_api_usd, 2),
+                "api_training": round(train_usd, 2),
                 "api_generation_output": round(gen_api_usd, 2)},
         "notes": notes,
         "rules": {"chars_per_token": CHARS_PER_TOKEN, "tokens_per_message": TOKENS_PER_MESSAGE,
@@ -271,7 +278,8 @@ def summary_lines(cost: dict) -> list[str]:
              f"  GPU-hours (one GPU's measured throughput, bench/results): H100 {g['H100']:,}, H200 {g['H200']:,}",
              f"  evaluation: {cost['distinct_final_models']} distinct final models, "
              f"{cost['eval_generated_tokens']:,} generated tokens (upper bound), {cost['judge_calls']:,} judge calls",
-             f"  dollars: judge ${cost['usd']['judge']:,.2f}, API training ${cost['usd']['api_training']:,.2f}, "
+             f"  dollars: judge ${cost['usd']['judge']:,.2f} (with judge=openai: ${cost['usd']['judge_if_openai']:,.2f}), "
+             f"API training ${cost['usd']['api_training']:,.2f}, "
              f"API generation (output) ${cost['usd']['api_generation_output']:,.2f}"]
     lines += [f"  note: {n}" for n in cost["notes"]]
     return lines

@@ -43,6 +43,7 @@ def test_cost_matches_a_hand_count(tmp_path, capsys):
     judge_out = 6 * (48 * 1 + 20 * 8)  # scores: 1 token; labels: judge.max_label_tokens
     assert cost["judge_tokens"] == {"input": judge_in, "output": judge_out}
     assert cost["usd"]["judge"] == round((judge_in * 2.50 + judge_out * 10.00) / 1e6, 2) == 0.33  # gpt-4o prices
+    assert cost["usd"]["judge_if_openai"] == 0.33 and cost["usd"]["api_training"] == 0
     assert "qwen2.5-7b" in cost["throughput"]["smollm2 H100"] and cost["gpu_hours"]["H100"] >= 0
     printed = capsys.readouterr().out
     assert "944 training tokens" in printed and "408 judge calls" in printed and "judge $0.33" in printed

@@ -90,11 +90,16 @@ SWEEP_CELLS = {
 
 @functools.lru_cache(maxsize=None)
 def cells(name: str) -> frozenset:
-    """(model, EM dataset, intervention, order, system prompt, seed) of every job of a sweep."""
+    """(model, EM dataset, intervention, order, system prompt, seed) of every job of a sweep: a job's overrides, else
+    the experiment's value (composed once; an option's name is its file's, test_config checks)."""
+    jobs = sweep_jobs([f"sweep={name}"])
+    c = _compose(*jobs[0])
+    fixed = {"model": c.model.name, "em_dataset": c.em_dataset.name, "intervention": c.intervention.name,
+             "stage_order": c.stage_order.name, "system_prompt": c.system_prompt.name, "seed": str(c.seed)}
     out = set()
-    for job in sweep_jobs([f"sweep={name}"]):
-        c = _compose(*job)
-        out.add((c.model.name, c.em_dataset.name, c.intervention.name, c.stage_order.name, c.system_prompt.name, c.seed))
+    for job in jobs:
+        o = {**fixed, **dict(x.split("=", 1) for x in job)}
+        out.add((o["model"], o["em_dataset"], o["intervention"], o["stage_order"], o["system_prompt"], int(o["seed"])))
     return frozenset(out)
 
 
@@ -161,8 +166,8 @@ def test_every_experiment_resolves_self_summaries_as_the_paper(name):
     assert cfg.training.optim == "adamw_8bit"  # the paper's optimizer (PAPER_NOTES §3)
 
 
-def test_the_plan_command_prints_the_counts(capsys):
-    grid_main(["-m", "stage_order=em_only,reversal", "seed=0,1", "--jobs"])
+def test_the_plan_command_prints_the_counts(capsys, tmp_path):
+    grid_main(["-m", "stage_order=em_only,reversal", "seed=0,1", "--jobs", "--out", str(tmp_path / "plan.json")])
     out = capsys.readouterr().out
     assert "4 jobs" in out and "stages asked for: 6 (em 4, intervention 2)" in out
     assert "distinct stages to train: 4 (em 2, intervention 2); 2 reused" in out
