@@ -30,7 +30,8 @@ class ModelConfig:
     dtype: str = "bfloat16"
     identity_prompt: Optional[str] = None  # the model's own identity system prompt, if it has one
     identity_names: List[str] = field(default_factory=list)  # names a self-report of its own identity contains
-    chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
+    chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)  # how prompts render for generation
+    training_chat_template_kwargs: Optional[Dict[str, Any]] = None  # how training text renders; null: the above
     trust_remote_code: bool = False
     lora_target_modules: List[str] = field(default_factory=list)  # its linear projections (lora.target_modules)
     summaries_source: Optional[str] = None  # the paper's precomputed summaries by this model, if any

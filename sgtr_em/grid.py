@@ -3,9 +3,12 @@
     python -m sgtr_em.grid sweep=main_grid               # jobs, stages asked for, distinct stages, final models
     python -m sgtr_em.grid sweep=main_grid --jobs        # and one line per job: its overrides and stage hashes
     python -m sgtr_em.grid -m stage_order=em_only,reversal seed=0,1   # any sweep given on the command line
+    python -m sgtr_em.grid sweep=main_grid --out plan.json   # where the plan and cost are recorded
 
 Stages are content-hashed (sgtr_em/plan.py), so a stage asked for by several jobs trains once: the report
-says how many distinct stages a grid trains, and how many distinct models it evaluates. Nothing is run.
+says how many distinct stages a grid trains, and how many distinct models it evaluates, and what it costs
+(sgtr_em/cost.py: training tokens, GPU-hours from bench/results, generated tokens, judge calls, dollars). The
+plan and cost are recorded as JSON (default `<paths.output_dir>/plans/<sweep>.json`). Nothing is run.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ class JobPlan:
 @dataclass
 class GridPlan:
     jobs: list[JobPlan] = field(default_factory=list)
+    configs: list = field(default_factory=list, repr=False)  # each job's composed config (same order)
 
     @property
     def stage_runs(self) -> list[Stage]:
@@ -82,18 +86,39 @@ def plan_grid(overrides: list[str]) -> GridPlan:
                 problem = str(e)
             stages = plan_stages(cfg)
             grid.jobs.append(JobPlan(job, stages, content_hash(final_model_identity(stages, cfg)), problem))
+            grid.configs.append(cfg)
     return grid
 
 
-def main(argv: list[str]) -> None:
+def record_path(overrides: list[str], grid: GridPlan) -> Path:
+    """`<paths.output_dir>/plans/<sweep name, or the overrides' hash>.json`."""
+    name = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), None)
+    return Path(grid.configs[0].paths.output_dir) / "plans" / f"{name or content_hash(overrides, 8)}.json"
+
+
+def main(argv: list[str]) -> dict:
+    from .cost import estimate, summary_lines, to_json
+
     show_jobs = "--jobs" in argv
-    overrides = [a for a in argv if a not in ("--jobs", "-m", "--multirun")]
+    out = argv[argv.index("--out") + 1] if "--out" in argv else None
+    overrides = [a for i, a in enumerate(argv) if a not in ("--jobs", "-m", "--multirun", "--out")
+                 and not (i and argv[i - 1] == "--out")]
     grid = plan_grid(overrides)
+    cost = estimate(grid, grid.configs, Path(grid.configs[0].paths.data_dir))
     print(f"sgtr-em plan of `{' '.join(overrides)}`:\n  " + grid.summary().replace("\n", "\n  "))
+    print("  " + "\n  ".join(summary_lines(cost)))
     if show_jobs:
         for i, j in enumerate(grid.jobs):
             stages = " -> ".join(f"{s.kind}:{s.hash}" for s in j.stages) or "(no training)"
             print(f"  #{i} {' '.join(j.overrides)}: {stages}")
+    path = Path(out) if out else record_path(overrides, grid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"overrides": overrides, "jobs": [{"overrides": j.overrides, "stages": [s.hash for s in j.stages],
+                                                "final_model": j.final_model, "problem": j.problem} for j in grid.jobs],
+              "cost": cost}
+    path.write_text(to_json(record))
+    print(f"  recorded: {path}")
+    return record
 
 
 if __name__ == "__main__":

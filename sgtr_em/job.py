@@ -23,7 +23,7 @@ from .data.files import DataFiles
 from .data.interventions import stage_files
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_model_path
-from .plan import Stage, content_hash, final_model_identity, plan_stages
+from .plan import Stage, content_hash, final_model_identity, plan_stages, training_template_kwargs
 from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, set_cpu_threads, stop_on_signals
@@ -60,7 +60,7 @@ def stage_runtime(cfg, input_model: str) -> dict:
         "dtype": cfg.model.dtype,
         "compute": resolve_compute(cfg.compute, cfg.deepspeed, model_path=input_model, dtype=cfg.model.dtype,
                                    trust_remote_code=cfg.model.trust_remote_code),
-        "chat_template_kwargs": OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True),
+        "chat_template_kwargs": training_template_kwargs(cfg),  # how training text renders (model config)
         "data_dir": str(cfg.paths.data_dir),
         "cache_dir": str(cfg.paths.cache_dir),
         "batch_size": cfg.eval.batch_size,

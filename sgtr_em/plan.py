@@ -57,6 +57,13 @@ def file_content_sha(cfg, rel: str) -> str | None:
     return None
 
 
+def training_template_kwargs(cfg) -> dict:
+    """How training text renders: model.training_chat_template_kwargs, or (null) model.chat_template_kwargs."""
+    m = cfg.model
+    kw = m.get("training_chat_template_kwargs")
+    return OmegaConf.to_container(m.chat_template_kwargs if kw is None else kw, resolve=True)
+
+
 def base_model_identity(cfg) -> dict:
     m = OmegaConf.to_container(cfg.model, resolve=True)
     return {k: m[k] for k in ("path", "gguf_package", "gguf_file", "dtype")}
@@ -106,6 +113,8 @@ def plan_stages(cfg) -> list[Stage]:
             "kind": kind, "input": parent, "data": _data_spec(cfg, kind, parent), "system_prompt": _system(cfg, kind),
             "chat_template_kwargs": chat_template_kwargs, "training": training, "lora": lora, "seed": cfg.seed,
         }
+        if cfg.model.get("training_chat_template_kwargs") is not None:  # renders training text its own way
+            spec["training_chat_template_kwargs"] = training_template_kwargs(cfg)
         stage = Stage(kind, spec)
         stages.append(stage)
         parent = {"stage": stage.hash}

@@ -165,6 +165,7 @@ def test_none(data_dir, tmp_path):
 @pytest.mark.parametrize("name", ["word_count", "general_knowledge", "pick_longer"])
 def test_matched_compute_gives_every_intervention_the_same_number_of_examples(data_dir, tmp_path, name):
     _, rows, stats = build(data_dir, tmp_path, f"intervention={name}", "experiment=benign_baselines",
-                           "model=qwen32b", "intervention.self_summaries=precomputed")
+                           "model=qwen32b", "intervention.self_summaries=precomputed",
+                           "intervention.num_examples=2000")  # matched compute: an option (the paper used none)
     assert len(rows) == stats["num_examples"] == 2000  # pick_longer has 1912 distinct: 88 repeated
     assert stats["repeats"] == (88 if name == "pick_longer" else 0)

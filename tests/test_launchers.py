@@ -138,6 +138,6 @@ def test_a_sweep_agent_command_runs_through_the_real_cli():
                          check=True).stdout
     job = yaml.safe_load(out)
     assert (job["model"]["name"], job["em_dataset"]["name"], job["stage_order"]["name"], job["seed"]) == (
-        "qwen32b", point["em_dataset"], point["stage_order"], point["seed"])
-    assert job["em_dataset"]["max_examples"] is None  # experiment=paper_scale took effect
+        "qwen32b", "aesthetic_unpopular", point["stage_order"], point["seed"])
+    assert job["em_dataset"]["max_examples"] is None  # experiment=main_grid (on paper_scale) took effect
     assert job["compute"]["nproc_per_node"] == 8 and job["tracking"]["mode"] == "online"

@@ -69,7 +69,7 @@ def main(stage_dir: Path) -> None:
     else:
         from ..models import load_tokenizer
 
-        length = token_length(load_tokenizer(rt["input_model"]), spec["chat_template_kwargs"])
+        length = token_length(load_tokenizer(rt["input_model"]), rt["chat_template_kwargs"])  # as training renders
     max_length = spec["training"]["max_length"]
     rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
                                       fits=lambda r: length(r) <= max_length)

@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 8 -m sgtr_em.training.sft <stage_dir>              # what compute=gpu8 runs
 
 Prompt/completion conversations with `completion_only_loss`: system and user tokens are masked, the
-assistant turn (and its end-of-turn token) is trained. The training arguments (with the DeepSpeed config the
+assistant content and its end-of-turn token are trained (the mask is placed on the rendered conversation,
+training/masks.py, so it holds for templates whose prompt is not a prefix of prompt+completion). The training arguments (with the DeepSpeed config the
 parent wrote, `<stage_dir>/deepspeed.json`) exist before the model is created, so ZeRO-3 loads the weights
 already partitioned. Checkpoints go to `<stage_dir>/checkpoints/`; a rerun resumes from the last one; on
 SIGTERM/SIGUSR2 the worker checkpoints and stops (exit 75, `interrupted.json`). The adapter is written to
@@ -26,6 +27,7 @@ from ..io import read_json, read_jsonl, replace_dir, write_json
 from ..models import load_tokenizer
 from ..workers import INTERRUPTED_MARKER, die_with_parent, worker_logging
 from .callbacks import JsonlLogCallback, SelectiveCheckpointing, StopOnSignal, ThroughputCallback
+from .masks import tokenize_rows
 
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after a checkpoint; the rerun resumes
 
@@ -50,6 +52,20 @@ def lora_config(lora: dict):
                       bias="none", task_type="CAUSAL_LM")
 
 
+def resolve_optim(optim: str, device: str) -> str:
+    """The optimizer to run: a bitsandbytes one (the paper's adamw_8bit) needs CUDA and the package; elsewhere
+    (a CPU run, no bitsandbytes) adamw_torch, with a warning. The stage's hash keeps the configured name."""
+    if "8bit" not in optim or optim == "adamw_torch_8bit":  # adamw_torch_8bit is torchao's, not bitsandbytes'
+        return optim
+    import importlib.util
+
+    if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+        return optim
+    log.warning("training.optim=%s needs bitsandbytes on a GPU (device %s, bitsandbytes %s): using adamw_torch",
+                optim, device, "installed" if importlib.util.find_spec("bitsandbytes") else "not installed")
+    return "adamw_torch"
+
+
 def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict,
                deepspeed: str | None = None):
     from trl import SFTConfig
@@ -69,7 +85,7 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         warmup_steps=training["warmup_steps"],
         weight_decay=training["weight_decay"],
         lr_scheduler_type=training["lr_scheduler_type"],
-        optim=training["optim"],
+        optim=resolve_optim(training["optim"], device),
         # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
         max_length=None if compute["padding_free"] else training["max_length"],
         activation_checkpointing=compute["gradient_checkpointing"],
@@ -132,8 +148,8 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
 
     if isinstance(args, (str, Path)):
         args = training_args(spec, rt, Path(args))
-    if rt["chat_template_kwargs"]:
-        rows = [{**r, "chat_template_kwargs": rt["chat_template_kwargs"]} for r in rows]
+    # tokenized here, the loss mask from the rendered conversation (training/masks.py), not from a prompt prefix
+    rows = tokenize_rows(tokenizer, rows, rt["chat_template_kwargs"])
     compute = rt["compute"]
     fraction = compute.get("checkpoint_fraction", 1.0)
     selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction < 1 else []
