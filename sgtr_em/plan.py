@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from .data.files import load_manifest
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
+from .defences import defence_spec
 
 # How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
 NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit")
@@ -28,6 +29,7 @@ def content_hash(obj: Any, n: int = 16) -> str:
 class Stage:
     kind: str  # em | intervention
     spec: dict  # everything that determines the trained weights
+    requires: tuple = ()  # stages trained first from the same input (defence=interleave_ppl: the undefended EM stage)
 
     @property
     def hash(self) -> str:
@@ -84,9 +86,20 @@ def plan_stages(cfg) -> list[Stage]:
             "chat_template_kwargs": chat_template_kwargs, "training": training, "lora": lora, "seed": cfg.seed,
         }
         stage = Stage(kind, spec)
+        if kind == "em" and defence_spec(cfg):  # the defence enters the EM stage's identity only
+            stage = with_defence(stage, defence_spec(cfg))
         stages.append(stage)
         parent = {"stage": stage.hash}
     return stages
+
+
+def with_defence(plain: Stage, defence: dict) -> Stage:
+    """The EM stage with its defence; Interleaving++ ranks by the undefended EM stage's model, trained first."""
+    spec = {**plain.spec, "defence": dict(defence)}
+    if defence["kind"] != "interleave_ppl":
+        return Stage(plain.kind, spec)
+    spec["defence"]["em_reference"] = plain.hash
+    return Stage(plain.kind, spec, requires=(plain,))
 
 
 def final_model_identity(stages: list[Stage], cfg) -> dict:
