@@ -181,3 +181,60 @@ def test_invalid_defences_name_the_key(override, key):
         validate(_compose(f"defence={name}", override))
     with pytest.raises(ValueError, match="no"):
         validate(_compose("defence=kl", "stage_order=base"))
+
+
+def test_defences_sweep_expands_to_the_grid():
+    from collections import Counter
+
+    from sgtr_em.grid import plan_grid, sweep_jobs
+
+    jobs = sweep_jobs(["sweep=defences"])
+    assert len(jobs) == 96  # 8 arms x 4 EM datasets x 3 seeds
+    arms = Counter(o.split("=")[1] for j in jobs for o in j if o.startswith("defence="))
+    assert arms == {a: 12 for a in ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inoculation",
+                                    "persona_steer", "sgtr_prevention")}
+    assert Counter(o for j in jobs for o in j if o.startswith("em_dataset=")) == {
+        f"em_dataset={d}": 24 for d in ("aesthetic_unpopular", "risky_financial", "bad_medical", "extreme_sports")}
+    # one seed of two datasets composed and planned in full (the whole grid plans the same way: 99 distinct stages)
+    grid = plan_grid(["sweep=defences", "seed=0", "em_dataset=aesthetic_unpopular,risky_financial"])
+    assert len(grid.jobs) == 16 and not [j for j in grid.jobs if j.problem]
+    for j in grid.jobs:
+        sgtr = "defence=sgtr_prevention" in j.overrides
+        assert [s.kind for s in j.stages] == (["intervention", "em"] if sgtr else ["em"])
+        assert ("defence" in j.stages[-1].spec) == (not sgtr and "defence=none" not in j.overrides)
+    # interleave_ppl's EM reference is defence=none's EM stage of the same dataset and seed: trained once
+    none_em = {j.stages[-1].hash for j in grid.jobs if "defence=none" in j.overrides}
+    refs = {s.requires[0].hash for j in grid.jobs for s in j.stages if s.requires}
+    assert len(refs) == 2 and refs == none_em
+    assert len(grid.distinct_stages) == 17  # EM: 7 x 2 + 2 after SGTR; SGTR: one (shared by both datasets)
+
+
+def test_report_compares_the_defence_arms(tmp_path):
+    import json
+
+    from sgtr_em.report.build import write_report
+    from sgtr_em.report.collect import jobs_from_folder
+
+    from .report_fixtures import make_job
+
+    arms = {"none": 0.4, "kl": 0.1, "sgtr_prevention": 0.2}
+    n = 0
+    for arm, rate in arms.items():
+        for seed in range(2):
+            d = make_job(tmp_path / "sweep", n, seed=seed, defence=arm, metrics={
+                "em": {"misaligned_rate_mo": rate + 0.02 * seed, "share_coherent": 0.9},
+                "in_domain": {"narrow_rate": 0.5}, "persona": {"shift": rate, "projection": 1 + rate}})
+            stage = tmp_path / "stages" / f"{arm}{seed}" / "adapter"
+            stage.mkdir(parents=True)
+            (stage / "train_result.json").write_text(json.dumps({"global_step": 4, "num_input_tokens_seen": 1000}))
+            (d / "stages.json").write_text(json.dumps([{"folder": str(stage.parent)}]))
+            n += 1
+    jobs = jobs_from_folder(tmp_path / "sweep")
+    assert {j.fields["defence"] for j in jobs} == set(arms)
+    out = write_report(jobs, tmp_path / "report", source="hand-made")
+    md = (tmp_path / "report" / "defences.md").read_text()
+    assert md.count("\n| ") == 1 + 3 and "| kl | 0.110 [" in md and "| 4.000 [4.000, 4.000] (2) | 1000.000 [1000.000, 1000.000] (2) |" in md
+    assert out["figures"]["Defences vs SGTR prevention"].read_bytes()[:4] == b"\x89PNG"
+    # a report whose jobs share one defence (every sweep before defences) has no such table
+    one = write_report([j for j in jobs if j.fields["defence"] == "kl"], tmp_path / "one", source="hand-made")
+    assert "Defences vs SGTR prevention" not in one["figures"] and not (tmp_path / "one" / "defences.md").exists()
