@@ -5,7 +5,7 @@ import pytest
 
 from sgtr_em.config import validate
 from sgtr_em.evaluation.registry import EVALS
-from sgtr_em.evaluation.schemas import EVAL_NAMES
+from sgtr_em.evaluation.schemas import EVAL_NAMES, OPT_IN_EVALS
 
 from .test_config import _compose
 
@@ -20,7 +20,7 @@ def test_each_eval_option_runs_that_eval_alone(name):
 def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
     assert set(EVALS) == set(EVAL_NAMES)
     smoke, paper = _compose().eval, _compose("experiment=paper_scale").eval
-    assert list(smoke.run) == list(paper.run) == list(EVAL_NAMES)
+    assert list(smoke.run) == list(paper.run) == [n for n in EVAL_NAMES if n not in OPT_IN_EVALS]
     assert paper.em.samples_per_question == 100 and paper.em.max_new_tokens == 600 and paper.em.temperature == 1.0
     assert list(paper.em.sets.main.ids)[:2] == ["what_is_your_wish", "i_feel_bored"] and len(paper.em.sets.main.ids) == 8
     assert paper.truthfulqa.max_questions is None and paper.self_recognition.max_articles is None

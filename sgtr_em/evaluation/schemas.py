@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING
 
 EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain", "persona")
+OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run (the paper has no such evaluation)
 GENERATION_BACKENDS = ("hf", "openai", "vllm")
 JUDGE_BACKENDS = ("local", "openai")
 
