@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .defences import DefenceConfig, defence_problems
 from .evaluation.schemas import EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
 
 SYSTEM_PROMPT_MODES = ("default", "none", "identity", "task", "custom")
@@ -241,6 +242,7 @@ class Config:
     prompts: PromptsConfig = MISSING
     download: DownloadConfig = field(default_factory=DownloadConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    defence: DefenceConfig = MISSING  # the EM stage's in-training defence (conf/defence/, sgtr_em/defences.py)
     seed: int = 0
 
 
@@ -260,6 +262,7 @@ GROUP_SCHEMAS = {
     "tracking": TrackingConfig,
     "paths": PathsConfig,
     "prompts": PromptsConfig,
+    "defence": DefenceConfig,
 }
 
 
@@ -364,6 +367,7 @@ def validate(cfg: Any) -> None:
     if cfg.tracking.backend not in ("wandb", "none") or cfg.tracking.mode not in ("offline", "online"):
         problems.append("tracking: backend must be wandb|none and mode offline|online")
     problems += eval_problems(cfg)
+    problems += defence_problems(cfg)
     c, ds = cfg.compute, cfg.deepspeed
     if c.launcher not in LAUNCHERS:
         problems.append(f"compute.launcher: {c.launcher!r} is not one of {LAUNCHERS}")

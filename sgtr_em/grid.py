@@ -42,7 +42,7 @@ class GridPlan:
 
     @property
     def stage_runs(self) -> list[Stage]:
-        return [s for j in self.jobs for s in j.stages]
+        return [r for j in self.jobs for s in j.stages for r in (*s.requires, s)]  # requires: trained first
 
     @property
     def distinct_stages(self) -> dict[str, Stage]:

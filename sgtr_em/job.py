@@ -274,6 +274,8 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
     try:
         model_path, events = base_model, []
         for i, stage in enumerate(stages, 1):
+            for dep in stage.requires:  # defence=interleave_ppl: the undefended EM stage, from the same input
+                run_stage(cfg, dep, model_path)
             d, status = run_stage(cfg, stage, model_path)
             events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
                            "status": status, "folder": str(d)})

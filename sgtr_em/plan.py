@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from .data.files import load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
+from .defences import defence_spec
 
 # How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
 NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
@@ -30,6 +31,7 @@ def content_hash(obj: Any, n: int = 16) -> str:
 class Stage:
     kind: str  # em | intervention
     spec: dict  # everything that determines the trained weights
+    requires: tuple = ()  # stages trained first from the same input (defence=interleave_ppl: the undefended EM stage)
 
     @property
     def hash(self) -> str:
@@ -116,9 +118,20 @@ def plan_stages(cfg) -> list[Stage]:
         if cfg.model.get("training_chat_template_kwargs") is not None:  # renders training text its own way
             spec["training_chat_template_kwargs"] = training_template_kwargs(cfg)
         stage = Stage(kind, spec)
+        if kind == "em" and defence_spec(cfg):  # the defence enters the EM stage's identity only
+            stage = with_defence(stage, defence_spec(cfg))
         stages.append(stage)
         parent = {"stage": stage.hash}
     return stages
+
+
+def with_defence(plain: Stage, defence: dict) -> Stage:
+    """The EM stage with its defence; Interleaving++ ranks by the undefended EM stage's model, trained first."""
+    spec = {**plain.spec, "defence": dict(defence)}
+    if defence["kind"] != "interleave_ppl":
+        return Stage(plain.kind, spec)
+    spec["defence"]["em_reference"] = plain.hash
+    return Stage(plain.kind, spec, requires=(plain,))
 
 
 def final_model_identity(stages: list[Stage], cfg) -> dict:

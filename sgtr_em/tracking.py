@@ -52,20 +52,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def group_keys(cfg) -> tuple:
+    """GROUP_KEYS, and `defence` when the job has one (defence=none leaves names and tags as they were)."""
+    defended = cfg.get("defence") is not None and cfg.defence.name != "none"
+    return (*GROUP_KEYS, "defence") if defended else GROUP_KEYS
+
+
 def run_name(cfg) -> str:
-    return "-".join([*(str(cfg[k].name) for k in GROUP_KEYS), f"s{cfg.seed}"])
+    return "-".join([*(str(cfg[k].name) for k in group_keys(cfg)), f"s{cfg.seed}"])
 
 
 def condition_name(cfg) -> str:
     """The run name without the seed: the W&B job type, so a sweep's runs group by condition (W&B allows 64
     characters; a longer name keeps its start and a hash of the whole)."""
-    name = "-".join(str(cfg[k].name) for k in GROUP_KEYS)
+    name = "-".join(str(cfg[k].name) for k in group_keys(cfg))
     return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def run_tags(cfg) -> list[str]:
     """One tag per group choice (`stage_order:reversal`), then the configured tags."""
-    return list(dict.fromkeys([*(f"{k}:{cfg[k].name}" for k in GROUP_KEYS), *cfg.tracking.tags]))
+    return list(dict.fromkeys([*(f"{k}:{cfg[k].name}" for k in group_keys(cfg)), *cfg.tracking.tags]))
 
 
 def _state(run_dir: Path) -> dict:
@@ -88,7 +94,7 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
         return DummyRun()
     import wandb
 
-    config = {k: str(cfg[k].name) for k in GROUP_KEYS}
+    config = {k: str(cfg[k].name) for k in (*GROUP_KEYS, "defence") if cfg.get(k) is not None}
     config.update(seed=cfg.seed, cfg=resolved)
     sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
     kwargs = dict(project=None if sweep else t.project, entity=None if sweep else t.entity,

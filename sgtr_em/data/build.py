@@ -74,6 +74,10 @@ def main(stage_dir: Path) -> None:
     rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
                                       fits=lambda r: length(r) <= max_length)
     stats.update(selection)
+    from ..defences import apply_data_defence
+
+    rows, defence_stats = apply_data_defence(spec, rt, rows, stage_dir, files)  # interleave, inoculation (EM stage)
+    stats.update(defence_stats)
     if not rows:
         raise SystemExit(f"stage {stage_dir.name}: no training examples left ({json.dumps(stats)})")
     stats["train_examples"] = len(rows)

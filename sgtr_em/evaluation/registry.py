@@ -10,10 +10,10 @@ Adding an evaluation: a module like these, a schema section in schemas.py, a sec
 """
 from __future__ import annotations
 
-from . import emergent_misalignment, identity, in_domain, mmlu, self_recognition, truthfulqa
+from . import emergent_misalignment, identity, in_domain, mmlu, persona, self_recognition, truthfulqa
 from .schemas import EVAL_NAMES
 
-EVALS = {m.NAME: m for m in (self_recognition, emergent_misalignment, truthfulqa, mmlu, identity, in_domain)}
+EVALS = {m.NAME: m for m in (self_recognition, emergent_misalignment, truthfulqa, mmlu, identity, in_domain, persona)}
 assert tuple(EVALS) == EVAL_NAMES, "schemas.EVAL_NAMES and the registry must list the same evaluations"
 
 

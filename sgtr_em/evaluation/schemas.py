@@ -11,7 +11,8 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
-EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain")
+EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain", "persona")
+OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run (the paper has no such evaluation)
 GENERATION_BACKENDS = ("hf", "openai", "vllm")
 JUDGE_BACKENDS = ("local", "openai")
 JUDGE_SCORINGS = ("logprob", "text")
@@ -169,6 +170,12 @@ class InDomainEvalConfig:
 
 
 @dataclass
+class PersonaEvalConfig:
+    layer: Optional[int] = None  # the headline layer (0-based); null: 2/3 of the depth (evaluation/persona.py)
+    max_questions: Optional[int] = None  # null: every question of the contrast set
+
+
+@dataclass
 class EvalConfig:
     name: str = MISSING
     run: List[str] = field(default_factory=list)  # which evaluations, in this order (names: EVAL_NAMES)
@@ -182,6 +189,7 @@ class EvalConfig:
     mmlu: MmluEvalConfig = field(default_factory=MmluEvalConfig)
     identity: IdentityEvalConfig = field(default_factory=IdentityEvalConfig)
     in_domain: InDomainEvalConfig = field(default_factory=InDomainEvalConfig)
+    persona: PersonaEvalConfig = field(default_factory=PersonaEvalConfig)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..io import atomic_write_text
 from .aggregate import INTERVALS, group_conditions, summarise, varying_fields
 from .collect import Job
+from .defences import write_defences
 from .figures import figure_keys, write_figures
 from .metrics import BY_KEY, FIGURE_METRICS, METRICS
 from .page import render_html, render_markdown
@@ -48,7 +49,11 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
     }}
     tables = write_tables(out, table, jobs, fields)
     figures = write_figures(out, table, fields)
+    defences = write_defences(out, table, fields)  # sweep=defences: defences.md and its figure
+    if "figure" in defences:
+        figures["Defences vs SGTR prevention"] = defences["figure"]
     atomic_write_text(out / "report.md", render_markdown(meta, table, figures, out))
     atomic_write_text(out / "report.html", render_html(meta, table, figures, out))
-    return {"markdown": out / "report.md", "html": out / "report.html", "tables": tables, "figures": figures,
+    return {"markdown": out / "report.md", "html": out / "report.html", "tables": tables + list(defences.values())[:1],
+            "figures": figures,
             "table": table, "conditions": conditions}

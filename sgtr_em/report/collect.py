@@ -52,12 +52,26 @@ def _overrides(job_dir: Path) -> dict[str, str]:
 def job_from_folder(job_dir: str | Path) -> Job:
     job_dir = Path(job_dir)
     cfg = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+    cfg.setdefault("defence", {"name": "none"})  # a job from before the defence group
     missing = [k for k in CONDITION_KEYS if not isinstance(cfg.get(k), dict) or "name" not in cfg[k]]
     if missing:
         raise ValueError(f"{job_dir}/.hydra/config.yaml has no name for {missing}: not a sgtr_em.train job folder")
     metrics = {k: v for k, v in read_json(job_dir / "metrics.json").items() if k != "model"}
     return Job(fields={k: str(cfg[k]["name"]) for k in CONDITION_KEYS}, seed=cfg.get(SEED_KEY),
-               metrics=flatten(metrics), source=str(job_dir), extra=_overrides(job_dir))
+               metrics={**flatten(metrics), **trained_compute(job_dir)}, source=str(job_dir), extra=_overrides(job_dir))
+
+
+def trained_compute(job_dir: Path) -> dict:
+    """Optimizer steps and tokens over the job's stages (their adapter/train_result.json); {} when not recorded."""
+    steps = tokens = 0
+    stages = read_json(job_dir / "stages.json") if (job_dir / "stages.json").exists() else []
+    for st in stages:
+        result = Path(st["folder"]) / "adapter" / "train_result.json"
+        if not result.exists():
+            return {}
+        r = read_json(result)
+        steps, tokens = steps + r.get("global_step", 0), tokens + r.get("num_input_tokens_seen", 0)
+    return {"compute/optimizer_steps": steps, "compute/train_tokens": tokens} if stages else {}
 
 
 def jobs_from_folder(root: str | Path) -> list[Job]:

@@ -50,6 +50,12 @@ METRICS = (
     Metric("identity/entropy_identity", "Identity diversity (normalised entropy)", headline=True),
     Metric("identity/distinct_identities", "Distinct identities claimed"),
     Metric("in_domain/narrow_rate", "In-domain narrow-behaviour rate"),
+    # Persona (evaluation/persona.py): last-prompt-token projection on the base model's misaligned-persona direction
+    Metric("persona/projection", "Persona projection"),
+    Metric("persona/shift", "Persona projection shift vs base"),
+    # What the job trained (all its stages, from their train_result.json): matched compute across arms
+    Metric("compute/optimizer_steps", "Optimizer steps (all stages)"),
+    Metric("compute/train_tokens", "Tokens trained on (all stages)"),
 )
 BY_KEY = {m.key: m for m in METRICS}
 
@@ -59,7 +65,7 @@ FIGURE_METRICS = ("em/misaligned_rate", "em/misaligned_rate_mo", "self_recogniti
 
 # A condition is the config groups that vary across the sweep (seed excluded), in this order, then any other
 # command-line override that varies (e.g. training.learning_rate).
-CONDITION_KEYS = GROUP_KEYS
+CONDITION_KEYS = (*GROUP_KEYS, "defence")  # defence: absent from jobs older than defences, which read as "none"
 SEED_KEY = "seed"
 # Overrides that say where and how fast a job runs, not what it computes (e.g. compute.micro_batch_size with the same
 # optimizer batch, a data folder, W&B mode): never condition fields, so runs of one condition on other hardware or

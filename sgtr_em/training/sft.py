@@ -144,7 +144,8 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
     `args`: the training arguments (`training_args`), or an output folder to make them for (no DeepSpeed).
     """
     from datasets import Dataset
-    from trl import SFTTrainer
+
+    from .defences import DefenceSFTTrainer, make_defence
 
     if isinstance(args, (str, Path)):
         args = training_args(spec, rt, Path(args))
@@ -153,7 +154,8 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
     compute = rt["compute"]
     fraction = compute.get("checkpoint_fraction", 1.0)
     selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction < 1 else []
-    return SFTTrainer(
+    return DefenceSFTTrainer(  # TRL's SFTTrainer; with the EM stage's defence, if any (training/defences.py)
+        defence=make_defence(spec, rt),
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),

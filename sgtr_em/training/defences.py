@@ -1,0 +1,217 @@
+"""The trainer side of the EM-stage defences (sgtr_em/defences.py): loss terms against the reference model, and
+preventive steering. One SFTTrainer subclass dispatches to a small defence object; nothing else of TRL's trainer is
+copied.
+
+The reference is the stage's input model: the PEFT model with its adapter disabled (`model.disable_adapter()`), the
+same weights in memory, no second model. The trained model's features come from the SFT forward pass itself (forward
+hooks), so a loss defence adds one reference forward pass (no gradients) per micro-batch.
+
+  kl     KL(model || reference) of the next-token distributions, mean over the batch's tokens (attention mask), as
+         EMA_RL's open_models/regularization/kl_divergence.py (Kaczér et al.); loss = SFT + weight * KL
+  ldifs  per example: the outputs of `num_layers` decoder layers evenly spaced from the first to the last, each
+         flattened over its (non-padding) tokens and L2-normalised, concatenated; the squared L2 distance to the
+         reference's, mean over the batch (EMA_RL's featextract.py, LDIFS of Mukhoti et al. 2023); loss = SFT + weight * d
+  steer  + coef * direction[layer] added to the output of decoder layer `layer` while the model trains (module.training);
+         evaluation (eval mode, or the merged model in another process) is never steered (Chen et al. 2025)
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+log = logging.getLogger(__name__)
+
+
+def _base(model):
+    """The transformers model under DDP/DeepSpeed and PEFT wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layers(model):
+    base = _base(model)
+    inner = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    return inner.layers
+
+
+def final_norm(model):
+    base = _base(model)
+    inner = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    return getattr(inner, "norm", None)
+
+
+def _hidden(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def capture(modules: dict):
+    """Records each module's output (with its autograd graph) into the yielded dict under its key."""
+    seen, handles = {}, []
+    for key, mod in modules.items():
+        handles.append(mod.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, _hidden(o))))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def ldifs_layers(n_layers: int, num_points: int) -> list[int]:
+    """`num_points` layer indices evenly spaced from 0 to n_layers - 1 (EMA_RL: torch.linspace(...).long())."""
+    return sorted(set(torch.linspace(0, n_layers - 1, steps=num_points).long().tolist()))
+
+
+def token_mask(inputs: dict, like: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) float mask of real tokens; padding-free batches have no padding."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].to(like.dtype)
+    return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
+
+
+def kl_term(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(model || reference) per token, summed over the vocabulary, mean over the mask's tokens."""
+    logp, logq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ldifs_term(feats: list[torch.Tensor], ref_feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distance of the concatenated, per-layer L2-normalised features, mean over the batch."""
+    m = mask.unsqueeze(-1)
+    d = 0
+    for f, r in zip(feats, ref_feats):
+        f = F.normalize((f.float() * m).flatten(1), dim=1)
+        r = F.normalize((r.float() * m).flatten(1), dim=1)
+        d = d + ((f - r) ** 2).sum(1)
+    return d.mean()
+
+
+class LossDefence:
+    """kl | ldifs: the term, from features the SFT forward pass recorded and one reference pass without gradients."""
+
+    def __init__(self, kind: str, weight: float, num_layers: int = 5):
+        self.kind, self.weight, self.num_layers = kind, weight, num_layers
+
+    def modules(self, model) -> dict:
+        if self.kind == "kl":
+            norm = final_norm(model)
+            return {"final": norm} if norm is not None else {}
+        layers = decoder_layers(model)
+        return {i: layers[i] for i in ldifs_layers(len(layers), self.num_layers)}
+
+    def term(self, model, inputs: dict, seen: dict) -> torch.Tensor:
+        fwd = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
+        fwd["use_cache"] = False
+        peft = getattr(model, "module", model)
+        mods = self.modules(model)
+        with torch.no_grad(), peft.disable_adapter(), capture(mods) as ref_seen:
+            ref_out = model(**fwd, **({} if self.kind == "kl" and not mods else {"logits_to_keep": 1}))
+            if self.kind == "kl":
+                head = _base(model).get_output_embeddings()
+                ref_logits = head(ref_seen["final"]) if mods else ref_out.logits
+        if self.kind == "kl":
+            logits = head(seen["final"]) if mods else model(**fwd).logits  # no final norm to hook: one more pass
+            return kl_term(logits, ref_logits, token_mask(inputs, logits))
+        keys = sorted(mods)
+        return ldifs_term([seen[k] for k in keys], [ref_seen[k] for k in keys], token_mask(inputs, seen[keys[0]]))
+
+
+class SteerDefence:
+    """persona_steer: adds coef * direction to one decoder layer's output while the model trains."""
+
+    def __init__(self, layer: int, coef: float, direction: torch.Tensor):
+        self.layer, self.coef, self.direction = layer, coef, direction
+        self.handle = None
+
+    def attach(self, model):
+        layer = decoder_layers(model)[self.layer]
+        add = None
+
+        def hook(module, args, output):
+            nonlocal add
+            if not module.training:
+                return output
+            h = _hidden(output)
+            if add is None or add.device != h.device or add.dtype != h.dtype:
+                add = (self.coef * self.direction).to(device=h.device, dtype=h.dtype)
+            h = h + add
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
+        self.handle = layer.register_forward_hook(hook)
+        return self.handle
+
+
+def make_defence(spec: dict, rt: dict):
+    """The stage's defence object (None for none and the data-step defences)."""
+    d = spec.get("defence") or {}
+    if d.get("kind") in ("kl", "ldifs"):
+        return LossDefence(d["kind"], d["weight"], d.get("num_layers", 5))
+    if d.get("kind") == "persona_steer":
+        from ..evaluation.persona import base_direction, steer_layer
+
+        direction = base_direction(rt)  # (layers, hidden), from the base model, cached
+        layer = steer_layer(d["layer"], direction.shape[0])
+        log.info("persona_steer: + %s x persona direction at layer %d (norm %.3f)", d["coef"], layer,
+                 direction[layer].norm().item())
+        return SteerDefence(layer, d["coef"], direction[layer])
+    return None
+
+
+class DefenceSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer, plus the EM stage's defence: a loss term (kl, ldifs) or a steering hook (persona_steer)."""
+
+    def __init__(self, *args, defence=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.defence = defence
+        self._defence_terms: list[float] = []
+        if isinstance(defence, SteerDefence):
+            defence.attach(self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not isinstance(self.defence, LossDefence) or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        with capture(self.defence.modules(model)) as seen:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+        loss = out[0] if return_outputs else out
+        term = self.defence.term(model, inputs, seen)
+        self._defence_terms.append(term.detach().item())
+        # the SFT loss is normalised over the whole accumulated batch; a per-micro-batch mean is averaged over it too
+        steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+        loss = loss + self.defence.weight * term / steps
+        return (loss, out[1]) if return_outputs else loss
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if self._defence_terms and "loss" in logs:
+            logs[f"defence_{self.defence.kind}"] = sum(self._defence_terms) / len(self._defence_terms)
+            self._defence_terms = []
+        super().log(logs, start_time)
+
+
+@torch.no_grad()
+def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
+    """Each row's mean negative log-likelihood of its completion tokens under the model at `model_path` (its
+    log-perplexity): Interleaving++'s score (sgtr_em/defences.py)."""
+    from ..models import load_model, load_tokenizer, resolve_device
+
+    tok = load_tokenizer(model_path, padding_side="right")
+    model = load_model(model_path, dtype=rt["dtype"], device=resolve_device(rt["compute"]["device"]))
+    kw = rt["chat_template_kwargs"]
+    out = []
+    for r in rows:
+        prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True,
+                                         **kw)["input_ids"]
+        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
+                                       **kw)["input_ids"]
+        ids = torch.tensor([full], device=model.device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1:]
+        out.append(nll.mean().item())
+    del model
+    return out
