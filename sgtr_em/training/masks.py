@@ -70,4 +70,6 @@ def tokenize_rows(tokenizer, rows: list[dict], chat_template_kwargs: dict | None
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"the tokenizer of {tokenizer.name_or_path!r} is not a fast tokenizer: loss masks need "
                          "its offset mapping")
-    return [tokenize_example(tokenizer, r["prompt"], r["completion"], chat_template_kwargs) for r in rows]
+    # rows already tokenized (input_ids + completion_mask) pass as they are
+    return [r if "input_ids" in r else tokenize_example(tokenizer, r["prompt"], r["completion"], chat_template_kwargs)
+            for r in rows]
