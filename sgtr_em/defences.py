@@ -41,7 +41,7 @@ class GeneralPoolConfig:
     source: str = "mmlu"  # MMLU's questions (57 subjects, MIT licence), the half no evaluation scores (data/mmlu.py)
     folder: str = "mmlu"  # in paths.data_dir, as eval.mmlu.folder
     max_prompts: Optional[int] = None  # the pool's size: the first n questions in a seeded order (null: all)
-    user_template: str = MISSING  # {question}, {A}..{D}
+    user_template: Optional[str] = None  # {question}, {A}..{D}; the interleave kinds need it (conf/defence/interleave.yaml)
     max_new_tokens: int = 200
     temperature: float = 0.0  # greedy: one fixed answer per prompt
 
@@ -97,6 +97,8 @@ def defence_problems(cfg) -> list[str]:
         problems.append("defence.num_layers: compare at least one layer")
     if d.kind in ("interleave", "interleave_ppl") and not 0 < d.ratio < 1:
         problems.append(f"defence.ratio: {d.ratio} must be between 0 and 1 (the general examples' share)")
+    if d.kind in ("interleave", "interleave_ppl") and not d.pool.user_template:
+        problems.append("defence.pool.user_template: the interleave kinds ask the general pool's prompts with it")
     if d.kind == "interleave_ppl" and d.selection not in PPL_SELECTIONS:
         problems.append(f"defence.selection: {d.selection!r} is not one of {PPL_SELECTIONS}")
     if d.kind == "inoculation" and not d.prompt:
