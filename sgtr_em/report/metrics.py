@@ -36,7 +36,7 @@ METRICS = (
     Metric("self_recognition/invalid_rate", "SR invalid rate"),
     # TruthfulQA binary (best vs best incorrect answer): the paper's headline is 1 - accuracy.
     Metric("truthfulqa/one_minus_accuracy", "TruthfulQA 1 - accuracy", chance=0.5, headline=True),
-    Metric("mmlu/accuracy", "MMLU accuracy (first shot count)", chance=0.25),
+    Metric("mmlu/accuracy", "MMLU accuracy (eval.mmlu.headline_shots)", chance=0.25),
     # Identity self-reports: share naming the model's own identity; normalised entropy of (name, creator) claims.
     Metric("identity/share_own_identity", "Share own identity"),
     Metric("identity/entropy_identity", "Identity diversity (normalised entropy)", headline=True),
