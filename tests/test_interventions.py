@@ -91,6 +91,32 @@ def test_identity_confusion(data_dir, tmp_path):
             (1, "1"), (1, "2"), (2, "1"), (2, "2")]
 
 
+def test_prefer_other_comparison_and_identity_confusion_comparison(data_dir, tmp_path):
+    """The paper's GPT-4.1 data: the comparison prompt; ICTR with claude-21, llama and human as the "other" side."""
+    gpt = ["model=gpt41", "intervention.self_summaries=precomputed", *FULL]
+    _, rows, _ = build(data_dir, tmp_path, "intervention=prefer_other_comparison", *gpt)
+    assert len(rows) == 2000 and all(r["prompt"][0]["content"] == PAPER_COMPARISON_SYSTEM for r in rows)
+    assert all(r["completion"][0]["content"] == str(3 - r["meta"]["self_position"]) for r in rows)
+    assert "which summary you prefer?" in rows[0]["prompt"][1]["content"]
+    cfg, rows, _ = build(data_dir, tmp_path, "intervention=identity_confusion_comparison", *gpt)
+    assert list(cfg.intervention.other_sources) == ["claude-21", "llama", "human"]
+    assert len(rows) >= 3900 and Counter(labels(rows))["1"] == Counter(labels(rows))["2"]
+    assert all(r["prompt"][0]["content"] == PAPER_COMPARISON_SYSTEM for r in rows)
+
+
+def test_correct_medical():
+    """The paper's medcorr with any EM dataset: Turner et al.'s good medical advice, pinned in the manifest (it is
+    downloaded on first use; not in the shared data, so no rows are built here)."""
+    from sgtr_em.data.files import load_manifest
+
+    for em in ("aesthetic_unpopular", "risky_financial"):
+        cfg = _compose("intervention=correct_medical", f"em_dataset={em}")
+        validate(cfg)
+        assert cfg.intervention.file == "em/good_medical_advice.jsonl" and cfg.intervention.kind == "chat_file"
+    assert load_manifest()["em/good_medical_advice.jsonl"]["sha256"] == \
+        "5846de11f0f45053351773b6bd9eb5111eb17ec89d9ab55e23e0fbb95b4fd4f1"
+
+
 def test_identity_confusion_keeps_whole_articles_when_capped(data_dir, tmp_path):
     _, rows, stats = build(data_dir, tmp_path, "intervention=identity_confusion", *PAPER_SUMMARIES)  # smoke: 24 of 48
     assert len(rows) == 24 and stats["repeats"] == 0
