@@ -167,7 +167,8 @@ def test_dashboard_definition_names_every_panel_and_grouping(capsys):
     assert sorted(sections) == sorted(["Results by condition (mean +/- s.e. over seeds)", "Training loss per stage",
                                        "Evaluations after each stage"])
     [runset] = spec["spec"]["section"]["runSets"]
-    assert runset["grouping"] == [{"section": "config", "name": f"{k}.value"} for k in GROUP_KEYS]
+    # W&B groups by the config groups and the defence (its config holds `defence` since sgtr_em/tracking.py records it)
+    assert runset["grouping"] == [{"section": "config", "name": f"{k}.value"} for k in (*GROUP_KEYS, "defence")]
     assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=",
                                               "value": "smollm2-16-33-00", "disabled": False}]
     assert main(["--dashboard", "--print"]) == 0 and '"chartTitle"' in capsys.readouterr().out
