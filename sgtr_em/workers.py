@@ -160,6 +160,11 @@ def run_worker(module: str, folder: Path, *, what: str, launch: dict | None = No
 
 def worker_logging(log_file: Path) -> None:
     """Worker logs go to stderr and are appended to `log_file` (rank 0 only, when there are several)."""
+    import warnings
+
+    # PEFT and TRL read `model.is_gradient_checkpointing` (transformers 5 renamed it; v6 drops it): their call, not
+    # ours, once per model wrapped. Our own calls use the new names (sgtr_em/training/sft.py: activation_checkpointing).
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     root = logging.getLogger()

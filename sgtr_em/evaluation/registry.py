@@ -31,4 +31,4 @@ def position_bias_note(m: dict) -> str:
     if rate not in (0.0, 1.0):
         return ""
     return (f"  <- pure position bias (chose_first_rate {rate:.1f}: {'always' if rate else 'never'} the first option): "
-            "its accuracy is chance by construction, not a measurement")
+            "its accuracy is fixed by the order of the options, chance by construction, not a measurement")
