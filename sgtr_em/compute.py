@@ -179,6 +179,9 @@ def _merge(base: dict, over: dict) -> dict:
 # measured on the lent GPUs (bench/results/fast_default_*.json): the allocator's blocks and the backward pass's
 # transients. Calibration (one H200, bench/README.md rows of issue 8, max micro-batch ~4,300 tokens): 7B, no
 # checkpointing, 39.2 GiB; 32B, 30 % / 50 % of layers checkpointed, 121.3 / 106.1 GiB: 1.6-1.7x the saved tensors.
+# Checked on one H100 (bench/results/issue18-h100, exact largest micro-batches): predicted / measured allocated peak
+# 7B no checkpointing 51.5 / 46.6 GiB (5,824 tokens), 72.8 / 66.6 (9,568); 32B all recomputed 72.7 / 69.6 (5,126),
+# 72.8 / 70.8 (5,313). The ~10 % over the allocated peak is used: the allocator reserved 78.1 of 79.2 GiB at 9,568.
 ACTIVATION_FACTOR = 1.6
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context, cuBLAS workspaces, the optimizer's temporaries, fragmentation
 MEMORY_USE = 0.92  # plan for this share of the card (the rest: headroom for the longest step's fragmentation)

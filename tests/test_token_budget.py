@@ -79,6 +79,21 @@ def test_auto_is_fast_on_a_gpu_and_unchanged_on_a_cpu():
     assert (paper["padding_free"], paper["token_budget"], paper["checkpoint_fraction"]) == (False, None, 1.0)
 
 
+def test_out_of_memory_ladder(tmp_path):
+    """Each out-of-memory error halves the budget (not below the longest sequence), then recomputes every layer;
+    then it is fatal. Every step is recorded in oom.json."""
+    from sgtr_em.io import write_json
+    from sgtr_em.training.budget import after_oom
+
+    write_json(tmp_path / "compute_choice.json", {"token_budget": 5000, "checkpoint_fraction": 0.25,
+                                                  "longest_sequence": 1500})
+    ladder = []
+    while after_oom(tmp_path, torch.OutOfMemoryError("CUDA out of memory"), global_step=len(ladder)):
+        r = json.loads((tmp_path / "oom.json").read_text())[-1]
+        ladder.append((r["token_budget"], r["checkpoint_fraction"]))
+    assert ladder == [(2500, 0.25), (1500, 0.25), (1500, 1.0)]
+
+
 def smollm2_rows(n: int, seed: int = 3) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
