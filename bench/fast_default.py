@@ -87,7 +87,8 @@ def baseline(a) -> None:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(d), dtype=torch.bfloat16,
                                                      attn_implementation="sdpa")
-        args = SFTConfig(output_dir=str(out), per_device_train_batch_size=micro, gradient_accumulation_steps=16 // micro,
+        args = SFTConfig(output_dir=str(out), per_device_train_batch_size=micro,
+                         gradient_accumulation_steps=16 // micro,
                          max_steps=a.steps, learning_rate=1e-5, warmup_steps=0, lr_scheduler_type="linear",
                          weight_decay=0.01, logging_steps=1, save_strategy="no", bf16=device == "cuda",
                          use_cpu=device == "cpu", gradient_checkpointing=True,
@@ -152,7 +153,8 @@ def product(a) -> dict:
             "compute": runtime["compute"], "overrides": [portable(o) for o in overrides], "speed_json": speed,
             "compute_choice": read_json(d / "compute_choice.json") if (d / "compute_choice.json").exists() else None,
             "oom": read_json(d / "oom.json") if (d / "oom.json").exists() else None,
-            "worker_log_tail": (d / "worker.log").read_text()[-1500:] if error and (d / "worker.log").exists() else None}
+            "worker_log_tail": ((d / "worker.log").read_text()[-1500:] if error and (d / "worker.log").exists()
+                                else None)}
 
 
 def main() -> None:

@@ -110,7 +110,7 @@ class ComputeConfig:
     checkpoint_fraction: Optional[float] = 1.0  # share of decoder layers recomputed; null: the fewest that fit (GPU)
     padding_free: Optional[bool] = False  # concatenate each micro-batch, varlen attention; null: on for a GPU
     liger: Optional[bool] = False  # Liger fused kernels (GPU only); null: on for a GPU where liger-kernel is installed
-    token_budget: Optional[int] = None  # tokens per padding-free micro-batch; null: from the memory model on a GPU; 0: off
+    token_budget: Optional[int] = None  # tokens per padding-free micro-batch; null: memory model (GPU); 0: off
     launcher: str = "auto"  # how the training worker starts: auto | python | torchrun | accelerate
     nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
     nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm

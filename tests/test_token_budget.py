@@ -155,16 +155,17 @@ def test_out_of_memory_lowers_the_budget_and_resumes(smollm2_path, tmp_path):
     training = {"learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 3, "batch_size": 8, "warmup_steps": 0,
                 "weight_decay": 0.0, "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 2048}
     stage = {"spec": {"training": training, "lora": LORA, "seed": 0},
-             "runtime": {"input_model": smollm2_path, "dtype": "float32", "compute": compute, "chat_template_kwargs": {},
+             "runtime": {"input_model": smollm2_path, "dtype": "float32", "compute": compute,
+                         "chat_template_kwargs": {},
                          "training_extra": {"logging_steps": 1, "save_steps": 1, "save_total_limit": 1}}}
     (d / "stage.json").write_text(json.dumps(stage))
     g = torch.Generator().manual_seed(0)
     words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud"]
-    write_jsonl(d / "train.jsonl", [
-        {"prompt": [{"role": "user", "content": " ".join(words[int(i)] for i in torch.randint(0, 7, (8,), generator=g))}],
-         "completion": [{"role": "assistant",
-                         "content": " ".join(words[int(i)] for i in torch.randint(0, 7, (20,), generator=g))}]}
-        for _ in range(24)])
+    def text(n):
+        return " ".join(words[int(i)] for i in torch.randint(0, 7, (n,), generator=g))
+
+    write_jsonl(d / "train.jsonl", [{"prompt": [{"role": "user", "content": text(8)}],
+                                     "completion": [{"role": "assistant", "content": text(20)}]} for _ in range(24)])
     before = (d / "stage.json").read_bytes()
     env = {**os.environ, "SGTR_EM_FAULT_OOM_TOKENS": "150@2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "sgtr_em.training.sft", str(d)], env=env, capture_output=True,

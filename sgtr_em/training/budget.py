@@ -130,7 +130,8 @@ def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
         fixed_fraction = 0.0
     if on_gpu:
         choice = choose_budget(shape, n_params=n_params, lora_params=lora_params, lengths=lengths,
-                               batch_size=trainer.args.per_device_train_batch_size, gpu_gib=gpu_gib, liger=compute["liger"],
+                               batch_size=trainer.args.per_device_train_batch_size, gpu_gib=gpu_gib,
+                               liger=compute["liger"],
                                token_budget=fixed_budget, checkpoint_fraction=fixed_fraction)
     else:  # a CPU (tests): nothing to fit
         choice = {"token_budget": fixed_budget or max(lengths), "checkpoint_fraction": fixed_fraction or 0.0,
@@ -209,14 +210,15 @@ def write_speed(stage_dir: Path, trainer, seconds: float) -> dict | None:
     peak = datasheet_bf16_tflops(device) if on_gpu else None
     tps = perf.get("tokens_per_s_after_first_step") or perf.get("tokens_per_s")
     compute_choice = read_json(stage_dir / CHOICE_FILE) if (stage_dir / CHOICE_FILE).exists() else {}
-    fraction = next((cb.fraction for cb in trainer.callback_handler.callbacks if isinstance(cb, SelectiveCheckpointing)),
-                    1.0 if trainer.args.gradient_checkpointing else 0.0)
+    selective = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SelectiveCheckpointing)]
+    fraction = selective[0].fraction if selective else 1.0
     speed = {
         "device": device, "seconds": round(seconds, 1), "tokens_per_s": tps,
         "mfu": tps * fpt / (peak * 1e12) if tps and peak else None, "bf16_peak_tflops": peak,
         "flops_per_token": fpt, "peak_mem_gib": _peak_memory_gib(), "peak_reserved_gib": _peak_memory_gib(True),
         "token_budget": getattr(trainer, "token_budget", None),
-        "micro_batch_size": None if getattr(trainer, "token_budget", None) else trainer.args.per_device_train_batch_size,
+        "micro_batch_size": (None if getattr(trainer, "token_budget", None)
+                             else trainer.args.per_device_train_batch_size),
         "checkpoint_fraction": fraction if trainer.args.gradient_checkpointing else 0.0,
         "padding_free": trainer.args.padding_free, "liger": trainer.args.use_liger_kernel,
         "micro_batches_per_step": (trainer.budget_stats["micro_batches"] / trainer.budget_stats["steps"]
