@@ -128,6 +128,7 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
     return [h["loss"] for h in trainer.state.log_history if "loss" in h], adapter, trainer
 
 
+@pytest.mark.slow
 def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
     """16 sequences a step, cut by a 400-token budget into padding-free micro-batches, against the CPU default
     (padded micro-batches of 1, gradient accumulation 16): per-step losses and the final adapter within 1e-4 (fp32)."""
@@ -143,7 +144,7 @@ def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
         assert float((a[name] - b[name]).norm() / a[name].norm().clamp(min=1e-12)) < 5e-4, name
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # three worker processes (two restarts): 236 s on the loaded 2-core machine
 def test_out_of_memory_lowers_the_budget_and_resumes(smollm2_path, tmp_path):
     """A micro-batch that runs out of memory (injected: over 150 tokens from step 2 on) restarts the worker with half
     the budget, which resumes from the step-1 checkpoint; the stage's identity (stage.json) is untouched."""
