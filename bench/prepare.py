@@ -51,6 +51,35 @@ def main() -> None:
     lengths = sorted(r["tokens"] for r in rows)
     print(f"{out}: tokenizer + {len(rows)} rows, tokens min {lengths[0]} median {lengths[len(lengths) // 2]} "
           f"max {lengths[-1]}")
+    sgtr_rows(tok, data.parent, out / "sgtr.jsonl", args.rows)
+
+
+def sgtr_rows(tok, data: Path, path: Path, n: int) -> None:
+    """The SGTR-like length mix (issue 18): the paper's detection prompts (CNN article + two summaries, answer "1" or
+    "2"), self = Qwen2.5-7B's summaries, built by the stage's own code (sgtr_em.data.sgtr)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from sgtr_em.data.sgtr import build_summary_pairs
+
+    prompts = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "prompts" / "paper.yaml")
+    articles = json.loads((data / "articles" / "cnn_train_articles.json").read_text())
+    summ = {s: json.loads((data / "summaries" / "cnn" / f"cnn_train_{s}_responses.json").read_text())
+            for s in ("hf_qwen_7b", "claude-21", "gpt4o", "llama")}
+    ids = sorted(articles)[: n // 2]
+    rows, _ = build_summary_pairs(ids, articles, summ.pop("hf_qwen_7b"), summ, user_template=prompts.detection_user,
+                                  system=prompts.detection_system, seed=0)
+    out = []
+    for r in rows:
+        k = len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)["input_ids"])
+        if k <= 2048:  # training.max_length: data/build.py drops longer examples
+            out.append({"prompt": r["prompt"], "completion": r["completion"], "tokens": k})
+    random.Random(0).shuffle(out)
+    write_jsonl(path, out[:n])
+    lengths = sorted(r["tokens"] for r in out[:n])
+    print(f"{path}: {len(lengths)} SGTR rows, tokens min {lengths[0]} median {lengths[len(lengths) // 2]} "
+          f"max {lengths[-1]}")
 
 
 if __name__ == "__main__":

@@ -112,9 +112,10 @@ class ComputeConfig:
     device: str = "auto"  # auto | cpu | cuda
     micro_batch_size: Optional[int] = None  # per device and forward pass; null: 1 on a CPU, 2 on a GPU
     gradient_checkpointing: Optional[bool] = None  # null: off on a CPU (speed), on for a GPU (memory)
-    checkpoint_fraction: float = 1.0  # with gradient checkpointing: the share of decoder layers recomputed
-    padding_free: bool = False  # concatenate each micro-batch, with varlen attention (training/attention.py)
-    liger: bool = False  # Liger kernels: fused linear + cross-entropy, RMSNorm, SwiGLU, RoPE (GPU only)
+    checkpoint_fraction: Optional[float] = 1.0  # share of decoder layers recomputed; null: the fewest that fit (GPU)
+    padding_free: Optional[bool] = False  # concatenate each micro-batch, varlen attention; null: on for a GPU
+    liger: Optional[bool] = False  # Liger fused kernels (GPU only); null: on for a GPU where liger-kernel is installed
+    token_budget: Optional[int] = None  # tokens per padding-free micro-batch; null: memory model (GPU); 0: off
     launcher: str = "auto"  # how the training worker starts: auto | python | torchrun | accelerate
     nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
     nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm

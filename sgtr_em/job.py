@@ -281,8 +281,9 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
                            "status": status, "folder": str(d)})
             write_json(run_dir / "stages.json", events)
             log.info("%s", stage_line(i, len(stages), stage, status, d))
+            speed = read_json(d / "speed.json") if (d / "speed.json").exists() else None  # tokens/s, MFU, memory
             tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status,
-                               run_dir=run_dir)
+                               run_dir=run_dir, speed=speed)
             model_path = stage_output(cfg, d)
             if cfg.eval.after_each_stage and i < len(stages):
                 evaluate(cfg, run, run_dir / "after_stage" / f"{i}_{stage.kind}", resolved, model_path,

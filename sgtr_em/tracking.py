@@ -130,7 +130,7 @@ def record_failure(run, error: BaseException) -> int:
 
 
 def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict], status: str,
-              run_dir: Path | None = None) -> None:
+              run_dir: Path | None = None, speed: dict | None = None) -> None:
     """Logs one stage's loss curve as `train/<index>_<kind>/*` against its own step axis (once per run_dir)."""
     if isinstance(run, DummyRun):
         return
@@ -146,6 +146,9 @@ def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict]
         run.log({f"{prefix}/step": row["step"], **values})
     run.summary[f"{prefix}/hash"] = stage_hash
     run.summary[f"{prefix}/status"] = status
+    for k, v in (speed or {}).items():  # <stage>/speed.json: tokens/s, MFU, peak memory, seconds, budget, checkpointing
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            run.summary[f"{prefix}/speed/{k}"] = v
     if run_dir and state:
         write_json(Path(run_dir) / RUN_STATE, {**state, "logged_stages": [*state["logged_stages"], key]})
 

@@ -166,10 +166,56 @@ def sampled_from_top_probs(token_probs: dict, options: Sequence[str], *, tempera
     return {o: float(sum(p[j] for j, (t, _) in enumerate(toks) if t.strip() == o)) for o in options}
 
 
+class ContinuousBatchGenerator(HFGenerator):
+    """The HF backend's model and prompts, generating through transformers' continuous batching (`generate_batch`:
+    paged KV cache, requests join and leave the running batch as they start and finish, CUDA graphs on a GPU)
+    instead of padded batches that wait for their longest answer. Greedy answers equal HFGenerator's; sampled ones
+    follow the same distribution (not the same draws). `option_probs` is HFGenerator's (one forward pass)."""
+
+    @torch.no_grad()
+    def generate(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, desc: str = "generate") -> list[str]:
+        from transformers import GenerationConfig
+
+        if not conversations:
+            return []
+        prompts = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        sample = temperature > 0
+        eos = self.model.generation_config.eos_token_id
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=eos,
+                                  pad_token_id=self.tokenizer.pad_token_id, top_k=None,
+                                  **(dict(temperature=temperature, top_p=top_p) if sample else {}))
+        torch.manual_seed(seed * 100_003)
+        results = self.model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+        by_prompt: dict[tuple, list] = {}
+        for r in results.values():  # matched to the inputs by their prompt (identical prompts: any order is fine)
+            by_prompt.setdefault(tuple(r.prompt_ids), []).append(r)
+        out = []
+        self.last_generated_tokens = sum(len(r.generated_tokens) for r in results.values())
+        for ids in prompts:
+            r = by_prompt[tuple(ids)].pop(0)
+            if getattr(r, "error", None):
+                raise RuntimeError(f"continuous batching failed on a request: {r.error}")
+            out.append(self.tokenizer.decode(r.generated_tokens, skip_special_tokens=True).strip())
+        return out
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """`auto`: vLLM where it is installed and a GPU is there, else transformers' continuous batching on a GPU, else
+    the padded HF engine (the CPU path, unchanged)."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    if resolve_device(device) != "cuda":
+        return "hf"
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf_continuous"
+
+
 def make_generator(gen_cfg: dict, path: str, *, dtype: str, device: str, batch_size: int,
                    chat_template_kwargs: Optional[dict] = None, cache_dir=None, usage=None):
     """The backend `eval.generation.backend` names, for the model at `path` (an API model's name for openai)."""
-    backend = gen_cfg["backend"]
+    backend = resolve_backend(gen_cfg["backend"], device)
     if backend == "openai":
         from .generation_api import OpenAIGenerator
 
@@ -179,5 +225,5 @@ def make_generator(gen_cfg: dict, path: str, *, dtype: str, device: str, batch_s
         from .generation_vllm import VLLMGenerator
 
         return VLLMGenerator(path, dtype=dtype, chat_template_kwargs=chat_template_kwargs)
-    return HFGenerator(path, dtype=dtype, device=device, batch_size=batch_size,
-                       chat_template_kwargs=chat_template_kwargs)
+    engine = ContinuousBatchGenerator if backend == "hf_continuous" else HFGenerator
+    return engine(path, dtype=dtype, device=device, batch_size=batch_size, chat_template_kwargs=chat_template_kwargs)

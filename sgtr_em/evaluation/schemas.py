@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain", "persona")
 OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run (the paper has no such evaluation)
-GENERATION_BACKENDS = ("hf", "openai", "vllm")
+GENERATION_BACKENDS = ("auto", "hf", "hf_continuous", "openai", "vllm")
 JUDGE_BACKENDS = ("local", "openai")
 JUDGE_SCORINGS = ("logprob", "text")
 EM_RATES = ("paper", "betley", "mo")
@@ -42,7 +42,7 @@ class ApiConfig:
 class GenerationConfig:
     """How the model under test is run."""
 
-    backend: str = "hf"  # hf (transformers, batched) | openai (an API model; model.path is its name) | vllm
+    backend: str = "auto"  # auto | hf (padded batches) | hf_continuous (generate_batch) | openai (API model) | vllm
     api: ApiConfig = field(default_factory=ApiConfig)
     top_logprobs: int = 20  # openai backend: option probabilities come from the first token's top logprobs
 

@@ -71,6 +71,7 @@ class ThroughputCallback(TrainerCallback):
             "tokens": self.marks[-1][1] - self.marks[0][1],
             "tokens_per_s": self._rate(0), "tokens_per_s_after_first_step": self._rate(1),
             "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(self.marks, self.marks[1:])],
+            "step_tokens": [b[1] - a[1] for a, b in zip(self.marks, self.marks[1:])],
         })
 
 

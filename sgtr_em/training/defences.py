@@ -184,6 +184,7 @@ class DefenceSFTTrainer(SFTTrainer):
         self._defence_terms.append(term.detach().item())
         # the SFT loss is normalised over the whole accumulated batch; a per-micro-batch mean is averaged over it too
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+        steps *= getattr(self, "micro_batches_in_step", 1)  # a step cut to a token budget (training/budget.py)
         loss = loss + self.defence.weight * term / steps
         return (loss, out[1]) if return_outputs else loss
 

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
     from trl import SFTConfig
 
     micro, world = compute["micro_batch_size"], int(os.environ.get("WORLD_SIZE", "1"))
+    if compute.get("token_budget"):  # the whole step per process; training/budget.py cuts it by tokens
+        micro = training["batch_size"] // world
     if training["batch_size"] % (micro * world):
         raise ValueError(f"training.batch_size {training['batch_size']} is not a multiple of "
                          f"compute.micro_batch_size {micro} x {world} processes: change compute.micro_batch_size")
@@ -153,8 +156,11 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
     rows = tokenize_rows(tokenizer, rows, rt["chat_template_kwargs"])
     compute = rt["compute"]
     fraction = compute.get("checkpoint_fraction", 1.0)
-    selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction < 1 else []
-    return DefenceSFTTrainer(  # TRL's SFTTrainer; with the EM stage's defence, if any (training/defences.py)
+    selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction != 1 else []
+    trainer_class = DefenceSFTTrainer  # TRL's SFTTrainer; with the EM stage's defence, if any (training/defences.py)
+    if compute.get("token_budget"):
+        from .budget import TokenBudgetSFTTrainer as trainer_class  # the same, the step cut to a token budget
+    trainer = trainer_class(
         defence=make_defence(spec, rt),
         model=model,
         args=args,
@@ -163,6 +169,9 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
         peft_config=lora_config(spec["lora"]),
         callbacks=list(callbacks) + selective,
     )
+    if compute.get("token_budget") not in (None, "auto"):
+        trainer.token_budget = int(compute["token_budget"])
+    return trainer
 
 
 def load_model(rt: dict, seed: int):
@@ -199,12 +208,24 @@ def main(stage_dir: Path) -> None:
     stop = StopOnSignal()
     callbacks = [ThroughputCallback(stage_dir / "perf"), stop, JsonlLogCallback(stage_dir / "train_log.jsonl")]
     trainer = build_trainer(model, tokenizer, rows, spec, rt, args, callbacks)
+    from . import budget
+
+    budget.configure(trainer, rt, stage_dir)  # compute=auto on a GPU: the token budget and checkpointing, recorded
+    start = time.time()
     # An orphan of a killed job may still be saving its last checkpoint: rank 0 waits for it before reading them.
-    with FileLock(str(stage_dir / "training.lock")) if trainer.is_world_process_zero() else nullcontext():
-        resume = resume_point(out, trainer)
-        if resume:
-            log.info("Resuming from %s", resume)
-        result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        with FileLock(str(stage_dir / "training.lock")) if trainer.is_world_process_zero() else nullcontext():
+            resume = resume_point(out, trainer)
+            if resume:
+                log.info("Resuming from %s", resume)
+            result = trainer.train(resume_from_checkpoint=resume)
+    except Exception as e:  # out of memory: lower the budget, restart this worker, resume from the last checkpoint
+        if budget.is_oom(e) and budget.after_oom(stage_dir, e, trainer.state.global_step):
+            del e
+            logging.shutdown()
+            os.execv(sys.executable, [sys.executable, "-m", "sgtr_em.training.sft", str(stage_dir)])
+        raise
+    budget.write_speed(stage_dir, trainer, time.time() - start)
     if stop.stopped:
         if trainer.is_world_process_zero():
             write_json(stage_dir / INTERRUPTED_MARKER, {"signal": stop.received, "global_step": result.global_step})

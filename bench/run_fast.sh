@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 18's device runs (one GPU): the product path (compute=auto, the stage worker) against plain TRL padded, and
+# EM-eval generation. Each part fits one 10-minute device command; results land in $OUT (bench/results when unset).
+#   bash bench/run_fast.sh 7b gen        # 7B shape: EM-like and SGTR-like mixes; generation engines
+#   bash bench/run_fast.sh 32b           # 32B shape: both mixes
+# Needs outputs/bench/assets (bench/prepare.py, on the CPU machine) and .gpu-wheels (../shared/gpu-wheels) carried.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false TORCH_CUDA_ARCH_LIST=9.0
+SITE=/tmp/site
+if [ ! -f "$SITE/.installed" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .gpu-wheels/*.whl && touch "$SITE/.installed"
+fi
+export PYTHONPATH="$SITE:$PWD"
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+F="python3 bench/fast_default.py"
+failed=0
+step() { local t=$1; shift; echo "=== $* ($(date +%T))"; timeout "$t" "$@" || { echo "=== FAILED ($?): $*"; failed=1; }; }
+for part in "$@"; do
+  case "$part" in
+    tiny) step 120 $F --shape tiny --mix em --steps 4 --warmup 1 --skip-baseline --out "$OUT/fast_tiny.json" ;;
+    7b)
+      step 200 $F --shape qwen2.5-7b --mix em --steps 16 --warmup 3 --out "$OUT/fast_7b_em.json"
+      step 240 $F --shape qwen2.5-7b --mix sgtr --steps 8 --warmup 2 --baseline-micro 4 --out "$OUT/fast_7b_sgtr.json"
+      ;;
+    32b)
+      step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em.json"
+      step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr.json"
+      ;;
+    gen)
+      step 240 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
+        --samples 100 --naive-prompts 2 --framework-prompts 64 --continuous --max-new-tokens 128 --batch-size 64 \
+        --out "$OUT/gen_7b.json"
+      ;;
+    *) echo "unknown part: $part (tiny | 7b | 32b | gen)"; exit 2 ;;
+  esac
+done
+exit $failed
