@@ -283,7 +283,7 @@ def eval_problems(cfg) -> list[str]:
                             "eval.mmlu.headline_shots=0")
         if m.letter.split not in ("dev", "test"):
             problems.append(f"eval.mmlu.letter.split: {m.letter.split!r} is not dev or test")
-        if m.prompt_style == "lm_eval" and ev.generation.backend != "hf":
+        if m.prompt_style == "lm_eval" and ev.generation.backend not in ("hf", "hf_continuous", "auto"):
             problems.append("eval.mmlu.prompt_style: lm_eval scores log-likelihoods of a raw prompt, which needs "
                             f"eval.generation.backend=hf (not {ev.generation.backend}); API models: prompt_style=letter")
     if "identity" in ev.run:
