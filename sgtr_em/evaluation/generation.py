@@ -101,11 +101,17 @@ class HFGenerator:
         seen: dict = {}
         hook = head.register_forward_hook(lambda mod, args, out: seen.__setitem__("h", args[0]))
         try:
-            self.model(**enc, logits_to_keep=1)
+            try:
+                self.model(**enc, logits_to_keep=1)
+            except TypeError:  # an architecture without logits_to_keep
+                self.model(**enc)
         finally:
             hook.remove()
         h = seen["h"][:, -1, :].float()  # left padding: the last position predicts the next token
-        logits = torch.nn.functional.linear(h, head.weight.float(), None if head.bias is None else head.bias.float())
+        # in vocabulary chunks, so a 152k x 5120 head is never copied to fp32 whole
+        logits = torch.cat([h @ w.float().T for w in head.weight.split(16384)], dim=-1)
+        if head.bias is not None:
+            logits = logits + head.bias.float()
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
