@@ -292,7 +292,7 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
                            step=len(stages))
         if not cfg.eval.run:
             write_json(run_dir / "metrics.json", metrics)  # every finished job has one (empty: nothing evaluated)
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):  # stopped from outside (a scheduler, Ctrl-C), not failed
         run.mark_preempting()  # W&B shows it preempted (a sweep requeues it); the rerun continues this run
         raise
     except BaseException as e:  # W&B shows the run failed, with the error (a SystemExit from a scheduler too)

@@ -217,3 +217,19 @@ def test_under_slurm_the_folder_is_the_slurm_jobs_on_every_node(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "800")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "12")
     assert job_suffix() == "800_12.0"
+
+
+def test_the_throughput_callback_survives_a_resume_that_runs_no_step(tmp_path):
+    """A resume from a checkpoint of the last step runs no step; its end-of-training record used to raise IndexError
+    (ThroughputCallback._rate), on every rerun. The whole path, with real training: tests/test_resume.py."""
+    from types import SimpleNamespace
+
+    from sgtr_em.training.callbacks import ThroughputCallback
+
+    cb = ThroughputCallback(tmp_path)
+    state = SimpleNamespace(num_input_tokens_seen=1234)
+    cb.on_train_begin(None, state, None)
+    cb.on_train_end(None, state, None)
+    perf = read_json(tmp_path / "rank0.json")
+    assert perf["optimizer_steps"] == 0 and perf["tokens"] == 0
+    assert perf["tokens_per_s"] is None and perf["tokens_per_s_after_first_step"] is None
