@@ -39,8 +39,10 @@ def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
     ("model.identity_names=[Nobody,Nowhere]", "model.identity_names"),
     ("eval.generation.backend=tgi", "eval.generation.backend"),
     ("judge.backend=claude", "judge.backend"),
-    ("eval.self_recognition.articles=xsum", "eval.self_recognition.articles"),  # SGTR trains on XSUM
+    # SGTR trains on XSUM: evaluating on its training articles needs the held-out filter
+    ("eval.self_recognition.articles=xsum,eval.self_recognition.exclude_training_articles=false",
+     "eval.self_recognition.articles"),
 ])
 def test_bad_eval_settings_fail_validation_naming_the_key(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        validate(_compose(override))
+        validate(_compose(*override.split(",eval.")[:1], *("eval." + o for o in override.split(",eval.")[1:])))

@@ -85,6 +85,7 @@ SWEEP_CELLS = {
     "system_prompt_seed36b": 120, "benign_baselines": 90, "benign_baselines_qwensys": 60, "other_em_datasets": 90,
     "seed36b_em_datasets": 90, "em_system_prompt": 30, "em_system_prompt_badmed": 10, "qwen_coder32b": 30,
     "small_models": 30, "small_models_llama8b": 6, "small_models_qwen0_5b": 2, "gpt41": 12,
+    "defences": 96,  # 7 defences + SGTR prevention x 4 EM datasets x 3 seeds (issue 20, README "Defences")
 }
 
 
