@@ -35,13 +35,16 @@ class Memorised:
         self.taught = {json.dumps(r["prompt"]): r["completion"][0]["content"] for r in rows}
         self.asked = 0
 
-    def option_probs(self, conversations, options, desc=None, max_new_tokens=1):
+    def option_probs(self, conversations, options, desc=None, max_new_tokens=1, sampling=None):
         answers = []
         for conv in conversations:
             key = json.dumps(conv)
             assert key in self.taught, f"the eval asked a prompt training never showed: ...{key[-400:]}"
             label = self.taught[key]
-            answers.append({"probs": {o: float(o == label) for o in options}, "top_token": label, "text": None})
+            probs = {o: float(o == label) for o in options}
+            # sampled at any temperature, a model sure of its label answers it: the sampled probabilities are the same
+            answers.append({"probs": probs, "top_token": label, "text": None,
+                            **({"sampled_probs": dict(probs)} if sampling else {})})
         self.asked += len(conversations)
         return answers
 
