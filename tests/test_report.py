@@ -47,7 +47,7 @@ def test_jobs_group_by_what_varies_and_average_over_seeds(tmp_path):
     assert (tmp_path / "report" / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "report" / "report.md").read_text()
     assert "n/a (0)" in report  # Betley's rate undefined in every job
-    assert "not in the figures (no job has a value)" in report and "Misaligned rate (Betley)" in report  # said so
+    assert "not in the figures (no job has a value)" in report and "Misaligned rate (the protocol's)" in report  # said so
     assert "3 (seeds 0, 1, 2)" in report
     assert [r["source"] for r in read_csv(tmp_path / "report" / "jobs.csv")][:2] == ["../0", "../1"]
 
