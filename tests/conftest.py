@@ -127,7 +127,9 @@ def reference_stage(data_dir, cache_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     env = {**os.environ, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_CACHE_DIR": str(cache_dir),
            "SGTR_EM_OUTPUT_DIR": str(out / "outputs"), "WANDB_SILENT": "true"}
-    cmd = [sys.executable, "-m", "sgtr_em.train", *TRAIN, "compute=cpu", f"hydra.run.dir={out / 'run'}"]
+    # its checkpoints are kept (not part of the hash): the resume tests start other runs from them
+    cmd = [sys.executable, "-m", "sgtr_em.train", *TRAIN, "compute=cpu", "training.keep_checkpoints=true",
+           f"hydra.run.dir={out / 'run'}"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return Path(json.loads((out / "run" / "stages.json").read_text())[0]["folder"])
