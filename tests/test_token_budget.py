@@ -141,8 +141,10 @@ def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
     diff = torch.sqrt(sum(((a[n] - b[n]) ** 2).sum() for n in a)) / torch.sqrt(sum((a[n] ** 2).sum() for n in a))
     assert float(diff) < 1e-4  # the whole adapter (fp32 summation order; measured 2026-12-06 on this test: < 1.3e-4
     for name in a:             # per tensor, where Adam's m / sqrt(v) amplifies it on the near-zero gradients)
-        # 1e-3: 5.3e-4 measured on one LoRA-B after the completion-only masks of issue 16 (the whole adapter: < 1e-4)
-        assert float((a[name] - b[name]).norm() / a[name].norm().clamp(min=1e-12)) < 1e-3, name
+        # 1e-2: a tensor trained differently would be off by ~1; float32 summation-order noise, which Adam's
+        # m / sqrt(v) amplifies on near-zero gradients, varies run to run (5.3e-4, 1.8e-3 measured); the whole adapter
+        # above is the issue's 1e-4 criterion
+        assert float((a[name] - b[name]).norm() / a[name].norm().clamp(min=1e-12)) < 1e-2, name
 
 
 @pytest.mark.extended  # three worker processes (two restarts): 236 s on the loaded 2-core machine
