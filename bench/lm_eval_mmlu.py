@@ -11,11 +11,11 @@ doc_to_choice, target, few-shot split and sampler unchanged) with only the data 
 over JSONL files written from the CSVs in cais/mmlu's schema (question, subject, choices, answer index).
 
 Install the harness in its own venv (it pins versions of its own; the project's venv stays as it is):
-    python3 -m venv /work/venvs/lmeval
-    /work/venvs/lmeval/bin/pip install torch==2.13.0 lm_eval==0.4.13     # CPU; any torch build works
+    python3 -m venv "${LMEVAL_VENV:-.venv-lmeval}"
+    "${LMEVAL_VENV:-.venv-lmeval}"/bin/pip install torch==2.13.0 lm_eval==0.4.13     # CPU; any torch build works
 Run (CPU: about 365k tokens per side for the default subjects, hours on 2 shared cores; a GPU takes seconds):
     python bench/lm_eval_mmlu.py --model <HF folder of SmolLM2-135M-Instruct> --data <data>/mmlu \\
-        --lm-eval-python /work/venvs/lmeval/bin/python --out bench/results/lm_eval_mmlu.json
+        --lm-eval-python "${LMEVAL_VENV:-.venv-lmeval}"/bin/python --out bench/results/lm_eval_mmlu.json
     (the project side runs in the calling python; the harness side in --lm-eval-python, which may be the same
     interpreter when both are installed in it). The model folder: `resolve_model_path` of model=smollm2
     (sgtr_em/models.py), e.g. python -c "from sgtr_em.models import resolve_model_path; ..." (see --convert).

