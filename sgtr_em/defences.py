@@ -25,12 +25,13 @@ from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
+from .choices import DefenceKind, PplSelection, values
+
 log = logging.getLogger(__name__)
 
-DEFENCE_KINDS = ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inoculation", "persona_steer")
+DEFENCE_KINDS = values(DefenceKind)
 LOSS_KINDS = ("kl", "ldifs")  # a term added to the SFT loss (training/defences.py)
 DATA_KINDS = ("interleave", "interleave_ppl", "inoculation")  # a step after the EM data is built (data/build.py)
-PPL_SELECTIONS = ("em_minus_ref", "ref_minus_em")
 
 
 @dataclass
@@ -49,11 +50,11 @@ class GeneralPoolConfig:
 @dataclass
 class DefenceConfig:
     name: str = MISSING
-    kind: str = "none"  # one of DEFENCE_KINDS
+    kind: DefenceKind = DefenceKind.none
     weight: float = 0.0  # kl, ldifs: lambda, the term's weight in the loss
     num_layers: int = 5  # ldifs: decoder layers whose outputs are compared, evenly spaced from the first to the last
     ratio: float = 0.0  # interleave*: the general examples' share of the EM stage's training set (0 <= ratio < 1)
-    selection: str = "em_minus_ref"  # interleave_ppl: which perplexity gap ranks the pool, highest first
+    selection: PplSelection = PplSelection.em_minus_ref  # interleave_ppl: which perplexity gap ranks the pool, highest first
     pool: GeneralPoolConfig = field(default_factory=GeneralPoolConfig)
     prompt: str = ""  # inoculation: the system prompt of the EM training data (absent at evaluation)
     layer: Optional[int] = None  # persona_steer: decoder layer (0-based) whose output is steered; null = 2/3 depth
@@ -89,8 +90,6 @@ def defence_problems(cfg) -> list[str]:
     if d is None:
         return []
     problems = []
-    if d.kind not in DEFENCE_KINDS:
-        return [f"defence.kind: {d.kind!r} is not one of {DEFENCE_KINDS}"]
     if d.kind in LOSS_KINDS and d.weight <= 0:
         problems.append(f"defence.weight: {d.weight} must be positive for defence {d.name} (kind {d.kind})")
     if d.kind == "ldifs" and d.num_layers < 1:
@@ -99,8 +98,6 @@ def defence_problems(cfg) -> list[str]:
         problems.append(f"defence.ratio: {d.ratio} must be between 0 and 1 (the general examples' share)")
     if d.kind in ("interleave", "interleave_ppl") and not d.pool.user_template:
         problems.append("defence.pool.user_template: the interleave kinds ask the general pool's prompts with it")
-    if d.kind == "interleave_ppl" and d.selection not in PPL_SELECTIONS:
-        problems.append(f"defence.selection: {d.selection!r} is not one of {PPL_SELECTIONS}")
     if d.kind == "inoculation" and not d.prompt:
         problems.append("defence.prompt: inoculation needs its training-time system prompt")
     if d.kind == "persona_steer" and d.coef == 0:

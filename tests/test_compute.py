@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+from hydra.errors import ConfigCompositionException
 
 from sgtr_em.compute import choose_zero, deepspeed_json, resolve_compute
 from sgtr_em.train import multirun_cfg_argv
@@ -83,7 +84,7 @@ def test_compute_resolves_on_a_cpu(monkeypatch):
 def test_bad_compute_fails_early_with_the_key():
     from sgtr_em.config import validate
 
-    with pytest.raises(ValueError, match="compute.launcher"):
+    with pytest.raises(ConfigCompositionException, match="compute.launcher"):  # an enum: refused at compose
         validate(_compose("compute.launcher=mpirun"))
     with pytest.raises(ValueError, match="deepspeed needs a distributed launcher"):
         validate(_compose("deepspeed=zero2", "compute.launcher=python"))

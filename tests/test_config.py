@@ -134,7 +134,7 @@ def test_lora_targets_come_from_the_model():
 
 
 def test_unknown_system_prompt_mode_fails_validation():
-    with pytest.raises(ValueError, match="system_prompt.eval"):
+    with pytest.raises(ConfigCompositionException, match="system_prompt.eval"):  # an enum: refused at compose
         validate(_compose("system_prompt.eval=nonsense"))
 
 

@@ -4,6 +4,7 @@ headline. Config-only tests here; the estimators on SmolLM2 are in tests/test_es
 from __future__ import annotations
 
 import pytest
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from sgtr_em.config import validate
@@ -55,7 +56,7 @@ def test_each_protocol_composes_and_pins_its_rate_and_sampling(protocol, rate, s
 
 
 def test_a_bad_protocol_value_fails_validation_naming_the_key():
-    with pytest.raises(ValueError, match=r"protocol\.em_rate"):
+    with pytest.raises(ConfigCompositionException, match=r"protocol\.em_rate"):  # enums: refused at compose
         validate(_compose("protocol.em_rate=nope"))
-    with pytest.raises(ValueError, match=r"judge\.scoring"):
+    with pytest.raises(ConfigCompositionException, match=r"protocol\.judge_scoring"):
         validate(_compose("protocol.judge_scoring=words"))

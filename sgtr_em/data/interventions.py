@@ -26,8 +26,8 @@ from .chat_file import load_chat_examples
 from .files import load_manifest
 from .mmlu import build_mmlu_qa, read_mmlu
 from .normalise import normalise_all
-from .sgtr import LABEL_RULES, build_summary_pairs, sample_article_ids
-from .summaries import SELF_SUMMARIES, own_summaries, summary_file
+from .sgtr import build_summary_pairs, sample_article_ids
+from .summaries import own_summaries, summary_file
 from .word_count import build_word_count
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,8 @@ def intervention_problems(cfg) -> list[str]:
     if i.num_examples is not None and i.num_examples < 1:
         problems.append("intervention.num_examples: give a positive number, or null for every example built")
     if KINDS[i.kind].uses_summaries:
-        if i.kind == "summary_pairs" and i.labels not in LABEL_RULES:
-            problems.append(f"intervention.labels: {i.labels!r} is not one of {LABEL_RULES}")
         if i.length_balanced and i.labels != "longer":
             problems.append("intervention.length_balanced needs labels=longer")
-        if i.self_summaries not in SELF_SUMMARIES:
-            problems.append(f"intervention.self_summaries: {i.self_summaries!r} is not one of {SELF_SUMMARIES}")
         if i.self_summaries == "precomputed" and not cfg.model.summaries_source:
             problems.append(f"intervention.self_summaries=precomputed, but model {cfg.model.name} has no "
                             "model.summaries_source (the paper's summaries by this model); use stage_input or base_model")

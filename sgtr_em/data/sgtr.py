@@ -18,9 +18,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
+from ..choices import LabelRule, values
 from .system_prompt import with_system
 
-LABEL_RULES = ("prefer_self", "prefer_other", "both", "longer")
+LABEL_RULES = values(LabelRule)  # intervention.labels
 
 
 @dataclass

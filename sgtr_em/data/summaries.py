@@ -19,9 +19,6 @@ from typing import Mapping, Sequence
 
 from ..io import read_json, write_json
 
-SELF_SUMMARIES = ("stage_input", "base_model", "precomputed")
-
-
 def summary_file(articles: str, source: str) -> str:
     """The data-directory path of a precomputed summary set, e.g. summaries/xsum/xsum_train_claude-21_responses.json."""
     return f"summaries/{articles}/{articles}_train_{source}_responses.json"

@@ -8,9 +8,11 @@ The API key is read from the environment variable the config names, never from a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
@@ -22,12 +24,31 @@ log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
 
 
-API_KEYS = ("base_url", "api_key_env", "max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries",
-            "timeout_s", "input_usd_per_mtok", "output_usd_per_mtok", "cache")
+@dataclass
+class ApiConfig:
+    """An OpenAI-compatible endpoint (OpenAI, vLLM, the project's own `python -m sgtr_em.openai_server`): the schema of
+    judge.api and eval.generation.api, and the endpoint half of the `openai` block (OpenAIConfig extends it)."""
+
+    base_url: Optional[str] = None  # null: $OPENAI_BASE_URL, else https://api.openai.com/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from a config
+    max_concurrency: int = 16  # requests in flight at once
+    # Rate limits, paced on the client (sgtr_em/evaluation/rate_limit.py): null = the server's, learned from its
+    # x-ratelimit-* headers; a number caps them further (e.g. a share of an organisation's limit shared by jobs)
+    requests_per_minute: Optional[float] = None
+    tokens_per_minute: Optional[float] = None
+    max_retries: int = 8  # the SDK's retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors
+    timeout_s: float = 60.0
+    input_usd_per_mtok: float = 0.0  # prices, for the cost accounting in metrics.json
+    output_usd_per_mtok: float = 0.0
+    cache: bool = True  # on-disk cache keyed by model + messages + parameters: a rerun makes no calls
+
+
+API_KEYS = tuple(f.name for f in dataclasses.fields(ApiConfig))
 
 
 def openai_api(openai_cfg: dict) -> dict:
-    """The endpoint settings (eval.generation.api's shape) of the `openai` block: where an API model lives."""
+    """The endpoint settings (an ApiConfig, eval.generation.api's shape) of the `openai` block: where an API model
+    lives."""
     return {k: openai_cfg.get(k) for k in API_KEYS}
 
 

@@ -11,38 +11,19 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
+from ..choices import (ChoiceEstimator, EmRate, GenerationBackend, JudgeBackend, JudgeScoring, MmluPromptStyle,
+                       MmluSplit, SrSystem)
+from .api import ApiConfig  # the endpoint schema, beside the client that reads it
+
 EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain", "persona")
 OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run (the paper has no such evaluation)
-GENERATION_BACKENDS = ("auto", "hf", "hf_continuous", "openai", "vllm")
-JUDGE_BACKENDS = ("local", "openai")
-JUDGE_SCORINGS = ("logprob", "text")
-EM_RATES = ("paper", "betley", "mo")
-CHOICE_ESTIMATORS = ("sampled_expected", "sampled", "argmax", "probability", "greedy")
-
-
-@dataclass
-class ApiConfig:
-    """An OpenAI-compatible endpoint (OpenAI, vLLM, the project's own `python -m sgtr_em.openai_server`)."""
-
-    base_url: Optional[str] = None  # null: $OPENAI_BASE_URL, else https://api.openai.com/v1
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from a config
-    max_concurrency: int = 16  # requests in flight at once
-    # Rate limits, paced on the client (sgtr_em/evaluation/rate_limit.py): null = the server's, learned from its
-    # x-ratelimit-* headers; a number caps them further (e.g. a share of an organisation's limit shared by jobs)
-    requests_per_minute: Optional[float] = None
-    tokens_per_minute: Optional[float] = None
-    max_retries: int = 8  # the SDK's retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors
-    timeout_s: float = 60.0
-    input_usd_per_mtok: float = 0.0  # prices, for the cost accounting in metrics.json
-    output_usd_per_mtok: float = 0.0
-    cache: bool = True  # on-disk cache keyed by model + messages + parameters: a rerun makes no calls
 
 
 @dataclass
 class GenerationConfig:
     """How the model under test is run."""
 
-    backend: str = "auto"  # auto | hf (padded batches) | hf_continuous (generate_batch) | openai (API model) | vllm
+    backend: GenerationBackend = GenerationBackend.auto  # auto | hf (padded batches) | hf_continuous (generate_batch) | openai (API model) | vllm
     api: ApiConfig = field(default_factory=ApiConfig)
     top_logprobs: int = 20  # openai backend: option probabilities come from the first token's top logprobs
 
@@ -66,7 +47,7 @@ class SelfRecognitionEvalConfig:
     summaries: str = "self"
     # The eval's system turn: `detection` (the paper's detection system prompt, always) or `intervention` (whatever
     # system_prompt.intervention_train gives the SGTR training pairs: the identity prompt under qwensys, ...)
-    system: str = "intervention"
+    system: SrSystem = SrSystem.intervention
     headline_source: Optional[str] = None  # the headline's "other" source (paper: claude-21); null = all pooled
     # When the SGTR-family intervention trains on these articles too (intervention.articles == articles, e.g. the
     # positive control conf/eval/sr_same_distribution.yaml): evaluate only on articles it did not train on
@@ -108,14 +89,11 @@ class TruthfulQAEvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the sampled estimators' decoding
 
 
-MMLU_PROMPT_STYLES = ("chat", "lm_eval", "letter")
-
-
 @dataclass
 class MmluLetterConfig:
     """prompt_style=letter: a greedy answer whose first capital letter is the choice (the paper's GPT-4.1 setting)."""
 
-    split: str = "dev"  # the questions asked: dev or test (0-shot only)
+    split: MmluSplit = MmluSplit.dev  # the questions asked: dev or test (0-shot only)
     template: str = MISSING  # the user turn: {question}, {A}..{D}
     max_new_tokens: int = 4
 
@@ -129,7 +107,7 @@ class MmluEvalConfig:
     # chat: the prompt in a user turn (chat template, eval system prompt), next-token probability of "A".."D";
     # lm_eval: lm-evaluation-harness's `mmlu` task (raw text, log-likelihood of " A".." D", acc);
     # letter: `letter.template` in a user turn, answered greedily (API models)
-    prompt_style: str = "chat"
+    prompt_style: MmluPromptStyle = MmluPromptStyle.chat
     headline_shots: int = 0  # the shot count reported at the top level (accuracy, summaries); one of `shots`
     header_template: str = MISSING  # {subject}
     question_template: str = MISSING  # {question}, {A}..{D}
@@ -195,12 +173,12 @@ class EvalConfig:
 @dataclass
 class JudgeConfig:
     name: str = MISSING
-    backend: str = "local"  # local (a HF model on this machine) | openai (any OpenAI-compatible endpoint)
+    backend: JudgeBackend = JudgeBackend.local  # local (a HF model on this machine) | openai (any OpenAI-compatible endpoint)
     model: Optional[str] = None  # local: hub id or folder, null = the job's base model; openai: the model name
     min_number_mass: float = 0.25  # no score when less probability than this is on the numbers 0..100
     # logprob: Betley et al.'s probability-weighted score; text: the paper's (a short answer at `temperature`, the
     # first number in it; CODE / REFUSAL kept as labels)
-    scoring: str = "logprob"
+    scoring: JudgeScoring = JudgeScoring.logprob
     max_score_tokens: int = 16  # text scoring: the judge's answer is read from this many tokens
     temperature: float = 0.0
     top_logprobs: int = 20  # openai: one token, its top logprobs
@@ -227,15 +205,15 @@ class ProtocolConfig:
     recorded whatever the protocol."""
 
     name: str = MISSING
-    em_rate: str = "betley"  # paper | betley | mo (eval.em: misaligned_rate_<name>)
-    sr_estimator: str = "argmax"  # sampled_expected | sampled | argmax | probability | greedy
-    truthfulqa_estimator: str = "argmax"  # the same names (sampled* and greedy: an invalid answer is wrong)
+    em_rate: EmRate = EmRate.betley  # paper | betley | mo (eval.em: misaligned_rate_<name>)
+    sr_estimator: ChoiceEstimator = ChoiceEstimator.argmax  # sampled_expected | sampled | argmax | probability | greedy
+    truthfulqa_estimator: ChoiceEstimator = ChoiceEstimator.argmax  # the same names (sampled* and greedy: an invalid answer is wrong)
     em: ProtocolEmConfig = field(default_factory=ProtocolEmConfig)  # the EM answers' sampling
-    judge_scoring: str = "logprob"  # judge.scoring: logprob | text
-    sr_system: str = "intervention"  # eval.self_recognition.system: detection | intervention
+    judge_scoring: JudgeScoring = JudgeScoring.logprob  # judge.scoring: logprob | text
+    sr_system: SrSystem = SrSystem.intervention  # eval.self_recognition.system: detection | intervention
     sr_headline_source: Optional[str] = None  # eval.self_recognition.headline_source
     normalise_summaries: bool = True  # intervention.normalise (summary kinds)
-    mmlu_prompt_style: str = "chat"  # eval.mmlu.prompt_style
+    mmlu_prompt_style: MmluPromptStyle = MmluPromptStyle.chat  # eval.mmlu.prompt_style
     mmlu_headline_shots: int = 0  # eval.mmlu.headline_shots
 
 
@@ -245,21 +223,6 @@ def eval_problems(cfg) -> list[str]:
     for name in ev.run:
         if name not in EVAL_NAMES:
             problems.append(f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
-    if ev.generation.backend not in GENERATION_BACKENDS:
-        problems.append(f"eval.generation.backend: {ev.generation.backend!r} is not one of {GENERATION_BACKENDS}")
-    if cfg.judge.backend not in JUDGE_BACKENDS:
-        problems.append(f"judge.backend: {cfg.judge.backend!r} is not one of {JUDGE_BACKENDS}")
-    if cfg.judge.scoring not in JUDGE_SCORINGS:
-        problems.append(f"judge.scoring: {cfg.judge.scoring!r} is not one of {JUDGE_SCORINGS}")
-    if ev.self_recognition.system not in ("detection", "intervention"):
-        problems.append(f"eval.self_recognition.system: {ev.self_recognition.system!r} is not detection|intervention")
-    pr = cfg.get("protocol")
-    if pr is not None:
-        if pr.em_rate not in EM_RATES:
-            problems.append(f"protocol.em_rate: {pr.em_rate!r} is not one of {EM_RATES}")
-        for key in ("sr_estimator", "truthfulqa_estimator"):
-            if pr[key] not in CHOICE_ESTIMATORS:
-                problems.append(f"protocol.{key}: {pr[key]!r} is not one of {CHOICE_ESTIMATORS}")
     if cfg.judge.backend == "openai" and not cfg.judge.model:
         problems.append("judge.model: the openai judge needs a model name (e.g. gpt-4o-2024-08-06)")
     if "self_recognition" in ev.run and cfg.intervention.kind in ("summary_pairs", "summary_word_count") and \
@@ -273,16 +236,12 @@ def eval_problems(cfg) -> list[str]:
                 problems.append(f"eval.em.question_sets: {s!r} is not a key of eval.em.sets ({sorted(ev.em.sets)})")
     if "mmlu" in ev.run:
         m = ev.mmlu
-        if m.prompt_style not in MMLU_PROMPT_STYLES:
-            problems.append(f"eval.mmlu.prompt_style: {m.prompt_style!r} is not one of {MMLU_PROMPT_STYLES}")
         if m.headline_shots not in m.shots:
             problems.append(f"eval.mmlu.headline_shots: {m.headline_shots} is not one of eval.mmlu.shots "
                             f"{list(m.shots)}; add it there or pick one of them")
         if m.prompt_style == "letter" and list(m.shots) != [0]:
             problems.append("eval.mmlu.shots: prompt_style=letter asks 0-shot only; set eval.mmlu.shots=[0] "
                             "eval.mmlu.headline_shots=0")
-        if m.letter.split not in ("dev", "test"):
-            problems.append(f"eval.mmlu.letter.split: {m.letter.split!r} is not dev or test")
         if m.prompt_style == "lm_eval" and ev.generation.backend not in ("hf", "hf_continuous", "auto"):
             problems.append("eval.mmlu.prompt_style: lm_eval scores log-likelihoods of a raw prompt, which needs "
                             f"eval.generation.backend=hf (not {ev.generation.backend}); API models: prompt_style=letter")

@@ -1,0 +1,109 @@
+"""The schema's own guarantees: closed sets are enums refused at compose time, one endpoint schema (ApiConfig), and
+stage hashes unchanged by how the schema spells its values."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from enum import Enum
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from sgtr_em.config import Config, OpenAIConfig
+from sgtr_em.evaluation.api import ApiConfig, api_model_eval, openai_api
+from sgtr_em.plan import content_hash, final_model_identity, plan_stages
+
+from .test_config import CONF, _compose
+
+# Every enum-typed key of the config (sgtr_em/choices.py). A new one joins this list, and so gets its typo test.
+ENUM_KEYS = [
+    "model.backend", "intervention.labels", "intervention.self_summaries", "stage_order.stages",
+    "system_prompt.em_train", "system_prompt.intervention_train", "system_prompt.eval", "compute.launcher",
+    "eval.generation.backend", "eval.self_recognition.system", "eval.mmlu.prompt_style", "eval.mmlu.letter.split",
+    "judge.backend", "judge.scoring", "protocol.em_rate", "protocol.sr_estimator", "protocol.truthfulqa_estimator",
+    "protocol.judge_scoring", "protocol.sr_system", "protocol.mmlu_prompt_style", "tracking.backend", "tracking.mode",
+    "defence.kind", "defence.selection",
+]
+
+
+def enum_fields(schema, prefix: str = "") -> dict[str, type]:
+    """{key: enum class} of every field typed with an Enum (or a list of one), through nested dataclasses."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        hint = typing.get_type_hints(schema)[f.name]
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+        inner = next((a for a in typing.get_args(inner) if a is not type(None)), inner)  # Optional[X] -> X
+        if isinstance(inner, type) and issubclass(inner, Enum):
+            out[prefix + f.name] = inner
+        elif dataclasses.is_dataclass(inner):
+            out.update(enum_fields(inner, f"{prefix}{f.name}."))
+    return out
+
+
+ENUMS = enum_fields(Config)
+
+
+def test_the_enum_keys_are_the_listed_ones():
+    assert sorted(ENUMS) == sorted(ENUM_KEYS)
+
+
+@pytest.mark.parametrize("key", ENUM_KEYS)
+def test_a_typo_in_an_enum_field_fails_at_compose_naming_the_key(key):
+    allowed = [m.value for m in ENUMS[key]]
+    typo = allowed[0][:-1] + "x"  # one letter off
+    override = f"{key}=[{allowed[0]},{typo}]" if key == "stage_order.stages" else f"{key}={typo}"
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as e:
+            compose("config", overrides=[override])
+    message = f"{e.value} {e.value.__cause__}"
+    assert f"full_key: {key}" in message and f"expected one of [{', '.join(allowed)}]" in message, message
+
+
+def test_enum_values_read_write_and_hash_as_their_strings():
+    cfg = _compose("model=gpt41", "judge=openai")
+    assert cfg.model.backend == "openai" and cfg.judge.backend == "openai" and cfg.stage_order.stages == ["em", "intervention"]
+    assert f"{cfg.model.backend}/{cfg.judge.scoring}" == "openai/logprob" and repr(cfg.model.backend) == "'openai'"
+    assert {"openai": 1}[cfg.model.backend] == 1 and str(cfg.model.backend).__class__ is str
+    as_json = json.dumps(OmegaConf.to_container(cfg.system_prompt, resolve=True), sort_keys=True)
+    assert as_json == json.dumps({"custom": None, "em_train": "default", "eval": "default",
+                                  "intervention_train": "task", "name": "default"}, sort_keys=True)
+    assert "backend: openai\n" in OmegaConf.to_yaml(cfg.model)
+
+
+# Stage hashes (each stage, then the final model's identity) as main computed them before the schema used enums
+# (3f4ee89): how the schema spells a value never moves a hash, so no trained stage is orphaned.
+PINNED_HASHES = {
+    "": ["0aaee7f3e5e31fe8", "85b8ca127d4d4ecc", "091efa3df0a42436"],
+    "model=gpt41": ["5f78549c8d62b6ff", "2be6cf646921aa45", "77a470bbd989cbc6"],
+    "experiment=paper_scale model=qwen32b": ["a054c0e1df812b52", "2bb61095a9062113", "7f796a841ef543ee"],
+    "intervention=word_count": ["0aaee7f3e5e31fe8", "bbbb2ca55164dbcb", "ee11c223dbf314b0"],
+    "defence=interleave_ppl stage_order=prevention": ["fed6b7eecd1da3de", "d3eed48c639e8c46", "9b6bf1d3bffdae81"],
+    "intervention=prefer_other system_prompt=qwensys model=qwen32b":
+        ["34ae7b70fd5a7e3d", "f97db2a03eab6f41", "78cb647f3c877ce5"],
+}
+
+
+@pytest.mark.parametrize("overrides", sorted(PINNED_HASHES))
+def test_stage_hashes_are_pinned(overrides):
+    cfg = _compose(*overrides.split())
+    stages = plan_stages(cfg)
+    assert [s.hash for s in stages] + [content_hash(final_model_identity(stages, cfg))] == PINNED_HASHES[overrides]
+
+
+def test_one_endpoint_schema_for_the_judge_the_api_model_and_fine_tuning():
+    cfg = _compose("model=gpt41", "judge=openai")
+    assert issubclass(OpenAIConfig, ApiConfig)  # the `openai` block: ApiConfig's keys + the fine-tuning job's
+    for node in (cfg.openai, cfg.judge.api, cfg.eval.generation.api):
+        assert issubclass(OmegaConf.get_type(node), ApiConfig)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    api = openai_api(resolved["openai"])
+    assert list(api) == [f.name for f in dataclasses.fields(ApiConfig)]
+    assert api["timeout_s"] == 120 and api["output_usd_per_mtok"] == 12.0  # conf/config.yaml's openai block
+    assert api_model_eval(resolved)["eval"]["generation"]["api"] == api
+    with pytest.raises(ConfigCompositionException, match="openai.max_concurency"):
+        _compose("openai.max_concurency=4")  # a typo in the shared keys fails at compose, as in judge.api
+    with pytest.raises(ConfigCompositionException, match="judge.api.poll_interval_s"):
+        _compose("judge.api.poll_interval_s=4")  # fine-tuning keys belong to the `openai` block only
