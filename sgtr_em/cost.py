@@ -114,16 +114,16 @@ def stage_cost(stage, data_dir: Path) -> StageCost:
     if stage.spec["training"].get("backend") == "openai":
         epochs = stage.spec["training"]["hyperparameters"].get("n_epochs", 1)
         epochs = 1 if epochs == "auto" else epochs
-    kind = d["type"]
-    cap = d.get("max_examples") if kind == "em" else d.get("num_examples")
-    if kind in ("em", "chat_file"):
+    builder = d["type"]
+    cap = d.get("max_examples") if builder == "em" else d.get("num_examples")
+    if builder in ("em", "chat_file"):
         path = data_dir / d["file"]
         if not path.exists():
             return StageCost(d["name"], 0, 0, f"{d['file']} not in the data folder (downloaded on first use)")
         rows, chars, messages = chat_file_stats(str(path))
-        n = rows if cap is None else (cap if kind == "chat_file" else min(cap, rows))
+        n = rows if cap is None else (cap if builder == "chat_file" else min(cap, rows))
         per = text_tokens(chars, messages) / rows
-    elif kind in ("summary_pairs", "summary_word_count"):
+    elif builder in ("summary_pairs", "summary_word_count"):
         articles, other = d["articles"], d["other_sources"][0]
         a_path = data_dir / "articles" / f"{articles}_train_articles.json"
         s_path = data_dir / "summaries" / articles / f"{articles}_train_{other}_responses.json"
@@ -132,11 +132,11 @@ def stage_cost(stage, data_dir: Path) -> StageCost:
         n_articles, article_chars = _json_lengths(str(a_path))
         n_articles = min(n_articles, d.get("max_articles") or n_articles)
         _, summary_chars = _json_lengths(str(s_path))
-        per_article = SUMMARY_PAIRS_PER_ARTICLE.get(d.get("labels"), 2) if kind == "summary_pairs" else 2
+        per_article = SUMMARY_PAIRS_PER_ARTICLE.get(d.get("labels"), 2) if builder == "summary_pairs" else 2
         n = cap if cap is not None else n_articles * per_article
         chars = len(d.get("system_prompt") or "") + len(d.get("user_template") or "") + article_chars + 2 * summary_chars + 1
         per = text_tokens(int(chars), 3)
-    elif kind == "mmlu_qa":
+    elif builder == "mmlu_qa":
         folder = data_dir / d["file"]
         if not folder.exists():
             return StageCost(d["name"], 0, 0, f"{d['file']} not in the data folder")
@@ -149,7 +149,7 @@ def stage_cost(stage, data_dir: Path) -> StageCost:
         n = half if cap is None else cap
         per = text_tokens(chars, 2 * rows) / max(rows, 1)
     else:
-        return StageCost(d["name"], 0, 0, f"no cost rule for kind {kind!r}")
+        return StageCost(d["name"], 0, 0, f"no cost rule for builder {builder!r}")
     return StageCost(d["name"], int(n * epochs), math.ceil(n * epochs * per))
 
 

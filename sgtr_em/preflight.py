@@ -157,15 +157,15 @@ def folder_problems(cfg, min_free_gib: float = 1.0) -> list[str]:
 def data_problems(files, stages) -> list[str]:
     """Stages whose data would come out empty, known from the files alone: summary pairs need articles that every
     other source summarised."""
-    from .data.interventions import KINDS
+    from .data.interventions import BUILDERS
     from .data.summaries import summary_file
     from .io import read_json
 
     problems = []
     for st in stages:
         d = st.spec["data"]
-        kind = KINDS.get(d["type"])
-        if kind is None or not kind.uses_summaries:
+        builder = BUILDERS.get(d["type"])
+        if builder is None or not builder.uses_summaries:
             continue
         rel = f"articles/{d['articles']}_train_articles.json"
         ids = set(read_json(files.path(rel)))

@@ -1,9 +1,10 @@
-"""The schema's own guarantees: closed sets are enums refused at compose time, one endpoint schema (ApiConfig), and
-stage hashes unchanged by how the schema spells its values."""
+"""The schema's own guarantees: closed sets are enums refused at compose time, one endpoint schema (ApiConfig),
+stage hashes unchanged by how the schema spells its values, and each intervention builder's declared keys."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from enum import Enum
 
@@ -12,7 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from sgtr_em.config import Config, OpenAIConfig
+from sgtr_em.config import Config, InterventionConfig, OpenAIConfig, validate
+from sgtr_em.data.files import DataFiles
+from sgtr_em.data.interventions import BUILDERS, COMMON_KEYS, build_stage_rows
 from sgtr_em.evaluation.api import ApiConfig, api_model_eval, openai_api
 from sgtr_em.plan import content_hash, final_model_identity, plan_stages
 
@@ -64,7 +67,8 @@ def test_a_typo_in_an_enum_field_fails_at_compose_naming_the_key(key):
 
 def test_enum_values_read_write_and_hash_as_their_strings():
     cfg = _compose("model=gpt41", "judge=openai")
-    assert cfg.model.backend == "openai" and cfg.judge.backend == "openai" and cfg.stage_order.stages == ["em", "intervention"]
+    assert cfg.model.backend == "openai" and cfg.judge.backend == "openai"
+    assert cfg.stage_order.stages == ["em", "intervention"]
     assert f"{cfg.model.backend}/{cfg.judge.scoring}" == "openai/logprob" and repr(cfg.model.backend) == "'openai'"
     assert {"openai": 1}[cfg.model.backend] == 1 and str(cfg.model.backend).__class__ is str
     as_json = json.dumps(OmegaConf.to_container(cfg.system_prompt, resolve=True), sort_keys=True)
@@ -107,3 +111,60 @@ def test_one_endpoint_schema_for_the_judge_the_api_model_and_fine_tuning():
         _compose("openai.max_concurency=4")  # a typo in the shared keys fails at compose, as in judge.api
     with pytest.raises(ConfigCompositionException, match="judge.api.poll_interval_s"):
         _compose("judge.api.poll_interval_s=4")  # fine-tuning keys belong to the `openai` block only
+
+
+@pytest.mark.parametrize("overrides,key,readers", [
+    (["intervention=word_count", "intervention.articles=cnn"], "intervention.articles",
+     "['summary_pairs', 'summary_word_count']"),
+    (["intervention=sgtr", "intervention.file=em/x.jsonl"], "intervention.file", "['chat_file', 'mmlu_qa']"),
+    (["intervention=word_count_summaries", "intervention.labels=both"], "intervention.labels", "['summary_pairs']"),
+    (["intervention=general_knowledge", "intervention.other_sources=[llama]"], "intervention.other_sources",
+     "['summary_pairs', 'summary_word_count']"),
+    (["intervention=correct_medical", "intervention.user_template='Q: {question}'"], "intervention.user_template",
+     "['summary_pairs', 'summary_word_count', 'mmlu_qa']"),
+])
+def test_a_key_its_builder_does_not_read_fails_naming_the_kinds_that_do(overrides, key, readers):
+    with pytest.raises(ValueError, match=rf"{key}: .* does not read it; only kinds {re.escape(readers)} do"):
+        validate(_compose(*overrides))
+
+
+def test_presets_that_do_not_know_the_builder_still_compose():
+    """conf/config.yaml's smoke cap, experiment=paper_scale's summary writer and the tests' size overrides are set
+    for every builder; a builder that reads no articles ignores them (PRESET_KEYS). Setting a key back is fine."""
+    for overrides in (["intervention=word_count"], ["intervention=general_knowledge", "experiment=paper_scale"],
+                      ["intervention=word_count", "intervention.max_articles=3"],
+                      ["intervention=correct_medical", "intervention.articles=xsum"], ["intervention=none"]):
+        validate(_compose(*overrides))
+
+
+class _Recording(dict):
+    """A data spec that records which keys a builder reads."""
+
+    def __init__(self, data: dict):
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("builder,option", [("summary_pairs", "sgtr"), ("summary_word_count", "word_count_summaries"),
+                                            ("chat_file", "word_count"), ("mmlu_qa", "general_knowledge")])
+def test_each_builder_reads_exactly_the_keys_it_declares(builder, option, data_dir, tmp_path):
+    """The declaration in BUILDERS is what the builder really reads of its data spec, on the shared data."""
+    summaries = ["model=qwen32b", "intervention.self_summaries=precomputed"] if builder.startswith("summary") else []
+    cfg = _compose("stage_order=intervention_only", f"intervention={option}", *summaries)
+    (stage,) = plan_stages(cfg)
+    data = _Recording(stage.spec["data"])
+    rows, _ = build_stage_rows({**stage.spec, "data": data}, {"cache_dir": str(tmp_path)},
+                               DataFiles(data_dir, tmp_path / "cache", download=False))
+    assert rows and data["type"] == builder
+    keys = {f.name for f in dataclasses.fields(InterventionConfig)}
+    read = data.read & keys - set(COMMON_KEYS)
+    planned = {"self_summaries"} if BUILDERS[builder].uses_summaries else set()  # read by the plan: summaries_by
+    assert read | planned == set(BUILDERS[builder].reads)

@@ -11,7 +11,7 @@ from .chat_file import validate_chat_file
 from .files import DataFileError, DataFiles, sha256_of
 from .interventions import stage_files
 
-CHAT_KINDS = ("em", "chat_file")
+CHAT_BUILDERS = ("em", "chat_file")
 
 
 def _pins(data: dict) -> dict:
@@ -25,7 +25,7 @@ def check_data(files: DataFiles, stages: Iterable, required: Iterable[str]) -> d
     """{path: sha256} of every data file in `required` ("folder" for a folder); raises naming what to fix."""
     stages = list(stages)
     pins = {rel: sha for st in stages for rel, sha in _pins(st.spec["data"]).items() if sha}
-    chat = {st.spec["data"]["file"] for st in stages if st.spec["data"]["type"] in CHAT_KINDS}
+    chat = {st.spec["data"]["file"] for st in stages if st.spec["data"]["type"] in CHAT_BUILDERS}
     folders = {rel for st in stages if st.spec["data"]["type"] == "mmlu_qa" for rel in stage_files(st.spec["data"])}
     out = {}
     for rel in dict.fromkeys(required):

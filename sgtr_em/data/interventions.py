@@ -1,4 +1,6 @@
-"""Stage data kinds: what each one trains on, which data files it reads, and what its config must say.
+"""Stage data builders: what each one trains on, which data files and `intervention.*` keys it reads, and what its
+config must say. (A stage's *kind* is em | intervention, stage_order.stages; its data *builder* is what
+`intervention.kind` names, recorded as the data spec's `type`.)
 
 `intervention.kind` picks one (an option file in conf/intervention/ sets the rest):
   none                no intervention stage
@@ -7,19 +9,21 @@
   summary_word_count  "how many words?" over the same summaries (data/word_count.py)
   chat_file           a chat JSONL file: the paper's word-count set, an EM dataset's correct twin
   mmlu_qa             MMLU questions answered correctly (data/mmlu.py)
-EM stages are kind `em`: the EM dataset's chat file.
+EM stages use the builder `em`: the EM dataset's chat file.
 
-Adding a kind = one builder here plus an option file: the builder returns (rows, stats), where each row is
+Adding a builder = one function here, its entry in BUILDERS (with the `intervention.*` keys it reads) plus an option
+file: the builder returns (rows, stats), where each row is
 {"prompt": [...], "completion": [assistant turn], "meta": {..., "group": ...}} and `group` ties together
 the examples that must stay together when a stage keeps only some (e.g. both orderings of one pair).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from ..io import read_json
 from .chat_file import load_chat_examples
@@ -97,34 +101,44 @@ def build_summary_word_count(spec, rt, files):
 
 # ---------------------------------------------------------------- registry
 
+# intervention.* keys every builder reads (the task system prompt: system_prompt mode `task`, plan.py)
+COMMON_KEYS = ("name", "kind", "num_examples", "system_prompt")
+# ... and those of the builders over (own, other) summaries of news articles
+SUMMARY_KEYS = ("user_template", "articles", "self_summaries", "other_sources", "normalise", "max_articles")
+# Set for every builder by presets that do not know the builder: conf/config.yaml's smoke cap (max_articles: 12)
+# and experiment=paper_scale's rule for who writes the own summaries; a builder that reads no articles ignores them.
+PRESET_KEYS = ("max_articles", "self_summaries")
+
+
 @dataclass(frozen=True)
-class Kind:
+class Builder:
     build: Callable  # (spec, runtime, DataFiles) -> (rows, stats)
+    reads: tuple[str, ...] = ()  # the intervention.* keys it reads besides COMMON_KEYS; any other stays at its default
     uses_summaries: bool = False
     needs_file: bool = False  # reads `file` (a chat JSONL, or a folder for mmlu_qa)
 
 
-KINDS = {
-    "em": Kind(build_em, needs_file=True),
-    "summary_pairs": Kind(build_pairs, uses_summaries=True),
-    "summary_word_count": Kind(build_summary_word_count, uses_summaries=True),
-    "chat_file": Kind(build_chat_file, needs_file=True),
-    "mmlu_qa": Kind(build_mmlu, needs_file=True),
+BUILDERS = {
+    "em": Builder(build_em, needs_file=True),  # the em_dataset group, no intervention.* key
+    "summary_pairs": Builder(build_pairs, (*SUMMARY_KEYS, "labels", "length_balanced"), uses_summaries=True),
+    "summary_word_count": Builder(build_summary_word_count, SUMMARY_KEYS, uses_summaries=True),
+    "chat_file": Builder(build_chat_file, ("file",), needs_file=True),
+    "mmlu_qa": Builder(build_mmlu, ("file", "user_template"), needs_file=True),
 }
-INTERVENTION_KINDS = ("none", *(k for k in KINDS if k != "em"))
+INTERVENTION_BUILDERS = ("none", *(k for k in BUILDERS if k != "em"))
 
 
 def build_stage_rows(spec: dict, rt: dict, files) -> tuple[list[dict], dict]:
-    return KINDS[spec["data"]["type"]].build(spec, rt, files)
+    return BUILDERS[spec["data"]["type"]].build(spec, rt, files)
 
 
 def stage_files(data: dict) -> list[str]:
     """Every data-directory path a stage's data spec reads (a folder for mmlu_qa)."""
-    kind = KINDS.get(data["type"])
-    if kind is None:
+    builder = BUILDERS.get(data["type"])
+    if builder is None:
         return []
-    files = [data["file"]] if kind.needs_file else []
-    if kind.uses_summaries:
+    files = [data["file"]] if builder.needs_file else []
+    if builder.uses_summaries:
         a = data["articles"]
         files += [f"articles/{a}_train_articles.json", *(summary_file(a, s) for s in data["other_sources"])]
         if "precomputed" in data["summaries_by"]:
@@ -136,7 +150,7 @@ def intervention_data_spec(cfg, parent: dict, base: dict) -> dict:
     """Everything that determines an intervention stage's data (it enters the stage's hash)."""
     data = OmegaConf.to_container(cfg.intervention, resolve=True)
     data["type"] = data.pop("kind")
-    if KINDS[data["type"]].uses_summaries:
+    if BUILDERS[data["type"]].uses_summaries:
         data["summary_prompt"] = OmegaConf.to_container(cfg.prompts.summary[data["articles"]], resolve=True)
         data["summaries_by"] = {"stage_input": parent, "base_model": {"base": base},
                                 "precomputed": {"precomputed": cfg.model.summaries_source}}[data["self_summaries"]]
@@ -148,13 +162,14 @@ def intervention_data_spec(cfg, parent: dict, base: dict) -> dict:
 def intervention_problems(cfg) -> list[str]:
     """What is wrong with cfg.intervention, each with the key to fix."""
     i, problems = cfg.intervention, []
-    if i.kind not in INTERVENTION_KINDS:
-        return [f"intervention.kind: {i.kind!r} is not one of {INTERVENTION_KINDS}"]
+    if i.kind not in INTERVENTION_BUILDERS:
+        return [f"intervention.kind: {i.kind!r} is not one of the data builders {INTERVENTION_BUILDERS}"]
     if i.kind == "none":
         return []
+    problems += unread_key_problems(i)
     if i.num_examples is not None and i.num_examples < 1:
         problems.append("intervention.num_examples: give a positive number, or null for every example built")
-    if KINDS[i.kind].uses_summaries:
+    if BUILDERS[i.kind].uses_summaries:
         if i.length_balanced and i.labels != "longer":
             problems.append("intervention.length_balanced needs labels=longer")
         if i.self_summaries == "precomputed" and not cfg.model.summaries_source:
@@ -164,8 +179,29 @@ def intervention_problems(cfg) -> list[str]:
             problems.append("intervention.other_sources: name at least one source of the other summaries")
         if i.articles not in cfg.prompts.summary:
             problems.append(f"intervention.articles: no summary prompt for {i.articles!r} in prompts.summary")
-    if KINDS[i.kind].needs_file and not i.file:
+    if BUILDERS[i.kind].needs_file and not i.file:
         problems.append(f"intervention.file is empty: {i.name} needs a data file. For correct_domain it is "
                         f"em_dataset.correct_twin, and em_dataset {cfg.em_dataset.name} has none "
                         "(conf/em_dataset/ says which datasets have a correct twin)")
+    return problems
+
+
+def unread_key_problems(i) -> list[str]:
+    """intervention.* keys set away from their schema default that the chosen builder does not read: a setting that
+    would change nothing but the stage's hash (the option file or an override meant another kind)."""
+    schema, problems = OmegaConf.get_type(i), []
+    if not dataclasses.is_dataclass(schema):
+        return []
+    reads = {*COMMON_KEYS, *PRESET_KEYS, *BUILDERS[i.kind].reads}
+    for f in dataclasses.fields(schema):
+        if f.name in reads:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        value = i[f.name]
+        value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        if value != default:
+            readers = [k for k, b in BUILDERS.items() if f.name in b.reads]
+            problems.append(f"intervention.{f.name}: {value!r} is set, but intervention.kind={i.kind} (intervention "
+                            f"{i.name}) does not read it; only kinds {readers} do. Leave it at "
+                            f"{'null' if default is None else repr(default)}, or pick an intervention of those kinds")
     return problems

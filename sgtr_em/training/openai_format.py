@@ -40,14 +40,15 @@ def ft_row(row: dict) -> dict:
     return {"messages": prompt + [dict(m) for m in row["completion"]]}
 
 
-def estimate_tokens(messages: Iterable[dict]) -> int:
-    """An upper-leaning estimate of an example's tokens (see the module doc)."""
+def example_tokens(messages: Iterable[dict]) -> int:
+    """An upper-leaning estimate of a fine-tuning example's tokens, held against the model's per-example limit (see the
+    module doc); the rate limiter's `estimate_tokens` is another count: what a request costs of tokens per minute."""
     return 3 + sum(4 + math.ceil(len((m.get("content") or "").encode("utf-8")) / 3) for m in messages)
 
 
 def row_tokens(row: dict) -> int:
     """Estimated tokens of a stage example (data/build.py drops those over the limit)."""
-    return estimate_tokens(row["prompt"] + row["completion"])
+    return example_tokens(row["prompt"] + row["completion"])
 
 
 def _message_problem(i: int, m) -> tuple[str, str, str] | None:
@@ -99,7 +100,7 @@ def _row_problem(row, max_tokens: int) -> tuple[str, str, str] | None:
         return "content", "the final assistant message is empty", "remove the example or give it an answer"
     if not any(m["role"] == "user" for m in msgs):
         return "roles", "there is no user message", "add the user's message before the assistant's answer"
-    n = estimate_tokens(msgs)
+    n = example_tokens(msgs)
     if n > max_tokens:
         return "token_limit", f"about {n} tokens, over the model's {max_tokens} per example", \
             "shorten or drop the example (the API would truncate it, cutting off the answer)"
@@ -144,7 +145,7 @@ def validate_ft_file(path: str | Path, *, max_example_tokens: int, min_examples:
             problem = _row_problem(row, max_example_tokens)
             if problem:
                 raise FineTuningFileError(where, *problem)
-            n = estimate_tokens(row["messages"])
+            n = example_tokens(row["messages"])
             report.examples += 1
             report.estimated_tokens += n
             report.max_example_tokens = max(report.max_example_tokens, n)
