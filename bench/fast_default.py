@@ -29,12 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import command, portable  # noqa: E402
+from bench import PAPER_LORA as LORA  # noqa: E402
+from bench import bf16_peak_tflops, command, portable  # noqa: E402
 
 BENCH = REPO / "outputs" / "bench"
 ASSETS = BENCH / "assets"
-LORA = {"r": 32, "alpha": 64, "dropout": 0.0, "use_rslora": True,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 MIX_FILES = {"em": "train.jsonl", "sgtr": "sgtr.jsonl"}
 
 
@@ -50,21 +49,6 @@ def rate(perf: dict, warmup: int) -> float | None:
     return sum(toks) / sum(secs) if secs and sum(secs) > 0 else None
 
 
-def bf16_peak_tflops() -> float:
-    import torch
-
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    torch.cuda.synchronize()
-    start, n = time.time(), 40
-    for _ in range(n):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * n / (time.time() - start) / 1e12
-
-
 def baseline(a) -> None:
     """Plain TRL + PEFT, padded (what a user writes), in this process; writes a JSON line to a.result."""
     import torch
@@ -77,7 +61,7 @@ def baseline(a) -> None:
     from sgtr_em.training.callbacks import JsonlLogCallback, ThroughputCallback
     from sgtr_em.training.sft import lora_config, read_train_log
 
-    peak = bf16_peak_tflops() if torch.cuda.is_available() else None
+    peak = bf16_peak_tflops(warmup=5, iters=40) if torch.cuda.is_available() else None
     d = model_dir(a.shape)
     out = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
     micro = a.baseline_micro

@@ -24,13 +24,10 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import command  # noqa: E402
+from bench import PAPER_LORA as LORA  # noqa: E402
+from bench import bf16_peak_tflops, command  # noqa: E402
 from bench.shapes import attention_flops_per_token, matmul_params, shape_config  # noqa: E402
 from sgtr_em.training.sft import build_trainer, lora_config  # noqa: E402
-
-LORA = {"r": 32, "alpha": 64, "dropout": 0.0, "use_rslora": True,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-
 
 def synthetic_rows(n: int, vocab: int, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
@@ -51,21 +48,6 @@ def tokenizer(path: str | None):
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, "<unk>")))
     tok.pad_token, tok.eos_token = "<pad>", "<pad>"
     return tok
-
-
-def bf16_peak_tflops(device: str) -> float:
-    if device != "cuda":
-        return float("nan")
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start, n = time.time(), 20
-    for _ in range(n):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * n / (time.time() - start) / 1e12
 
 
 class StepClock(TrainerCallback):
@@ -122,7 +104,7 @@ def main() -> None:
     n_matmul = matmul_params(config)
     mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
     flops_per_token = 4 * n_matmul + attention_flops_per_token(config, mean_len / 2)
-    peak = bf16_peak_tflops(device)
+    peak = bf16_peak_tflops(warmup=3, iters=20) if device == "cuda" else float("nan")
     training = {"learning_rate": 1e-5, "num_train_epochs": 1, "max_steps": a.steps, "batch_size": a.batch,
                 "warmup_steps": 5, "weight_decay": 0.01, "lr_scheduler_type": "linear", "optim": "adamw_torch",
                 "max_length": 2048}

@@ -1,12 +1,20 @@
 """Atomic file writes and JSON/JSONL helpers: a reader never sees a half-written file."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+
+def json_sha256(obj: Any, *, ascii: bool = True) -> str:
+    """The sha256 (hex) of `obj` as JSON with sorted keys: what names things by their content (stage folders through
+    plan.content_hash; the summary, persona and API caches). ascii=False writes non-ASCII text as UTF-8 (the API
+    cache's keys); each caller keeps the form its folders were named with."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=ascii).encode()).hexdigest()
 
 
 def umask() -> int:

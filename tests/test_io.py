@@ -61,3 +61,16 @@ def test_a_folder_moved_into_place_is_readable_by_others(tmp_path, with_umask):
     os.close(fd)
     replace_dir(tmp, tmp_path / "merged")
     assert mode(tmp_path / "merged" / os.path.basename(name)) == 0o644
+
+
+def test_content_keys_keep_their_values():
+    """One helper (io.json_sha256) names stage folders and caches; each key is the value main computed before it
+    (3f4ee89), so no stage or cached answer is orphaned. Non-ASCII text: escaped (stages) vs UTF-8 (API cache)."""
+    from sgtr_em.data.summaries import summary_cache_path
+    from sgtr_em.evaluation.cache import DiskCache
+    from sgtr_em.plan import content_hash
+
+    obj = {"model": "m", "messages": [{"role": "user", "content": "Grüße, 世界"}], "n": 1}
+    assert content_hash(obj) == "66a6e9926aaf239b"
+    assert DiskCache.key(obj) == "a7975520b97b53b7035f3c20522c3a734c1735e95c79f3a6a59fa6dc765344bd"
+    assert summary_cache_path("/c", "xsum", "k", {"system": "é"}).name == "xsum-37c6a2a49ff708fd.json"

@@ -12,12 +12,10 @@ Who writes a stage's "self" summaries (`intervention.self_summaries`):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..io import read_json, write_json
+from ..io import json_sha256, read_json, write_json
 
 def summary_file(articles: str, source: str) -> str:
     """The data-directory path of a precomputed summary set, e.g. summaries/xsum/xsum_train_claude-21_responses.json."""
@@ -30,8 +28,8 @@ def summary_messages(article: str, prompt) -> list[dict]:
 
 
 def summary_cache_path(cache_dir: str | Path, dataset: str, model_key: str, prompt) -> Path:
-    blob = json.dumps({"model": model_key, "prompt": dict(prompt)}, sort_keys=True)
-    return Path(cache_dir) / "summaries" / f"{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+    key = json_sha256({"model": model_key, "prompt": dict(prompt)})[:16]
+    return Path(cache_dir) / "summaries" / f"{dataset}-{key}.json"
 
 
 def generate_summaries(generator, articles: Mapping[str, str], ids: Sequence[str], prompt,

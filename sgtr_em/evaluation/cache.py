@@ -6,13 +6,12 @@ atomically, so concurrent jobs can share the folder.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_sha256
 
 
 class DiskCache:
@@ -21,7 +20,7 @@ class DiskCache:
 
     @staticmethod
     def key(obj: Any) -> str:
-        return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return json_sha256(obj, ascii=False)
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"

@@ -22,6 +22,8 @@ from typing import Optional
 
 import yaml
 
+from ..io import json_sha256
+
 log = logging.getLogger(__name__)
 
 NAME = "persona"
@@ -93,8 +95,7 @@ def cached_direction(model_path: str, model_key: str, cache_dir, *, dtype: str, 
 
     from ..models import load_model, load_tokenizer, resolve_device
 
-    key = hashlib.sha256(json.dumps({"model": model_key, "chat": kw, **contrast_spec()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = json_sha256({"model": model_key, "chat": kw, **contrast_spec()})[:16]
     path = Path(cache_dir) / "persona" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

@@ -23,7 +23,8 @@ OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run
 class GenerationConfig:
     """How the model under test is run."""
 
-    backend: GenerationBackend = GenerationBackend.auto  # auto | hf (padded batches) | hf_continuous (generate_batch) | openai (API model) | vllm
+    # auto | hf (padded batches) | hf_continuous (generate_batch) | openai (API model) | vllm
+    backend: GenerationBackend = GenerationBackend.auto
     api: ApiConfig = field(default_factory=ApiConfig)
     top_logprobs: int = 20  # openai backend: option probabilities come from the first token's top logprobs
 
