@@ -21,6 +21,7 @@ from .compute import deepspeed_json, node_rank, resolve_compute
 from .data.checks import check_data
 from .data.files import DataFiles
 from .data.interventions import stage_files
+from .evaluation.registry import EVALS
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages, training_template_kwargs
@@ -228,7 +229,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     ok = False
     try:
         # before any work: a full disk, a read-only folder or a judge server that is not up fails now, not mid-job
-        problems = api_key_problems(cfg) + folder_problems(cfg) + endpoint_problems(cfg)
+        judged = [name for name in cfg.eval.run if EVALS[name].NEEDS_JUDGE]  # only these call the judge
+        problems = api_key_problems(cfg, judged) + folder_problems(cfg) + endpoint_problems(cfg, judged=judged)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))

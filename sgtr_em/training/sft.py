@@ -67,6 +67,15 @@ def resolve_optim(optim: str, device: str) -> str:
     return "adamw_torch"
 
 
+def _checkpointing_args(config_cls, on: bool) -> dict:
+    """Activation checkpointing under the name this transformers takes: `activation_checkpointing` (5.2x renamed it),
+    else `gradient_checkpointing` (the 5.0 releases still on some GPU images)."""
+    import dataclasses
+
+    name = "activation" if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_cls)} else "gradient"
+    return {f"{name}_checkpointing": on, f"{name}_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict,
                deepspeed: str | None = None):
     from trl import SFTConfig
@@ -91,8 +100,7 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         optim=resolve_optim(training["optim"], device),
         # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
         max_length=None if compute["padding_free"] else training["max_length"],
-        activation_checkpointing=compute["gradient_checkpointing"],
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing_args(SFTConfig, compute["gradient_checkpointing"]),
         logging_steps=extra["logging_steps"],
         save_strategy="steps",
         save_steps=extra["save_steps"],
