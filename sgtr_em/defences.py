@@ -24,7 +24,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
@@ -65,7 +65,7 @@ class DefenceConfig:
     # the stage kinds trained with the defence: [em] (the EM stage, the default), [intervention] (a benign task trained
     # with the defence: Kaczér et al.'s fourth axis, sweep=defences_benign), or both. Not part of a stage's identity
     # itself: a stage's hash has the defence's spec when the stage is defended, and only then.
-    stages: List[str] = field(default_factory=lambda: ["em"])
+    stages: list[str] = field(default_factory=lambda: ["em"])
 
 
 def defence_spec(cfg) -> Optional[dict]:
