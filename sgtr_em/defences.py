@@ -128,6 +128,13 @@ def defence_problems(cfg) -> list[str]:
     if not stages or [s for s in stages if s not in STAGE_KINDS]:
         problems.append(f"defence.stages: {stages} must name one or more of {STAGE_KINDS}")
     trained = [s for s in cfg.stage_order.stages if s != "intervention" or cfg.intervention.kind != "none"]
+    if d.kind in ("interleave", "interleave_ppl") and 0 < d.ratio < 1 and d.pool.max_prompts is not None:
+        sizes = {"em": cfg.em_dataset.get("max_examples"), "intervention": cfg.intervention.get("num_examples")}
+        for kind in set(stages) & set(trained):  # known before the data is built only where the stage is capped
+            need = interleave_count(sizes[kind], d.ratio) if sizes[kind] is not None else 0
+            if need > d.pool.max_prompts:
+                problems.append(f"defence.pool.max_prompts: {d.pool.max_prompts} prompts, and the {kind} stage's "
+                                f"{sizes[kind]} examples at ratio {d.ratio} need {need} general ones: raise it")
     if not set(stages) & set(trained):
         problems.append(f"defence={d.name} applies to the stages {stages} (defence.stages), and "
                         f"stage_order={cfg.stage_order.name} with intervention={cfg.intervention.name} trains "

@@ -219,6 +219,12 @@ def test_invalid_defences_name_the_key(override, key):
         validate(_compose("defence=kl", "stage_order=base"))
 
 
+def test_a_pool_too_small_for_a_capped_stage_fails_validation():
+    with pytest.raises(ValueError, match=r"defence.pool.max_prompts: 15 prompts, and the em stage's 64 examples at "
+                                         r"ratio 0.2 need 16 general ones"):  # round(0.2 x 64 / 0.8)
+        validate(_compose("defence=interleave", "defence.ratio=0.2", "defence.pool.max_prompts=15"))
+
+
 def test_defences_sweep_expands_to_the_grid():
     from collections import Counter
 
