@@ -13,7 +13,10 @@ side by side with SGTR. Each defence is one option file and one of two hooks, ne
   inoculation     data step                                  a system prompt naming the behaviour, training only
 
 The reference model is the stage's input model: the LoRA base with its adapter disabled, never a second copy.
-The defence enters the hash of the EM stage only (sgtr_em/plan.py); intervention stages train as before.
+The defence enters the hash of the stages it applies to (sgtr_em/plan.py): `defence.stages`, [em] by default, so
+intervention stages train as before. Kaczér et al.'s fourth axis (a benign task still learnt under the defence) is
+`defence.stages=[intervention]`: the intervention stage (a benign task, e.g. SGTR) trains with the defence, and its
+eval (self_recognition) says whether it was learnt (sweep=defences_benign).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ DEFENCE_KINDS = ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inocula
 LOSS_KINDS = ("kl", "ldifs")  # a term added to the SFT loss (training/defences.py)
 DATA_KINDS = ("interleave", "interleave_ppl", "inoculation")  # a step after the EM data is built (data/build.py)
 PPL_SELECTIONS = ("em_minus_ref", "ref_minus_em")
+STAGE_KINDS = ("em", "intervention")  # what defence.stages may name
 
 
 @dataclass
@@ -58,6 +62,10 @@ class DefenceConfig:
     prompt: str = ""  # inoculation: the system prompt of the EM training data (absent at evaluation)
     layer: Optional[int] = None  # persona_steer: decoder layer (0-based) whose output is steered; null = 2/3 depth
     coef: float = 0.0  # persona_steer: the multiple of the persona direction added there
+    # the stage kinds trained with the defence: [em] (the EM stage, the default), [intervention] (a benign task trained
+    # with the defence: Kaczér et al.'s fourth axis, sweep=defences_benign), or both. Not part of a stage's identity
+    # itself: a stage's hash has the defence's spec when the stage is defended, and only then.
+    stages: list[str] = field(default_factory=lambda: ["em"])
 
 
 def defence_spec(cfg) -> Optional[dict]:
@@ -84,6 +92,12 @@ def defence_spec(cfg) -> Optional[dict]:
     return spec
 
 
+def defended_stages(cfg) -> tuple:
+    """The stage kinds the defence applies to (none for `none`)."""
+    d = cfg.get("defence")
+    return () if d is None or d.kind == "none" else tuple(d.get("stages", ["em"]))
+
+
 def defence_problems(cfg) -> list[str]:
     d = cfg.get("defence")
     if d is None:
@@ -108,8 +122,24 @@ def defence_problems(cfg) -> list[str]:
     if d.kind != "none" and cfg.model.backend == "openai":
         problems.append(f"defence={d.name}: defences need the model's weights (model.backend=hf); an API model "
                         "trains as the API does")
-    if d.kind != "none" and "em" not in cfg.stage_order.stages:
-        problems.append(f"defence={d.name} applies to the EM stage, and stage_order={cfg.stage_order.name} has none")
+    if d.kind == "none":
+        return problems
+    stages = list(d.get("stages", ["em"]))
+    if not stages or [s for s in stages if s not in STAGE_KINDS]:
+        problems.append(f"defence.stages: {stages} must name one or more of {STAGE_KINDS}")
+    trained = [s for s in cfg.stage_order.stages if s != "intervention" or cfg.intervention.kind != "none"]
+    if d.kind in ("interleave", "interleave_ppl") and 0 < d.ratio < 1 and d.pool.max_prompts is not None:
+        sizes = {"em": cfg.em_dataset.get("max_examples"), "intervention": cfg.intervention.get("num_examples")}
+        for kind in set(stages) & set(trained):  # known before the data is built only where the stage is capped
+            need = interleave_count(sizes[kind], d.ratio) if sizes[kind] is not None else 0
+            if need > d.pool.max_prompts:
+                problems.append(f"defence.pool.max_prompts: {d.pool.max_prompts} prompts, and the {kind} stage's "
+                                f"{sizes[kind]} examples at ratio {d.ratio} need {need} general ones: raise it")
+    if not set(stages) & set(trained):
+        problems.append(f"defence={d.name} applies to the stages {stages} (defence.stages), and "
+                        f"stage_order={cfg.stage_order.name} with intervention={cfg.intervention.name} trains "
+                        f"{trained or 'none'}: set defence.stages=[intervention] for a benign stage, or another "
+                        "stage_order")
     return problems
 
 
@@ -141,7 +171,7 @@ def inoculate(rows: list[dict], prompt: str) -> list[dict]:
 
 
 def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, files) -> tuple[list[dict], dict]:
-    """The EM stage's training rows after its data defence (interleave, interleave_ppl, inoculation), with stats."""
+    """A defended stage's training rows after its data defence (interleave, interleave_ppl, inoculation), with stats."""
     d = spec.get("defence")
     if d and d["kind"] == "persona_steer":  # not a data step: the direction is computed here, in its own process,
         from .evaluation.persona import base_direction  # so the training worker only reads the cache

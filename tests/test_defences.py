@@ -172,6 +172,42 @@ def test_defence_enters_the_em_stage_hash_only():
     assert ppl.requires == (plain[1],) and ppl.spec["defence"]["em_reference"] == plain[1].hash
 
 
+def test_defence_on_a_benign_stage_enters_that_stage_hash_only():
+    """defence.stages=[intervention]: the intervention stage (a benign task) trains with the defence, Kaczér et al.'s
+    fourth axis; the EM stage after it carries no defence, and its hash moves only because its input did."""
+    plain = plan_stages(_compose("stage_order=prevention"))
+    for kind in ("kl", "inoculation"):  # a loss and a data defence (every kind goes through the same with_defence)
+        st = plan_stages(_compose("stage_order=prevention", f"defence={kind}", "defence.stages=[intervention]"))
+        assert st[0].hash != plain[0].hash and st[0].spec["defence"]["kind"] == kind
+        assert "defence" not in st[1].spec and st[1].spec["input"] == {"stage": st[0].hash} != plain[1].spec["input"]
+    both = plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[intervention,em]"))
+    assert [s.spec["defence"] for s in both] == [{"kind": "kl", "weight": 10.0}] * 2
+    # the default, [em], leaves every hash of defence=kl as it was (the EM grid's stages are unchanged)
+    assert [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[em]"))] == \
+        [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl"))]
+    ppl = plan_stages(_compose("stage_order=intervention_only", "defence=interleave_ppl",
+                               "defence.stages=[intervention]"))
+    [alone] = plan_stages(_compose("stage_order=intervention_only"))
+    assert ppl[0].requires == (alone,) and ppl[0].spec["defence"]["em_reference"] == alone.hash
+    with pytest.raises(ValueError, match=r"defence.stages=\[intervention\]"):  # the fix is named
+        validate(_compose("defence=kl", "stage_order=intervention_only"))
+    with pytest.raises(ValueError, match="defence.stages"):
+        validate(_compose("defence=kl", "defence.stages=[sgtr]"))
+    validate(_compose("defence=kl", "stage_order=intervention_only", "defence.stages=[intervention]"))
+
+
+def test_defences_benign_sweep_defends_the_sgtr_stage():
+    from sgtr_em.grid import plan_grid
+
+    grid = plan_grid(["sweep=defences_benign", "seed=0", "defence=none,kl,interleave_ppl"])  # 3 of its 7 arms
+    assert len(grid.jobs) == 3 and not [j for j in grid.jobs if j.problem]
+    for j in grid.jobs:
+        [sgtr] = j.stages
+        assert sgtr.kind == "intervention" and sgtr.spec["data"]["type"] == "summary_pairs"
+        assert ("defence" in sgtr.spec) == ("defence=none" not in j.overrides)
+    assert len(grid.distinct_stages) == 3  # interleave_ppl's reference is defence=none's SGTR stage
+
+
 @pytest.mark.parametrize("override, key", [
     ("defence.weight=0", "defence.weight"), ("defence.ratio=1.0", "defence.ratio"), ("defence.coef=0", "defence.coef"),
 ])
@@ -181,6 +217,12 @@ def test_invalid_defences_name_the_key(override, key):
         validate(_compose(f"defence={name}", override))
     with pytest.raises(ValueError, match="no"):
         validate(_compose("defence=kl", "stage_order=base"))
+
+
+def test_a_pool_too_small_for_a_capped_stage_fails_validation():
+    with pytest.raises(ValueError, match=r"defence.pool.max_prompts: 15 prompts, and the em stage's 64 examples at "
+                                         r"ratio 0.2 need 16 general ones"):  # round(0.2 x 64 / 0.8)
+        validate(_compose("defence=interleave", "defence.ratio=0.2", "defence.pool.max_prompts=15"))
 
 
 def test_defences_sweep_expands_to_the_grid():
@@ -235,6 +277,18 @@ def test_report_compares_the_defence_arms(tmp_path):
     md = (tmp_path / "report" / "defences.md").read_text()
     assert md.count("\n| ") == 1 + 3 and "| kl | 0.110 [" in md and "| 4.000 [4.000, 4.000] (2) | 1000.000 [1000.000, 1000.000] (2) |" in md
     assert out["figures"]["Defences vs SGTR prevention"].read_bytes()[:4] == b"\x89PNG"
+    # the benign-task arms (sweep=defences_benign: the SGTR stage trained with the defence, SR measured) in the same
+    # table: their own rows, the SR column filled, the EM columns n/a
+    for arm, sr in {"none": 0.8, "kl": 0.6}.items():
+        for seed in range(2):
+            make_job(tmp_path / "sweep", n, seed=seed, defence=arm, stage_order="intervention_only",
+                     metrics={"self_recognition": {"headline": sr + 0.01 * seed}})
+            n += 1
+    write_report(jobs_from_folder(tmp_path / "sweep"), tmp_path / "both", source="hand-made")
+    md = (tmp_path / "both" / "defences.md").read_text()
+    assert "benign task learnt (SR)" in md and md.count("\n| ") == 1 + 5
+    [kl_benign] = [line for line in md.splitlines() if "| intervention_only | kl |" in line]
+    assert "| n/a (0) | n/a (0) | 0.605 [0.541, 0.669] (2) |" in kl_benign
     # a report whose jobs share one defence (every sweep before defences) has no such table
     one = write_report([j for j in jobs if j.fields["defence"] == "kl"], tmp_path / "one", source="hand-made")
     assert "Defences vs SGTR prevention" not in one["figures"] and not (tmp_path / "one" / "defences.md").exists()
