@@ -114,7 +114,7 @@ def run_project(model: str, data: Path, subjects: list[str], shots: int, device:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sgtr_em.evaluation.loglikelihood import loglikelihoods
+    from sgtr_em.inference.loglikelihood import loglikelihoods
     from sgtr_em.evaluation.mmlu import build_items
     import yaml
 

@@ -71,7 +71,7 @@ def stage_runtime(cfg, input_model: str) -> dict:
 def api_stage_runtime(cfg, input_model: str) -> dict:
     """What the workers of an API model's stage need (model.backend=openai): no compute, the API's settings (the
     name of the key's environment variable, never the key)."""
-    from .evaluation.api import openai_api
+    from .inference.api import openai_api
 
     o = OmegaConf.to_container(cfg.openai, resolve=True)
     return {"input_model": input_model, "model": OmegaConf.to_container(cfg.model, resolve=True), "openai": o,
@@ -177,7 +177,7 @@ def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identit
         return {}
     base_identity = final_model_identity([], cfg)
     if cfg.model.backend == "openai":  # every evaluation through the API (and a default judge too)
-        from .evaluation.api import api_model_eval
+        from .inference.api import api_model_eval
 
         resolved = api_model_eval(resolved)
     judge = resolved["judge"]

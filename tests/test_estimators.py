@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sgtr_em.evaluation.choice import score_choice, choice_metrics
-from sgtr_em.evaluation.generation import HFGenerator
+from sgtr_em.inference.generation import HFGenerator
 from sgtr_em.evaluation.truthfulqa import build_items, load_questions
 
 TEMPLATE = "{question}\n\nA:{option_a}\nB:{option_b}\n\nAnswer with only A or B."

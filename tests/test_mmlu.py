@@ -98,7 +98,7 @@ def test_lm_eval_log_likelihoods_are_the_harness_numbers(data_dir, smollm2_path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sgtr_em.evaluation.loglikelihood import encode_pair, loglikelihoods
+    from sgtr_em.inference.loglikelihood import encode_pair, loglikelihoods
 
     items = _lm_eval_items(data_dir, subjects=["management"], shots=[0, 1], max_questions_per_subject=2)
     tok = AutoTokenizer.from_pretrained(smollm2_path)

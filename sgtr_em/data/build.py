@@ -65,7 +65,7 @@ def main(stage_dir: Path) -> None:
     files = DataFiles(Path(rt["data_dir"]), Path(rt["cache_dir"]) / "data", download=False)
     rows, stats = build_stage_rows(spec, rt, files)
     if spec["training"].get("backend") == "openai":  # an API model: its limit, on an estimate of its token count
-        from ..training.openai_format import row_tokens as length
+        from ..data.openai_format import row_tokens as length
     else:
         from ..models import load_tokenizer
 

@@ -50,7 +50,7 @@ def pool_prompts(pool_cfg: dict, files) -> list[dict]:
 
 
 def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: dict) -> list[str]:
-    from ..evaluation.generation import HFGenerator
+    from ..inference.generation import HFGenerator
 
     gen = HFGenerator(model_path, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
                       chat_template_kwargs=rt["chat_template_kwargs"],

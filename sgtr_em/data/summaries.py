@@ -62,7 +62,7 @@ def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequen
         return read_json(files.path(summary_file(data["articles"], writer["precomputed"])))
     from omegaconf import OmegaConf
 
-    from ..evaluation.generation import HFGenerator
+    from ..inference.generation import HFGenerator
     from ..models import resolve_model_path
 
     if data["self_summaries"] == "stage_input":
@@ -72,7 +72,7 @@ def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequen
     key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
     cache = summary_cache_path(rt["cache_dir"], data["articles"], key, data["summary_prompt"])
     if rt.get("api"):  # an API model (model.backend=openai): the model id (an `ft:` model) writes them through the API
-        from ..evaluation.generation_api import OpenAIGenerator
+        from ..inference.generation_api import OpenAIGenerator
 
         gen = OpenAIGenerator(model, rt["api"], cache_dir=Path(rt["cache_dir"]) / "generation")
         return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)

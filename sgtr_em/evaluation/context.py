@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ..data.files import DataFiles
 from ..data.system_prompt import system_text
-from .cache import Usage
+from ..inference.cache import Usage
 
 
 @dataclass
@@ -70,7 +70,7 @@ class EvalContext:
 
     def generator(self, path: Optional[str] = None, backend: Optional[str] = None):
         """The model at `path` (default: the model under test) on `backend` (default: eval.generation.backend)."""
-        from .generation import make_generator
+        from ..inference.generation import make_generator
 
         gen_cfg = dict(self.cfg["eval"]["generation"])
         key = (backend or gen_cfg["backend"], path or self.model_path)

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from .cache import DiskCache, Usage
-from .generation import HFGenerator
+from ..inference.cache import DiskCache, Usage
+from ..inference.generation import HFGenerator
 from .judgement import Choice, Judgement, judged_score, parse_text_score, score_from_number_probs  # noqa: F401
 
 

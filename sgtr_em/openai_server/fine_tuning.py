@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..io import read_jsonl, write_json, write_jsonl
-from ..training.openai_format import FineTuningFileError, validate_ft_file
+from ..data.openai_format import FineTuningFileError, validate_ft_file
 from ..workers import die_with_parent, launch_command, worker_env
 from .server import error
 

@@ -1,7 +1,7 @@
 """Rate limits the way the OpenAI API states them: requests and tokens per minute, each a token bucket that refills
 continuously, reported on every answer in `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
 
-`RateLimiter` is the client's side (sgtr_em/evaluation/api.py): before a call it waits until both buckets hold
+`RateLimiter` is the client's side (sgtr_em/inference/api.py): before a call it waits until both buckets hold
 the call's share, so a run saturates the limit instead of bouncing off it in 429 storms. It learns the limits from
 the headers of the first answer (that call goes alone), then keeps its buckets no fuller than the server reports,
 which also accounts for other clients of the same key. `requests_per_minute` / `tokens_per_minute` in the config

@@ -1,5 +1,5 @@
 """Chat completions against any OpenAI-compatible endpoint: bounded concurrency paced by the server's rate limits
-(token buckets, sgtr_em/evaluation/rate_limit.py), the SDK's retries with backoff, an on-disk cache (a rerun makes
+(token buckets, sgtr_em/inference/rate_limit.py), the SDK's retries with backoff, an on-disk cache (a rerun makes
 no calls), and token/cost accounting.
 
 The API key is read from the environment variable the config names, never from a config; a local server
