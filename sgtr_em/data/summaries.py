@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..io import read_json, write_json
+from ..io import content_hash, read_json, write_json
 
 SELF_SUMMARIES = ("stage_input", "base_model", "precomputed")
 
@@ -54,8 +54,6 @@ def generate_summaries(generator, articles: Mapping[str, str], ids: Sequence[str
 
 def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequence[str], files) -> dict[str, str]:
     """The "self" side of a stage's summaries, from the writer its data spec names (see the module doc)."""
-    from ..plan import content_hash
-
     data = spec["data"]
     writer = data["summaries_by"]
     if "precomputed" in writer:

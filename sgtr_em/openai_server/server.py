@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Sequence, Union
 from urllib.parse import parse_qsl
 
-from ..inference.rate_limit import Bucket, estimate_tokens, format_duration
+from ..openai_limits import Bucket, estimate_tokens, format_duration
 
 Handler = Callable[..., "tuple[int, Union[dict, bytes]]"]
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
