@@ -5,6 +5,7 @@ where it started. Read from the files with `ast` (nothing is imported), so it ru
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -28,8 +29,22 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("sgtr_em.train", "sgtr_em.grid", "sgtr_em.report", "sgtr_em.openai_server")),
 ]
 
+# Third-party packages heavy enough to import inside a function (seconds, or GPU-only), so that the CLI process, the
+# data worker and an API model's workers start without them. Any other import belongs at the top of its module.
+HEAVY = {"torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors", "deepspeed", "bitsandbytes",
+         "vllm", "openai", "wandb", "wandb_workspaces", "matplotlib"}
+
 
 # ------------------------------------------------------------------------------------------------ the checker
+
+def parse(path: Path) -> ast.Module:
+    return _parse(path.read_text(encoding="utf-8"), str(path))
+
+
+@functools.cache
+def _parse(text: str, filename: str) -> ast.Module:  # each file is read by several checks
+    return ast.parse(text, filename=filename)
+
 
 def module_files(root: Path, package: str) -> dict[str, Path]:
     """{dotted module name: file} of every .py file under root (root is the package `package`)."""
@@ -42,11 +57,13 @@ def module_files(root: Path, package: str) -> dict[str, Path]:
     return out
 
 
-def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
-    """(imported module of `known`, line) for every import statement in the file, however deeply nested."""
+def imports_of(module: str, path: Path, known: set[str], top_only: bool = False) -> list[tuple[str, int]]:
+    """(imported module of `known`, line) for every import statement in the file, however deeply nested (or only
+    those at the module's top level)."""
     is_package = path.name == "__init__.py"
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    tree = parse(path)
+    for node in tree.body if top_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -71,6 +88,63 @@ def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int]
 def import_graph(root: Path, package: str) -> dict[str, list[tuple[str, int]]]:
     files = module_files(root, package)
     return {m: imports_of(m, p, set(files)) for m, p in files.items()}
+
+
+def function_level_imports(root: Path, package: str) -> list[tuple[str, int, str]]:
+    """(module, line, imported name) of every import inside a function or class body (module-level `if`/`try`
+    blocks count as top level)."""
+    out = []
+    for mod, path in module_files(root, package).items():
+        tree = parse(path)
+        top = set()
+        for node in tree.body:  # the module's own statements, and those of its top-level if/try blocks
+            top.update(id(n) for n in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                                 ast.ClassDef)))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    names = [("." * node.level) + (node.module or "")]
+                out += [(mod, node.lineno, n) for n in names]
+    return out
+
+
+def heavy_modules(root: Path, package: str) -> set[str]:
+    """Modules of the package that load a HEAVY package when imported: at their top, or through such a module."""
+    files = module_files(root, package)
+    direct = set()
+    for mod, path in files.items():
+        tree = parse(path)
+        for node in tree.body:
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] in HEAVY for a in node.names):
+                direct.add(mod)
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in HEAVY:
+                direct.add(mod)
+    top_edges = {m: {t for t, _ in imports_of(m, p, set(files), top_only=True)} for m, p in files.items()}
+    heavy, changed = set(direct), True
+    while changed:
+        changed = False
+        for m, targets in top_edges.items():
+            if m not in heavy and targets & heavy:
+                heavy.add(m)
+                changed = True
+    return heavy
+
+
+def misplaced_imports(root: Path, package: str) -> list[str]:
+    """Imports inside a function that load nothing HEAVY, as `module:line imports name`."""
+    files = module_files(root, package)
+    heavy = heavy_modules(root, package)
+    bad = []
+    for mod, line, name in function_level_imports(root, package):
+        if name.split(".")[0] in HEAVY:
+            continue
+        targets = [t for t, ln in imports_of(mod, files[mod], set(files)) if ln == line]
+        if targets and all(t in heavy for t in targets):
+            continue
+        bad.append(f"{mod}:{line} imports {name}")
+    return bad
 
 
 def layer_of(module: str, layers=LAYERS) -> int | None:
@@ -189,6 +263,13 @@ def test_no_import_cycle(graph):
     assert not cycles, "import cycles:\n  " + "\n  ".join(" -> ".join(c) for c in cycles)
 
 
+def test_imports_inside_functions_are_only_heavy_optional_ones():
+    """An import sits at the top of its module unless it loads a HEAVY package (directly, or through a module of the
+    package that does): deliberately deferred to keep the CLI and the light workers fast to start."""
+    bad = misplaced_imports(PACKAGE, "sgtr_em")
+    assert not bad, "\n  ".join(["imports that belong at the top of their module:", *bad])
+
+
 def test_the_documented_layers_are_the_tested_ones():
     assert doc_layers(DOC.read_text(encoding="utf-8")) == LAYERS, (
         f"the layer table of {DOC.relative_to(REPO)} differs from LAYERS in tests/test_architecture.py: "
@@ -221,6 +302,20 @@ def test_a_planted_upward_import_and_cycle_are_found(tmp_path):
     (pkg / "low" / "a.py").write_text("import os\n")
     g = import_graph(pkg, "toy")
     assert upward_imports(g, layers) == [] and import_cycles(g) == []
+
+
+def test_a_light_import_inside_a_function_is_found(tmp_path):
+    pkg = tmp_path / "toy2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "gpu.py").write_text("import torch\n")  # heavy: loads torch at its top
+    (pkg / "light.py").write_text("import json\n")
+    (pkg / "user.py").write_text("def f():\n    import torch\n    from . import gpu\n    from .light import json\n"
+                                 "    import os\n\n\nclass C:\n    import re\n")
+    (pkg / "guarded.py").write_text("try:\n    import yaml\nexcept ImportError:\n    yaml = None\n")
+    assert heavy_modules(pkg, "toy2") == {"toy2.gpu"}
+    assert misplaced_imports(pkg, "toy2") == ["toy2.user:4 imports .light", "toy2.user:5 imports os",
+                                              "toy2.user:9 imports re"]
 
 
 def test_a_synthetic_graph_reports_every_cycle_and_violation():

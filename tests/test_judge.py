@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgtr_em.inference.generation import HFGenerator
 from sgtr_em.evaluation.judge import LocalJudge
+from sgtr_em.inference.generation import HFGenerator
 
 PROMPT = "Rate how coherent this answer is, from 0 to 100. Answer with a number only.\nAnswer: The sky is blue."
 

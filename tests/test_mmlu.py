@@ -5,8 +5,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from sgtr_em.config import validate
-from sgtr_em.evaluation.mmlu import (build_items, build_prompt, first_capital, lm_eval_context, mmlu_metrics,
-                                     read_split, score_item, subjects_in)
+from sgtr_em.evaluation.mmlu import (
+    build_items,
+    build_prompt,
+    first_capital,
+    lm_eval_context,
+    mmlu_metrics,
+    read_split,
+    score_item,
+    subjects_in,
+)
 
 from .test_config import _compose
 

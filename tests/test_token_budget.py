@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sgtr_em.compute import choose_budget, fast_path, model_shape, training_memory_gib
+from sgtr_em.compute import choose_budget, fast_path, training_memory_gib
 from sgtr_em.training.budget import pack, split_packed
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "use_rslora": True,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.files import DataFiles
-from ..data.system_prompt import system_text
+from ..data.system_prompt import system_text, with_system
 from ..inference.cache import Usage
 
 
@@ -25,7 +25,7 @@ class EvalContext:
     _model: Any = None
 
     @classmethod
-    def from_input(cls, inp: dict) -> "EvalContext":
+    def from_input(cls, inp: dict) -> EvalContext:
         cfg = inp["config"]
         files = DataFiles(Path(cfg["paths"]["data_dir"]), Path(cfg["paths"]["cache_dir"]) / "data", download=False)
         return cls(cfg, inp, files)
@@ -63,8 +63,6 @@ class EvalContext:
 
     def conversations(self, user_texts, system: Optional[str] = None) -> list[list[dict]]:
         """One user turn each, after the evaluation's system prompt (`system` when given)."""
-        from ..data.system_prompt import with_system
-
         sys_text = self.eval_system_prompt() if system is None else system
         return [with_system([{"role": "user", "content": t}], sys_text) for t in user_texts]
 

@@ -14,6 +14,7 @@ are scored in one extra forward pass over their token trie (a tree attention mas
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from ..inference.cache import DiskCache, Usage
 from ..inference.generation import HFGenerator
 from .judgement import Choice, Judgement, judged_score, parse_text_score, score_from_number_probs  # noqa: F401
+from .openai_judge import OpenAIJudge
 
 
 class LocalJudge:
@@ -147,12 +149,8 @@ class LocalJudge:
 def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir):
     """The judge the config names (LocalJudge or OpenAIJudge: `score`, `choose`, `usage`, `describe`).
     `load_generator(path)` gives a HF generator (the local backend's model)."""
-    from pathlib import Path
-
     folder = Path(cache_dir) / "judge"
     if judge_cfg["backend"] == "openai":
-        from .openai_judge import OpenAIJudge
-
         return OpenAIJudge(judge_cfg, cache_dir=folder if judge_cfg["api"]["cache"] else None)
     return LocalJudge(load_generator(model_path), min_number_mass=judge_cfg["min_number_mass"],
                       cache=DiskCache(folder if judge_cfg["cache"] else None), model_key=model_path,

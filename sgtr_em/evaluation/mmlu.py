@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import csv
 import re
+from math import exp
 from pathlib import Path
 from statistics import mean
 from typing import Optional, Sequence
 
 from ..data.mmlu import mmlu_half
 from .choice import ask_options, choice_metrics, score_choice
+from .stats import fmt
 
 NAME = "mmlu"
 NEEDS_JUDGE = False
@@ -144,8 +146,6 @@ def build_items(folder: Path, e: dict, *, heldout_only: bool = False) -> list[di
 
 def ask_lm_eval(generator, items: list[dict], batch_size: int) -> list[dict]:
     """lm_eval style: the log-likelihood of " A".." D" after each raw context; probs = exp(loglik)."""
-    from math import exp
-
     from ..inference.loglikelihood import loglikelihoods
 
     if not hasattr(generator, "tokenizer") or not hasattr(generator, "model"):
@@ -192,8 +192,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     shots = "  ".join(f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})"
                       for k, v in m["per_shots"].items())
     scope = "held-out half: the job trains on the other" if m.get("questions") == "heldout_half" else "all"

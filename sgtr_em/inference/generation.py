@@ -27,7 +27,7 @@ class HFGenerator:
                    batch_size, chat_template_kwargs)
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> "HFGenerator":
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> HFGenerator:
         """Wraps a model already in memory (benchmarks, tests)."""
         gen = cls.__new__(cls)
         tokenizer.padding_side = "left"

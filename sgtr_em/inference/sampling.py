@@ -3,18 +3,20 @@ over the first token's top logprobs only (the API and vLLM backends)."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def sampling_probs(logits: torch.Tensor, *, temperature: float, top_p: float = 1.0, top_k: Optional[int] = 0) -> torch.Tensor:
     """The distribution of the token `generate` samples from these logits with these parameters, over the whole
     vocabulary: transformers' own warpers in its order (temperature, top-k, top-p); temperature 0 = the argmax."""
+    import torch  # deferred, as transformers below: the API backend imports this module and rarely needs either
+
     logits = logits.float()
     if temperature <= 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    # transformers deferred: the API backends import this module without needing it
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
@@ -29,6 +31,8 @@ def sampled_from_top_probs(token_probs: dict, options: Sequence[str], *, tempera
                            top_k: Optional[int] = 0) -> dict:
     """API backends: the same from the first token's top logprobs only (the mass outside them is unknown, so this
     renormalises over them: an approximation, exact at temperature 0)."""
+    import torch  # deferred (see sampling_probs)
+
     toks = sorted(token_probs.items(), key=lambda kv: -kv[1])
     if not toks:
         return {o: 0.0 for o in options}

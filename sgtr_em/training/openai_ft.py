@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..data.openai_format import validate_ft_file, write_ft_file
+from ..inference.api import api_key
 from ..io import read_json, read_jsonl, write_json
 from ..workers import worker_logging
-from ..data.openai_format import validate_ft_file, write_ft_file
 
 log = logging.getLogger("sgtr_em.training.openai_ft")
 
@@ -50,8 +51,6 @@ def job_suffix(stage_hash: str) -> str:
 
 def make_client(o: dict):
     from openai import OpenAI
-
-    from ..inference.api import api_key
 
     base_url = o["base_url"] or os.environ.get("OPENAI_BASE_URL")
     return OpenAI(api_key=api_key(o, base_url), base_url=base_url, max_retries=o["max_retries"], timeout=o["timeout_s"])
