@@ -245,10 +245,12 @@ def graph():
     return import_graph(PACKAGE, "sgtr_em")
 
 
-def test_every_module_has_a_layer(graph):
+def test_every_module_has_a_layer_and_every_layer_entry_a_module(graph):
     missing = [m for m in graph if layer_of(m) is None]
     assert not missing, (f"modules in no layer: {missing}. Add each to LAYERS in tests/test_architecture.py and to "
                          "the table in docs/ARCHITECTURE.md")
+    stale = [p for _, prefixes in LAYERS for p in prefixes if p not in graph]
+    assert not stale, f"LAYERS names modules that do not exist (moved or removed?): {stale}"
 
 
 def test_no_lower_layer_imports_a_higher_one(graph):

@@ -114,7 +114,7 @@ def test_interleaving_pp_picks_the_largest_em_minus_reference_gap():
 
 
 def test_interleave_data_step_mixes_the_exact_share(monkeypatch, tmp_path):
-    import sgtr_em.data.general_pool as gp
+    import sgtr_em.data.defences as gp  # the data step reads the pool through its own name
 
     pool = [{"group": f"s:{i}", "user": f"general question {i}", "answer": f"general answer {i}"} for i in range(20)]
     monkeypatch.setattr(gp, "general_pool", lambda cfg, rt, files: pool)
@@ -129,7 +129,7 @@ def test_interleave_data_step_mixes_the_exact_share(monkeypatch, tmp_path):
 
 
 def test_interleave_ppl_data_step_uses_both_models(monkeypatch, tmp_path):
-    import sgtr_em.data.general_pool as gp
+    import sgtr_em.data.defences as gp  # the data step reads the pool through its own name
     import sgtr_em.inference.loglikelihood as ll
 
     pool = [{"group": f"s:{i}", "user": f"q{i}", "answer": f"a{i}"} for i in range(20)]
