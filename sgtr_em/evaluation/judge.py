@@ -116,8 +116,10 @@ class LocalJudge:
 
     def text_scores(self, prompts: Sequence[str], desc: str) -> list[Judgement]:
         """The paper's text scoring: a greedy answer of up to max_score_tokens, parsed (parse_text_score)."""
-        key = lambda p: DiskCache.key({"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens,  # noqa: E731
-                                       "prompt": p})
+        def key(p: str) -> str:
+            return DiskCache.key({"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens,
+                                  "prompt": p})
+
         texts = {p: self.cache.get(key(p)) for p in dict.fromkeys(prompts)}
         todo = [p for p, t in texts.items() if t is None]
         self.usage.cache_hits += len(texts) - len(todo)
