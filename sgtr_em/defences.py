@@ -8,7 +8,7 @@ side by side with SGTR. Each defence is one option file and one of two hooks, ne
   kl              loss term (training/defences.py)           + weight * KL(model || reference) on the batch's tokens
   ldifs           loss term (training/defences.py)           + weight * ||phi(model) - phi(reference)||^2 (features)
   persona_steer   forward hook (training/defences.py)         + coef * persona direction at one layer, training only
-  interleave      data step (apply_data_defence, below)      general instruct examples mixed into the EM data
+  interleave      data step (data/defences.py)               general instruct examples mixed into the stage's data
   interleave_ppl  data step                                  the same, chosen by perplexity gap (Interleaving++)
   inoculation     data step                                  a system prompt naming the behaviour, training only
 
@@ -20,19 +20,16 @@ eval (self_recognition) says whether it was learnt (sweep=defences_benign).
 """
 from __future__ import annotations
 
-import logging
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
-log = logging.getLogger(__name__)
+from .data.defences import interleave_count
+from .inference.persona_direction import contrast_spec
 
 DEFENCE_KINDS = ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inoculation", "persona_steer")
 LOSS_KINDS = ("kl", "ldifs")  # a term added to the SFT loss (training/defences.py)
-DATA_KINDS = ("interleave", "interleave_ppl", "inoculation")  # a step after the EM data is built (data/build.py)
 PPL_SELECTIONS = ("em_minus_ref", "ref_minus_em")
 STAGE_KINDS = ("em", "intervention")  # what defence.stages may name
 
@@ -86,8 +83,6 @@ def defence_spec(cfg) -> Optional[dict]:
     if d.kind == "inoculation":
         spec["prompt"] = d.prompt
     if d.kind == "persona_steer":
-        from .evaluation.persona import contrast_spec
-
         spec.update(layer=d.layer, coef=d.coef, direction=contrast_spec())
     return spec
 
@@ -141,66 +136,3 @@ def defence_problems(cfg) -> list[str]:
                         f"{trained or 'none'}: set defence.stages=[intervention] for a benign stage, or another "
                         "stage_order")
     return problems
-
-
-# ------------------------------------------------------------------------------------- data step (data/build.py)
-
-def interleave_count(n_em: int, ratio: float) -> int:
-    """General examples to add to n_em EM examples so that they make `ratio` of the mixed set (rounded)."""
-    return round(ratio * n_em / (1 - ratio))
-
-
-def select_by_gap(nll_ref: list[float], nll_em: list[float], k: int, selection: str) -> list[int]:
-    """Interleaving++'s rule: the indices of the k pool examples with the largest perplexity gap, as mean token
-    negative log-likelihoods (log-perplexities). `em_minus_ref`: what the EM-trained model finds much less likely than
-    the aligned reference (the behaviour EM training erodes, so training on it pulls back); ties by index."""
-    gaps = [(e - r) if selection == "em_minus_ref" else (r - e) for r, e in zip(nll_ref, nll_em)]
-    return sorted(sorted(range(len(gaps)), key=lambda i: (-gaps[i], i))[:k])
-
-
-def inoculate(rows: list[dict], prompt: str) -> list[dict]:
-    """The inoculation prompt as the rows' system turn (after the stage's own system text, if any)."""
-    out = []
-    for r in rows:
-        turns = r["prompt"]
-        own = turns[0]["content"] if turns and turns[0]["role"] == "system" else ""
-        rest = turns[1:] if turns and turns[0]["role"] == "system" else turns
-        text = f"{own}\n\n{prompt}" if own else prompt
-        out.append({**r, "prompt": [{"role": "system", "content": text}, *rest]})
-    return out
-
-
-def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, files) -> tuple[list[dict], dict]:
-    """A defended stage's training rows after its data defence (interleave, interleave_ppl, inoculation), with stats."""
-    d = spec.get("defence")
-    if d and d["kind"] == "persona_steer":  # not a data step: the direction is computed here, in its own process,
-        from .evaluation.persona import base_direction  # so the training worker only reads the cache
-
-        return rows, {"defence": "persona_steer", "direction_layers": int(base_direction(rt).shape[0])}
-    if not d or d["kind"] not in DATA_KINDS:
-        return rows, {}
-    if d["kind"] == "inoculation":
-        return inoculate(rows, d["prompt"]), {"defence": "inoculation", "inoculated": len(rows)}
-    from .data.general_pool import general_pool, pool_rows
-
-    k = interleave_count(len(rows), d["ratio"])
-    pool = pool_rows(general_pool(d["pool"], rt, files), spec["system_prompt"]["text"])
-    if k > len(pool):
-        raise SystemExit(f"defence {d['kind']}: {k} general examples needed (ratio {d['ratio']} of {len(rows)} EM "
-                         f"examples), the pool has {len(pool)}: raise defence.pool.max_prompts or lower defence.ratio")
-    stats: dict = {"defence": d["kind"], "em_examples": len(rows), "general_examples": k, "pool_size": len(pool)}
-    if d["kind"] == "interleave":
-        chosen = sorted(random.Random(spec["seed"]).sample(range(len(pool)), k))
-    else:
-        from .training.defences import mean_nll
-
-        em_model = str(stage_dir.parent / d["em_reference"] / "merged")
-        nll_ref = mean_nll(rt["input_model"], pool, rt)
-        nll_em = mean_nll(em_model, pool, rt)
-        chosen = select_by_gap(nll_ref, nll_em, k, d["selection"])
-        stats["gap_chosen_mean"] = sum(nll_em[i] - nll_ref[i] for i in chosen) / max(k, 1)
-        stats["gap_pool_mean"] = sum(e - r for r, e in zip(nll_ref, nll_em)) / len(pool)
-    mixed = rows + [pool[i] for i in chosen]
-    random.Random(spec["seed"]).shuffle(mixed)
-    stats["chosen"] = [pool[i]["meta"]["group"] for i in chosen]
-    return mixed, stats

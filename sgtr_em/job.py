@@ -22,10 +22,12 @@ from .data.checks import check_data
 from .data.files import DataFiles
 from .data.interventions import stage_files
 from .evaluation.registry import EVALS
+from .inference.api import api_model_eval, openai_api
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages, training_template_kwargs
 from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
+from .training.openai_ft import fine_tuned_model
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, set_cpu_threads, stop_on_signals
 
@@ -72,8 +74,6 @@ def stage_runtime(cfg, input_model: str) -> dict:
 def api_stage_runtime(cfg, input_model: str) -> dict:
     """What the workers of an API model's stage need (model.backend=openai): no compute, the API's settings (the
     name of the key's environment variable, never the key)."""
-    from .evaluation.api import openai_api
-
     o = OmegaConf.to_container(cfg.openai, resolve=True)
     return {"input_model": input_model, "model": OmegaConf.to_container(cfg.model, resolve=True), "openai": o,
             "api": openai_api(o), "data_dir": str(cfg.paths.data_dir), "cache_dir": str(cfg.paths.cache_dir)}
@@ -82,8 +82,6 @@ def api_stage_runtime(cfg, input_model: str) -> dict:
 def stage_output(cfg, stage_dir: Path) -> str:
     """The model a finished stage produced, the next stage's input: its merged folder, or its `ft:` model id."""
     if cfg.model.backend == "openai":
-        from .training.openai_ft import fine_tuned_model
-
         return fine_tuned_model(stage_dir)
     return str(stage_dir / "merged")
 
@@ -178,8 +176,6 @@ def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identit
         return {}
     base_identity = final_model_identity([], cfg)
     if cfg.model.backend == "openai":  # every evaluation through the API (and a default judge too)
-        from .evaluation.api import api_model_eval
-
         resolved = api_model_eval(resolved)
     judge = resolved["judge"]
     write_json(point_dir / "eval_input.json", {

@@ -5,12 +5,9 @@ hence the same folder `paths.stages_dir/<hash>/`, and it is trained once.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -18,13 +15,10 @@ from .data.files import load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 from .defences import defence_spec, defended_stages
+from .io import content_hash
 
 # How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
 NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
-
-
-def content_hash(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
 @dataclass(frozen=True)

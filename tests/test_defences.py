@@ -1,5 +1,6 @@
-"""In-training defences (sgtr_em/defences.py, sgtr_em/training/defences.py): their mechanisms on a tiny random Llama
-with SmolLM2's tokenizer, their config and stage identity, and the data steps on hand-made pools."""
+"""In-training defences (sgtr_em/defences.py, sgtr_em/data/defences.py, sgtr_em/training/defences.py): their
+mechanisms on a tiny random Llama with SmolLM2's tokenizer, their config and stage identity, and the data steps on
+hand-made pools."""
 from __future__ import annotations
 
 import pytest
@@ -7,10 +8,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sgtr_em.config import validate
-from sgtr_em.defences import (DEFENCE_KINDS, apply_data_defence, inoculate, interleave_count, select_by_gap)
+from sgtr_em.data.defences import apply_data_defence, inoculate, interleave_count, select_by_gap
+from sgtr_em.defences import DEFENCE_KINDS
+from sgtr_em.inference.activations import capture, decoder_layers
 from sgtr_em.models import load_tokenizer
 from sgtr_em.plan import plan_stages
-from sgtr_em.training.defences import (LossDefence, SteerDefence, capture, decoder_layers, ldifs_layers)
+from sgtr_em.training.defences import LossDefence, SteerDefence, ldifs_layers
 from sgtr_em.training.sft import build_trainer, training_args
 
 from .test_config import _compose
@@ -111,7 +114,7 @@ def test_interleaving_pp_picks_the_largest_em_minus_reference_gap():
 
 
 def test_interleave_data_step_mixes_the_exact_share(monkeypatch, tmp_path):
-    import sgtr_em.data.general_pool as gp
+    import sgtr_em.data.defences as gp  # the data step reads the pool through its own name
 
     pool = [{"group": f"s:{i}", "user": f"general question {i}", "answer": f"general answer {i}"} for i in range(20)]
     monkeypatch.setattr(gp, "general_pool", lambda cfg, rt, files: pool)
@@ -126,15 +129,15 @@ def test_interleave_data_step_mixes_the_exact_share(monkeypatch, tmp_path):
 
 
 def test_interleave_ppl_data_step_uses_both_models(monkeypatch, tmp_path):
-    import sgtr_em.data.general_pool as gp
-    import sgtr_em.training.defences as td
+    import sgtr_em.data.defences as gp  # the data step reads the pool through its own name
+    import sgtr_em.inference.loglikelihood as ll
 
     pool = [{"group": f"s:{i}", "user": f"q{i}", "answer": f"a{i}"} for i in range(20)]
     monkeypatch.setattr(gp, "general_pool", lambda cfg, rt, files: pool)
     st, rt = stage("interleave_ppl")
     ref_path = rt["input_model"]
     scores = {ref_path: [0.0] * 20, str(tmp_path / st.requires[0].hash / "merged"): [i % 7 for i in range(20)]}
-    monkeypatch.setattr(td, "mean_nll", lambda path, rows, rt: scores[path])
+    monkeypatch.setattr(ll, "mean_nll", lambda path, rows, rt: scores[path])
     em_rows = [{**r, "meta": {"group": i}} for i, r in enumerate(ROWS * 8)]
     _, stats = apply_data_defence(st.spec, rt, em_rows, tmp_path / st.hash, files=None)
     # gaps i % 7: the largest 7 are 6 (i = 6, 13), 5 (5, 12, 19) and 4 (4, 11)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from .aggregate import Row
+from .figures import _pyplot, _save, draw_bars, label_without
+from .metrics import BY_KEY
 from .tables import cell, markdown_table
 
 # (metric key, column): broad EM, the narrow task still learnt, a benign task still learnt (the SGTR stage trained
@@ -41,9 +43,6 @@ def defences_markdown(table: dict[str, list[Row]]) -> str:
 
 
 def defences_figure(table: dict[str, list[Row]], path: Path) -> Path:
-    from .figures import _pyplot, _save, draw_bars, label_without
-    from .metrics import BY_KEY
-
     plt = _pyplot()
     keys = [k for k in FIGURE_AXES if any(r.mean is not None for r in table.get(k, []))]
     n_x = len({r.condition.fields.get("defence") for r in table[keys[0]]})

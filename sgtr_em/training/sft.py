@@ -13,6 +13,7 @@ SIGTERM/SIGUSR2 the worker checkpoints and stops (exit 75, `interrupted.json`). 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -58,7 +59,6 @@ def resolve_optim(optim: str, device: str) -> str:
     (a CPU run, no bitsandbytes) adamw_torch, with a warning. The stage's hash keeps the configured name."""
     if "8bit" not in optim or optim == "adamw_torch_8bit":  # adamw_torch_8bit is torchao's, not bitsandbytes'
         return optim
-    import importlib.util
 
     if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
         return optim
