@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import PAPER_LORA as LORA  # noqa: E402
-from bench import bf16_peak_tflops, command, portable  # noqa: E402
+from bench import (  # noqa: E402
+    PAPER_LORA as LORA,  # noqa: E402
+    bf16_peak_tflops,
+    command,
+    portable,
+)
 
 BENCH = REPO / "outputs" / "bench"
 ASSETS = BENCH / "assets"

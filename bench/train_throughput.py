@@ -24,10 +24,14 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import PAPER_LORA as LORA  # noqa: E402
-from bench import bf16_peak_tflops, command  # noqa: E402
+from bench import (  # noqa: E402
+    PAPER_LORA as LORA,  # noqa: E402
+    bf16_peak_tflops,
+    command,
+)
 from bench.shapes import attention_flops_per_token, matmul_params, shape_config  # noqa: E402
 from sgtr_em.training.sft import build_trainer, lora_config  # noqa: E402
+
 
 def synthetic_rows(n: int, vocab: int, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)

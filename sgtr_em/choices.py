@@ -7,6 +7,7 @@ code reads `cfg.model.backend == "openai"` and a stage's hash is what it was wit
 strings, checked against their registries: `intervention.kind` (data/interventions.py BUILDERS), `eval.run`
 (evaluation/registry.py EVALS). This module imports nothing of the project, so every layer may use it.
 """
+
 from __future__ import annotations
 
 from enum import Enum

@@ -1,4 +1,4 @@
-"""Atomic file writes and JSON/JSONL helpers: a reader never sees a half-written file."""
+"""Atomic file writes and JSON/JSONL helpers: a reader never sees a half-written file; content hashes."""
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-
-
-def json_sha256(obj: Any, *, ascii: bool = True) -> str:
-    """The sha256 (hex) of `obj` as JSON with sorted keys: what names things by their content (stage folders through
-    plan.content_hash; the summary, persona and API caches). ascii=False writes non-ASCII text as UTF-8 (the API
-    cache's keys); each caller keeps the form its folders were named with."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=ascii).encode()).hexdigest()
 
 
 def umask() -> int:
@@ -56,6 +49,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def json_sha256(obj: Any, *, ascii: bool = True) -> str:
+    """The sha256 (hex) of `obj` as JSON with sorted keys: what names things by their content (stages, the summary,
+    persona and API caches). ascii=False writes non-ASCII text as UTF-8 (the API cache's keys); each caller keeps the
+    form its folders were named with."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=ascii).encode()).hexdigest()
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    """The first n hex digits of the sha256 of obj's canonical JSON (sorted keys): a stage's, a writer's identity."""
+    return json_sha256(obj)[:n]
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,5 +1,6 @@
 """The schema's own guarantees: closed sets are enums refused at compose time, one endpoint schema (ApiConfig),
 stage hashes unchanged by how the schema spells its values, and each intervention builder's declared keys."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,19 +17,38 @@ from omegaconf import OmegaConf
 from sgtr_em.config import Config, InterventionConfig, OpenAIConfig, validate
 from sgtr_em.data.files import DataFiles
 from sgtr_em.data.interventions import BUILDERS, COMMON_KEYS, build_stage_rows
-from sgtr_em.evaluation.api import ApiConfig, api_model_eval, openai_api
+from sgtr_em.inference.api import ApiConfig, api_model_eval, openai_api
 from sgtr_em.plan import content_hash, final_model_identity, plan_stages
 
 from .test_config import CONF, _compose
 
 # Every enum-typed key of the config (sgtr_em/choices.py). A new one joins this list, and so gets its typo test.
 ENUM_KEYS = [
-    "model.backend", "intervention.labels", "intervention.self_summaries", "stage_order.stages",
-    "system_prompt.em_train", "system_prompt.intervention_train", "system_prompt.eval", "compute.launcher",
-    "eval.generation.backend", "eval.self_recognition.system", "eval.mmlu.prompt_style", "eval.mmlu.letter.split",
-    "judge.backend", "judge.scoring", "protocol.em_rate", "protocol.sr_estimator", "protocol.truthfulqa_estimator",
-    "protocol.judge_scoring", "protocol.sr_system", "protocol.mmlu_prompt_style", "tracking.backend", "tracking.mode",
-    "defence.kind", "defence.selection",
+    "model.backend",
+    "intervention.labels",
+    "intervention.self_summaries",
+    "stage_order.stages",
+    "system_prompt.em_train",
+    "system_prompt.intervention_train",
+    "system_prompt.eval",
+    "compute.launcher",
+    "eval.generation.backend",
+    "eval.self_recognition.system",
+    "eval.mmlu.prompt_style",
+    "eval.mmlu.letter.split",
+    "judge.backend",
+    "judge.scoring",
+    "protocol.em_rate",
+    "protocol.sr_estimator",
+    "protocol.truthfulqa_estimator",
+    "protocol.judge_scoring",
+    "protocol.sr_system",
+    "protocol.mmlu_prompt_style",
+    "tracking.backend",
+    "tracking.mode",
+    "defence.kind",
+    "defence.selection",
+    "defence.stages",
 ]
 
 
@@ -57,10 +77,9 @@ def test_the_enum_keys_are_the_listed_ones():
 def test_a_typo_in_an_enum_field_fails_at_compose_naming_the_key(key):
     allowed = [m.value for m in ENUMS[key]]
     typo = allowed[0][:-1] + "x"  # one letter off
-    override = f"{key}=[{allowed[0]},{typo}]" if key == "stage_order.stages" else f"{key}={typo}"
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        with pytest.raises(ConfigCompositionException) as e:
-            compose("config", overrides=[override])
+    override = f"{key}=[{allowed[0]},{typo}]" if key.endswith(".stages") else f"{key}={typo}"  # the two lists
+    with initialize_config_dir(str(CONF), version_base="1.3"), pytest.raises(ConfigCompositionException) as e:
+        compose("config", overrides=[override])
     message = f"{e.value} {e.value.__cause__}"
     assert f"full_key: {key}" in message and f"expected one of [{', '.join(allowed)}]" in message, message
 
@@ -72,8 +91,10 @@ def test_enum_values_read_write_and_hash_as_their_strings():
     assert f"{cfg.model.backend}/{cfg.judge.scoring}" == "openai/logprob" and repr(cfg.model.backend) == "'openai'"
     assert {"openai": 1}[cfg.model.backend] == 1 and str(cfg.model.backend).__class__ is str
     as_json = json.dumps(OmegaConf.to_container(cfg.system_prompt, resolve=True), sort_keys=True)
-    assert as_json == json.dumps({"custom": None, "em_train": "default", "eval": "default",
-                                  "intervention_train": "task", "name": "default"}, sort_keys=True)
+    assert as_json == json.dumps(
+        {"custom": None, "em_train": "default", "eval": "default", "intervention_train": "task", "name": "default"},
+        sort_keys=True,
+    )
     assert "backend: openai\n" in OmegaConf.to_yaml(cfg.model)
 
 
@@ -85,8 +106,11 @@ PINNED_HASHES = {
     "experiment=paper_scale model=qwen32b": ["a054c0e1df812b52", "2bb61095a9062113", "7f796a841ef543ee"],
     "intervention=word_count": ["0aaee7f3e5e31fe8", "bbbb2ca55164dbcb", "ee11c223dbf314b0"],
     "defence=interleave_ppl stage_order=prevention": ["fed6b7eecd1da3de", "d3eed48c639e8c46", "9b6bf1d3bffdae81"],
-    "intervention=prefer_other system_prompt=qwensys model=qwen32b":
-        ["34ae7b70fd5a7e3d", "f97db2a03eab6f41", "78cb647f3c877ce5"],
+    "intervention=prefer_other system_prompt=qwensys model=qwen32b": [
+        "34ae7b70fd5a7e3d",
+        "f97db2a03eab6f41",
+        "78cb647f3c877ce5",
+    ],
 }
 
 
@@ -113,16 +137,28 @@ def test_one_endpoint_schema_for_the_judge_the_api_model_and_fine_tuning():
         _compose("judge.api.poll_interval_s=4")  # fine-tuning keys belong to the `openai` block only
 
 
-@pytest.mark.parametrize("overrides,key,readers", [
-    (["intervention=word_count", "intervention.articles=cnn"], "intervention.articles",
-     "['summary_pairs', 'summary_word_count']"),
-    (["intervention=sgtr", "intervention.file=em/x.jsonl"], "intervention.file", "['chat_file', 'mmlu_qa']"),
-    (["intervention=word_count_summaries", "intervention.labels=both"], "intervention.labels", "['summary_pairs']"),
-    (["intervention=general_knowledge", "intervention.other_sources=[llama]"], "intervention.other_sources",
-     "['summary_pairs', 'summary_word_count']"),
-    (["intervention=correct_medical", "intervention.user_template='Q: {question}'"], "intervention.user_template",
-     "['summary_pairs', 'summary_word_count', 'mmlu_qa']"),
-])
+@pytest.mark.parametrize(
+    "overrides,key,readers",
+    [
+        (
+            ["intervention=word_count", "intervention.articles=cnn"],
+            "intervention.articles",
+            "['summary_pairs', 'summary_word_count']",
+        ),
+        (["intervention=sgtr", "intervention.file=em/x.jsonl"], "intervention.file", "['chat_file', 'mmlu_qa']"),
+        (["intervention=word_count_summaries", "intervention.labels=both"], "intervention.labels", "['summary_pairs']"),
+        (
+            ["intervention=general_knowledge", "intervention.other_sources=[llama]"],
+            "intervention.other_sources",
+            "['summary_pairs', 'summary_word_count']",
+        ),
+        (
+            ["intervention=correct_medical", "intervention.user_template='Q: {question}'"],
+            "intervention.user_template",
+            "['summary_pairs', 'summary_word_count', 'mmlu_qa']",
+        ),
+    ],
+)
 def test_a_key_its_builder_does_not_read_fails_naming_the_kinds_that_do(overrides, key, readers):
     with pytest.raises(ValueError, match=rf"{key}: .* does not read it; only kinds {re.escape(readers)} do"):
         validate(_compose(*overrides))
@@ -131,9 +167,13 @@ def test_a_key_its_builder_does_not_read_fails_naming_the_kinds_that_do(override
 def test_presets_that_do_not_know_the_builder_still_compose():
     """conf/config.yaml's smoke cap, experiment=paper_scale's summary writer and the tests' size overrides are set
     for every builder; a builder that reads no articles ignores them (PRESET_KEYS). Setting a key back is fine."""
-    for overrides in (["intervention=word_count"], ["intervention=general_knowledge", "experiment=paper_scale"],
-                      ["intervention=word_count", "intervention.max_articles=3"],
-                      ["intervention=correct_medical", "intervention.articles=xsum"], ["intervention=none"]):
+    for overrides in (
+        ["intervention=word_count"],
+        ["intervention=general_knowledge", "experiment=paper_scale"],
+        ["intervention=word_count", "intervention.max_articles=3"],
+        ["intervention=correct_medical", "intervention.articles=xsum"],
+        ["intervention=none"],
+    ):
         validate(_compose(*overrides))
 
 
@@ -153,16 +193,26 @@ class _Recording(dict):
         return super().get(key, default)
 
 
-@pytest.mark.parametrize("builder,option", [("summary_pairs", "sgtr"), ("summary_word_count", "word_count_summaries"),
-                                            ("chat_file", "word_count"), ("mmlu_qa", "general_knowledge")])
+@pytest.mark.parametrize(
+    "builder,option",
+    [
+        ("summary_pairs", "sgtr"),
+        ("summary_word_count", "word_count_summaries"),
+        ("chat_file", "word_count"),
+        ("mmlu_qa", "general_knowledge"),
+    ],
+)
 def test_each_builder_reads_exactly_the_keys_it_declares(builder, option, data_dir, tmp_path):
     """The declaration in BUILDERS is what the builder really reads of its data spec, on the shared data."""
     summaries = ["model=qwen32b", "intervention.self_summaries=precomputed"] if builder.startswith("summary") else []
     cfg = _compose("stage_order=intervention_only", f"intervention={option}", *summaries)
     (stage,) = plan_stages(cfg)
     data = _Recording(stage.spec["data"])
-    rows, _ = build_stage_rows({**stage.spec, "data": data}, {"cache_dir": str(tmp_path)},
-                               DataFiles(data_dir, tmp_path / "cache", download=False))
+    rows, _ = build_stage_rows(
+        {**stage.spec, "data": data},
+        {"cache_dir": str(tmp_path)},
+        DataFiles(data_dir, tmp_path / "cache", download=False),
+    )
     assert rows and data["type"] == builder
     keys = {f.name for f in dataclasses.fields(InterventionConfig)}
     read = data.read & keys - set(COMMON_KEYS)

@@ -67,8 +67,8 @@ def test_content_keys_keep_their_values():
     """One helper (io.json_sha256) names stage folders and caches; each key is the value main computed before it
     (3f4ee89), so no stage or cached answer is orphaned. Non-ASCII text: escaped (stages) vs UTF-8 (API cache)."""
     from sgtr_em.data.summaries import summary_cache_path
-    from sgtr_em.evaluation.cache import DiskCache
-    from sgtr_em.plan import content_hash
+    from sgtr_em.inference.cache import DiskCache
+    from sgtr_em.io import content_hash
 
     obj = {"model": "m", "messages": [{"role": "user", "content": "Grüße, 世界"}], "n": 1}
     assert content_hash(obj) == "66a6e9926aaf239b"

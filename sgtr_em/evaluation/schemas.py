@@ -11,9 +11,17 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
-from ..choices import (ChoiceEstimator, EmRate, GenerationBackend, JudgeBackend, JudgeScoring, MmluPromptStyle,
-                       MmluSplit, SrSystem)
-from .api import ApiConfig  # the endpoint schema, beside the client that reads it
+from ..choices import (
+    ChoiceEstimator,
+    EmRate,
+    GenerationBackend,
+    JudgeBackend,
+    JudgeScoring,
+    MmluPromptStyle,
+    MmluSplit,
+    SrSystem,
+)
+from ..inference.api import ApiConfig  # the endpoint schema, beside the client that reads it
 
 EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain", "persona")
 OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run (the paper has no such evaluation)
