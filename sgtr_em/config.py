@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .backend import backend_of
 from .defences import DefenceConfig, defence_problems
 from .evaluation.schemas import EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
 
@@ -304,10 +305,11 @@ def register_configs() -> None:
 
 def model_problems(cfg: Any) -> list[str]:
     m = cfg.model
-    if m.backend == "openai":
-        return openai_problems(cfg)
-    if m.backend != "hf":
-        return [f"model.backend: {m.backend!r} is not one of ('hf', 'openai')"]
+    try:
+        if backend_of(cfg).api:
+            return openai_problems(cfg)
+    except ValueError as e:  # model.backend is none of the backends
+        return [str(e)]
     if (m.path is None) == (m.gguf_package is None):
         return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
     if cfg.stage_order.stages and not cfg.lora.target_modules:

@@ -25,6 +25,9 @@ from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
+from .backend import backend_of
+from .contracts import StageRuntime
+
 log = logging.getLogger(__name__)
 
 DEFENCE_KINDS = ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inoculation", "persona_steer")
@@ -105,7 +108,7 @@ def defence_problems(cfg) -> list[str]:
         problems.append("defence.prompt: inoculation needs its training-time system prompt")
     if d.kind == "persona_steer" and d.coef == 0:
         problems.append("defence.coef: persona_steer with coef 0 steers nothing")
-    if d.kind != "none" and cfg.model.backend == "openai":
+    if d.kind != "none" and backend_of(cfg).api:
         problems.append(f"defence={d.name}: defences need the model's weights (model.backend=hf); an API model "
                         "trains as the API does")
     if d.kind != "none" and "em" not in cfg.stage_order.stages:
@@ -140,9 +143,9 @@ def inoculate(rows: list[dict], prompt: str) -> list[dict]:
     return out
 
 
-def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, files) -> tuple[list[dict], dict]:
+def apply_data_defence(spec: dict, rt: StageRuntime, rows: list[dict], stage_dir: Path, files) -> tuple[list[dict], dict]:
     """The EM stage's training rows after its data defence (interleave, interleave_ppl, inoculation), with stats."""
-    d = spec.get("defence")
+    d = spec.get("defence")  # StageSpec.defence (left out of the JSON when None)
     if d and d["kind"] == "persona_steer":  # not a data step: the direction is computed here, in its own process,
         from .evaluation.persona import base_direction  # so the training worker only reads the cache
 
@@ -165,7 +168,7 @@ def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, 
         from .training.defences import mean_nll
 
         em_model = str(stage_dir.parent / d["em_reference"] / "merged")
-        nll_ref = mean_nll(rt["input_model"], pool, rt)
+        nll_ref = mean_nll(rt.input_model, pool, rt)
         nll_em = mean_nll(em_model, pool, rt)
         chosen = select_by_gap(nll_ref, nll_em, k, d["selection"])
         stats["gap_chosen_mean"] = sum(nll_em[i] - nll_ref[i] for i in chosen) / max(k, 1)

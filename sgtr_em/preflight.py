@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
+from .backend import backend_of
+
 # Values shaped like API keys and tokens (OpenAI, Anthropic, Hugging Face, W&B, GitHub, AWS, Google, Slack, bearer).
 SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}"
                           r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
@@ -89,7 +91,7 @@ def _api_uses(cfg) -> list[tuple[str, Any]]:
     uses = []
     if cfg.judge.backend == "openai" and cfg.eval.run:
         uses.append(("judge.api", cfg.judge.api))
-    if cfg.model.backend == "openai":
+    if backend_of(cfg).api:
         uses.append(("openai", cfg.openai))
     return uses
 
@@ -112,7 +114,7 @@ def api_key_problems(cfg) -> list[str]:
 
 def _range_problems(cfg) -> list[str]:
     t, problems = cfg.training, []
-    trains = bool(cfg.stage_order.stages) and cfg.model.backend != "openai"
+    trains = bool(cfg.stage_order.stages) and not backend_of(cfg).api
     if trains:
         checks = [("training.learning_rate", t.learning_rate > 0, "a positive number (the paper: 1e-5)"),
                   ("training.batch_size", t.batch_size >= 1, "at least 1"),

@@ -29,6 +29,10 @@ NEEDS_JUDGE = False
 CONTRAST_FILE = Path(__file__).with_name("persona_contrast.yaml")
 
 
+def data_files(cfg) -> list[str]:
+    return []  # its contrast set ships with the package (persona_contrast.yaml)
+
+
 def load_contrast() -> list[dict]:
     return yaml.safe_load(CONTRAST_FILE.read_text())["pairs"]
 
@@ -116,11 +120,11 @@ def base_direction(rt: dict):
 
     from ..models import resolve_model_path
 
-    m = rt["model"]
-    base = resolve_model_path(OmegaConf.create(m), rt["cache_dir"])
+    m = rt.model
+    base = resolve_model_path(OmegaConf.create(m), rt.cache_dir)
     key = json.dumps({k: m.get(k) for k in ("path", "gguf_package", "gguf_file", "dtype")}, sort_keys=True)
-    return cached_direction(base, key, rt["cache_dir"], dtype=rt["dtype"], device=rt["compute"]["device"],
-                            kw=rt["chat_template_kwargs"])
+    return cached_direction(base, key, rt.cache_dir, dtype=rt.dtype, device=rt.compute["device"],
+                            kw=rt.chat_template_kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ the evaluation

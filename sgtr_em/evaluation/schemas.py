@@ -6,8 +6,9 @@ with a comment naming its source.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -190,6 +191,9 @@ class EvalConfig:
     identity: IdentityEvalConfig = field(default_factory=IdentityEvalConfig)
     in_domain: InDomainEvalConfig = field(default_factory=InDomainEvalConfig)
     persona: PersonaEvalConfig = field(default_factory=PersonaEvalConfig)
+    # Evaluations outside the package: name -> {module: <import path>, ...its settings} (registry.py says how; their
+    # settings are read as eval.<name>'s are). Added with their YAML: +eval/plugins@eval.plugins.<name>=<file>
+    plugins: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -243,8 +247,12 @@ def eval_problems(cfg) -> list[str]:
     """Checks of the eval/judge groups that a schema cannot express; each names the key to fix."""
     ev, problems = cfg.eval, []
     for name in ev.run:
-        if name not in EVAL_NAMES:
-            problems.append(f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
+        if name not in EVAL_NAMES and name not in ev.plugins:
+            problems.append(f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES} (or add it to eval.plugins)")
+    for name, plugin in ev.plugins.items():
+        if name in EVAL_NAMES or not isinstance(plugin, Mapping) or not plugin.get("module"):
+            problems.append(f"eval.plugins.{name}: needs `module` (the evaluation's import path) and a name that is "
+                            f"none of {EVAL_NAMES}")
     if ev.generation.backend not in GENERATION_BACKENDS:
         problems.append(f"eval.generation.backend: {ev.generation.backend!r} is not one of {GENERATION_BACKENDS}")
     if cfg.judge.backend not in JUDGE_BACKENDS:

@@ -114,8 +114,8 @@ def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
     from ..compute import choose_budget, datasheet_bf16_tflops, model_shape
     from .callbacks import SelectiveCheckpointing
 
-    compute = rt["compute"]
-    if not compute.get("token_budget"):
+    compute = rt.compute
+    if not compute["token_budget"]:
         return None
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
@@ -148,7 +148,7 @@ def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
     device = torch.cuda.get_device_name(0) if on_gpu else "cpu"
     choice.update(device=device, world_size=world, liger=compute["liger"], padding_free=compute["padding_free"],
                   sequences=len(lengths), mean_sequence=sum(lengths) / len(lengths), shape=shape,
-                  bf16_peak_tflops=datasheet_bf16_tflops(device), fast_why=compute.get("fast_why"))
+                  bf16_peak_tflops=datasheet_bf16_tflops(device), fast_why=compute["fast_why"])
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(stage_dir / CHOICE_FILE, choice)
     log.info("Token budget %d, %.0f%% of layers recomputed: %s", choice["token_budget"],

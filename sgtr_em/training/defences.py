@@ -148,7 +148,7 @@ class SteerDefence:
 
 def make_defence(spec: dict, rt: dict):
     """The stage's defence object (None for none and the data-step defences)."""
-    d = spec.get("defence") or {}
+    d = spec.get("defence") or {}  # StageSpec.defence (left out of the JSON when None)
     if d.get("kind") in ("kl", "ldifs"):
         return LossDefence(d["kind"], d["weight"], d.get("num_layers", 5))
     if d.get("kind") == "persona_steer":
@@ -202,8 +202,8 @@ def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
     from ..models import load_model, load_tokenizer, resolve_device
 
     tok = load_tokenizer(model_path, padding_side="right")
-    model = load_model(model_path, dtype=rt["dtype"], device=resolve_device(rt["compute"]["device"]))
-    kw = rt["chat_template_kwargs"]
+    model = load_model(model_path, dtype=rt.dtype, device=resolve_device(rt.compute["device"]))
+    kw = rt.chat_template_kwargs
     out = []
     for r in rows:
         prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True,
