@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .backend import backend_of, spec_is_api
+from .data.summaries import summary_file
 
 CHARS_PER_TOKEN = 4.0  # English text in the BPE vocabularies of Qwen2.5 / Llama-3 / OLMo (the common rule of thumb)
 TOKENS_PER_MESSAGE = 5  # role header and end-of-turn markers of a chat template turn
@@ -128,7 +129,7 @@ def stage_cost(stage, data_dir: Path) -> StageCost:
     elif kind in ("summary_pairs", "summary_word_count"):
         articles, other = d["articles"], d["other_sources"][0]
         a_path = data_dir / "articles" / f"{articles}_train_articles.json"
-        s_path = data_dir / "summaries" / articles / f"{articles}_train_{other}_responses.json"
+        s_path = data_dir / summary_file(articles, other)
         if not (a_path.exists() and s_path.exists()):
             return StageCost(d["name"], 0, 0, f"articles/summaries of {articles} not in the data folder")
         n_articles, article_chars = _json_lengths(str(a_path))

@@ -61,6 +61,8 @@ def test_default_run(run_cli, tmp_path):
     samples = (run_dir / "eval" / "em" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)  # local_smoke: no threshold
     assert_wandb_matches(run_dir, metrics)
+    logged = read_offline_run(run_dir)["config"]["cfg"]["compute"]  # resolved once: W&B's is every stage's (issue 19)
+    assert all(read_json(Path(s["folder"]) / "stage.json")["runtime"]["compute"] == logged for s in stages)
     assert_a_newcomer_can_read_it(proc, run_dir, [Path(s["folder"]) for s in stages])
 
 
