@@ -80,8 +80,9 @@ class Backend:
     def stage_runtime(self, cfg, input_model: str, compute: dict) -> StageRuntime:
         raise NotImplementedError
 
-    def train_stage(self, cfg, stage_dir: Path, rt: StageRuntime) -> None:
-        """Everything after the data step: the stage's model is then ready (`stage_output`)."""
+    def train_stage(self, cfg, stage_dir: Path, rt: StageRuntime, run: Callable = run_worker) -> None:
+        """Everything after the data step, each step a worker started by `run` (workers.run_worker): the stage's
+        model is then ready (`stage_output`)."""
         raise NotImplementedError
 
     def stage_output(self, stage_dir: Path) -> str:
@@ -114,8 +115,9 @@ class HFBackend(Backend):
     name, api = "hf", False
 
     def training_identity(self, cfg):
-        training = {k: v for k, v in OmegaConf.to_container(cfg.training, resolve=True).items() if k not in NOT_IDENTITY}
-        return training, OmegaConf.to_container(cfg.lora, resolve=True)
+        training = OmegaConf.to_container(cfg.training, resolve=True)
+        lora = OmegaConf.to_container(cfg.lora, resolve=True)
+        return {k: v for k, v in training.items() if k not in NOT_IDENTITY}, lora
 
     def resolve_compute(self, cfg, base_model):
         return resolve_compute(cfg.compute, cfg.deepspeed, model_path=base_model, dtype=cfg.model.dtype,
@@ -130,11 +132,11 @@ class HFBackend(Backend):
             data_dir=str(cfg.paths.data_dir), cache_dir=str(cfg.paths.cache_dir), batch_size=cfg.eval.batch_size,
             training_extra={k: cfg.training[k] for k in ("logging_steps", "save_steps", "save_total_limit")})
 
-    def train_stage(self, cfg, stage_dir, rt):
+    def train_stage(self, cfg, stage_dir, rt, run=run_worker):
         if not (stage_dir / "adapter").exists():
-            train(cfg, stage_dir, rt.compute, what=f"stage {stage_dir.name} training")
+            train(cfg, stage_dir, rt.compute, what=f"stage {stage_dir.name} training", run=run)
         if not (stage_dir / "merged").exists():
-            run_worker("sgtr_em.training.merge", stage_dir, what=f"stage {stage_dir.name} merge")
+            run("sgtr_em.training.merge", stage_dir, what=f"stage {stage_dir.name} merge")
         if not cfg.training.keep_checkpoints:
             drop_checkpoints(stage_dir)
 
@@ -178,8 +180,8 @@ class OpenAIBackend(Backend):
                             model=OmegaConf.to_container(cfg.model, resolve=True), openai=o, api=api_settings(o),
                             data_dir=str(cfg.paths.data_dir), cache_dir=str(cfg.paths.cache_dir))
 
-    def train_stage(self, cfg, stage_dir, rt):
-        run_worker("sgtr_em.training.openai_ft", stage_dir, what=f"stage {stage_dir.name} fine-tuning job")
+    def train_stage(self, cfg, stage_dir, rt, run=run_worker):
+        run("sgtr_em.training.openai_ft", stage_dir, what=f"stage {stage_dir.name} fine-tuning job")
 
     def stage_output(self, stage_dir):
         from .training.openai_ft import fine_tuned_model
@@ -221,7 +223,7 @@ def api_settings(openai_cfg: dict) -> dict:
 
 # ------------------------------------------------------------------------------ the hf backend's training steps
 
-def train(cfg, stage_dir: Path, compute: dict, *, what: str) -> None:
+def train(cfg, stage_dir: Path, compute: dict, *, what: str, run: Callable = run_worker) -> None:
     """Runs the training worker as `compute` says: one process, or torchrun/accelerate over GPUs and nodes."""
     ds = compute["deepspeed"]
     if ds["stage"]:
@@ -232,7 +234,7 @@ def train(cfg, stage_dir: Path, compute: dict, *, what: str) -> None:
         (stage_dir / "deepspeed.json").unlink(missing_ok=True)
     launch = multinode.leader_launch(stage_dir, compute)
     try:
-        run_worker("sgtr_em.training.sft", stage_dir, what=what, launch=launch, grace_s=compute["preempt_grace_s"])
+        run("sgtr_em.training.sft", stage_dir, what=what, launch=launch, grace_s=compute["preempt_grace_s"])
     finally:
         multinode.retire_launch(stage_dir)
 

@@ -71,7 +71,7 @@ def clean_partial_outputs(d: Path) -> None:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
-def run_stage(cfg, stage: Stage, input_model: str, compute: dict) -> tuple[Path, str]:
+def run_stage(cfg, stage: Stage, input_model: str, compute: dict | None = None) -> tuple[Path, str]:
     """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused').
 
     An API model's stage (model.backend=openai) builds its data the same way, then trains as a fine-tuning job
@@ -91,13 +91,13 @@ def run_stage(cfg, stage: Stage, input_model: str, compute: dict) -> tuple[Path,
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
         backend = backend_of(cfg)
-        runtime = backend.stage_runtime(cfg, input_model, compute)
+        runtime = stage_runtime(cfg, input_model, compute)  # compute: the job's (run_job resolves it once)
         clean_partial_outputs(d)
         write_stage(d, stage.spec, runtime)
         start = time.time()
         if not (d / "train.jsonl").exists():
             run_worker("sgtr_em.data.build", d, what=f"stage {stage.hash} data")
-        backend.train_stage(cfg, d, runtime)  # hf: sft + merge; openai: the fine-tuning job
+        backend.train_stage(cfg, d, runtime, run_worker)  # hf: sft + merge; openai: the fine-tuning job
         write_json(d / "done", {"seconds": round(time.time() - start, 1), "finished": time.time()})
     return d, "trained"
 
@@ -182,11 +182,11 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
     exit_code = None
     log.info("%s", wandb_line(run))
     try:
-        model_path, events = base_model, []
+        model_path, events, compute = base_model, [], resolved.get("compute")  # None: not resolved by run_job
         for i, stage in enumerate(stages, 1):
             for dep in stage.requires:  # defence=interleave_ppl: the undefended EM stage, from the same input
-                run_stage(cfg, dep, model_path, resolved["compute"])
-            d, status = run_stage(cfg, stage, model_path, resolved["compute"])
+                run_stage(cfg, dep, model_path, compute)
+            d, status = run_stage(cfg, stage, model_path, compute)
             events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
                            "status": status, "folder": str(d)})
             write_json(run_dir / "stages.json", events)

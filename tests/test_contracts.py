@@ -106,7 +106,6 @@ def test_compute_is_resolved_once_and_wandb_records_the_stage_folders_block(tmp_
 
     real = backend.resolve_compute
     monkeypatch.setattr(backend, "resolve_compute", lambda *a, **k: resolved.append(1) or real(*a, **k))
-    monkeypatch.setattr(backend, "run_worker", worker)
     monkeypatch.setattr(job, "run_worker", worker)
     cfg = _compose("stage_order=reversal", "eval.run=[]", "compute=cpu", f"paths.output_dir={tmp_path}",
                    f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}")

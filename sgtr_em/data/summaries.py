@@ -91,7 +91,8 @@ def stage_writer(spec: dict, rt: StageRuntime) -> SummaryWriter:
         model = rt.input_model
     else:  # the base model, converted already by the parent
         model = resolve_model_path(OmegaConf.create(rt.model), rt.cache_dir)
-    return SummaryWriter(model=model, key=content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]}))
+    key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
+    return SummaryWriter(model=model, key=key)
 
 
 def stage_own_summaries(spec: dict, rt: StageRuntime, articles: Mapping[str, str], ids: Sequence[str],

@@ -34,8 +34,8 @@ def eval_module(name: str, cfg) -> ModuleType:
         raise ValueError(f"eval.run: unknown evaluation {name!r}; use some of {tuple(EVALS)} or add it to eval.plugins")
     module = importlib.import_module(plugins[name]["module"])
     if getattr(module, "NAME", None) != name:
-        raise ValueError(f"eval.plugins.{name}.module: {plugins[name]['module']} has NAME {getattr(module, 'NAME', None)!r}"
-                         f", not {name!r}")
+        raise ValueError(f"eval.plugins.{name}.module: {plugins[name]['module']} has NAME "
+                         f"{getattr(module, 'NAME', None)!r}, not {name!r}")
     return module
 
 
