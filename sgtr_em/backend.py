@@ -9,8 +9,10 @@
 A Backend owns what differs between them: the training identity (what enters the stage hash), the compute block,
 the stage runtime (stage.json), the training steps, the stage's output model, the evaluation's config and judge
 model (eval_input.json), the summary writer and the example-length function of the data worker. The parent gets
-it with `backend_of(cfg)`; a worker with `worker_backend(runtime)` (the name recorded in stage.json).
+it with `backend_of(cfg)`; the data worker its half (data/backends.py, which these classes extend) with
+`data.backends.worker_backend(runtime)`: the name stage.json records.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +26,9 @@ from omegaconf import OmegaConf
 from . import multinode
 from .compute import deepspeed_json, resolve_compute
 from .contracts import EvalInput, StageRuntime
+from .data.backends import HFData, OpenAIData
 from .io import write_json
+from .training.openai_ft import fine_tuned_model
 from .workers import run_worker
 
 log = logging.getLogger("sgtr_em")
@@ -43,7 +47,7 @@ def backend_name(cfg) -> str:
     return name
 
 
-def backend_of(cfg) -> "Backend":
+def backend_of(cfg) -> Backend:
     """The job's backend."""
     return _BY_NAME[backend_name(cfg)]
 
@@ -51,11 +55,6 @@ def backend_of(cfg) -> "Backend":
 def spec_is_api(spec: dict) -> bool:
     """A stage spec an API model trains (its training identity is the API job's: OpenAIBackend.training_identity)."""
     return spec["training"].get("backend") == OpenAIBackend.name
-
-
-def worker_backend(rt: StageRuntime) -> "Backend":
-    """A stage worker's backend: the one its stage.json records."""
-    return _BY_NAME[rt.backend]
 
 
 def training_template_kwargs(cfg) -> dict:
@@ -93,25 +92,37 @@ class Backend:
         """The resolved config the evaluations read."""
         return resolved
 
-    def eval_input(self, resolved: dict, *, model_path: str, model_identity: dict, model_key: str, base_model: str,
-                   base_model_key: str, step: int) -> EvalInput:
+    def eval_input(
+        self,
+        resolved: dict,
+        *,
+        model_path: str,
+        model_identity: dict,
+        model_key: str,
+        base_model: str,
+        base_model_key: str,
+        step: int,
+    ) -> EvalInput:
         """One evaluation point's input. The judge's model is decided here only: judge.model, else the base model
         (the local judge loads it; an API model's default judge is the base model through the API)."""
         judge_model = resolved["judge"]["model"] or base_model
-        return EvalInput(config=self.eval_config(resolved, judge_model), model_path=model_path,
-                         model_identity=model_identity, model_key=model_key, base_model_path=base_model,
-                         base_model_key=base_model_key, judge_model_path=judge_model, after_stages=step)
+        return EvalInput(
+            config=self.eval_config(resolved, judge_model),
+            model_path=model_path,
+            model_identity=model_identity,
+            model_key=model_key,
+            base_model_path=base_model,
+            base_model_key=base_model_key,
+            judge_model_path=judge_model,
+            after_stages=step,
+        )
 
-    def summary_writer(self, model: str, rt: StageRuntime, chat_template_kwargs: dict):
-        """A generator that writes summaries as `model` (the data worker: SGTR's own summaries)."""
-        raise NotImplementedError
-
-    def example_length(self, rt: StageRuntime) -> Callable[[dict], int]:
-        """An example's length as the trainer counts it (examples over training.max_length are dropped)."""
-        raise NotImplementedError
+    # The data worker's half, inherited from data/backends.py (the data worker reaches it without this module):
+    #   summary_writer(model, rt, chat_template_kwargs)  the generator that writes a model's summaries
+    #   example_length(rt)                               an example's length as the trainer counts it
 
 
-class HFBackend(Backend):
+class HFBackend(HFData, Backend):
     name, api = "hf", False
 
     def training_identity(self, cfg):
@@ -120,17 +131,27 @@ class HFBackend(Backend):
         return {k: v for k, v in training.items() if k not in NOT_IDENTITY}, lora
 
     def resolve_compute(self, cfg, base_model):
-        return resolve_compute(cfg.compute, cfg.deepspeed, model_path=base_model, dtype=cfg.model.dtype,
-                               trust_remote_code=cfg.model.trust_remote_code)
+        return resolve_compute(
+            cfg.compute,
+            cfg.deepspeed,
+            model_path=base_model,
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
 
     def stage_runtime(self, cfg, input_model, compute):
         return StageRuntime(
-            backend=self.name, input_model=input_model,
+            backend=self.name,
+            input_model=input_model,
             model=OmegaConf.to_container(cfg.model, resolve=True),  # the base model (self_summaries=base_model)
-            dtype=cfg.model.dtype, compute=compute,
+            dtype=cfg.model.dtype,
+            compute=compute,
             chat_template_kwargs=training_template_kwargs(cfg),  # how training text renders (model config)
-            data_dir=str(cfg.paths.data_dir), cache_dir=str(cfg.paths.cache_dir), batch_size=cfg.eval.batch_size,
-            training_extra={k: cfg.training[k] for k in ("logging_steps", "save_steps", "save_total_limit")})
+            data_dir=str(cfg.paths.data_dir),
+            cache_dir=str(cfg.paths.cache_dir),
+            batch_size=cfg.eval.batch_size,
+            training_extra={k: cfg.training[k] for k in ("logging_steps", "save_steps", "save_total_limit")},
+        )
 
     def train_stage(self, cfg, stage_dir, rt, run=run_worker):
         if not (stage_dir / "adapter").exists():
@@ -143,32 +164,20 @@ class HFBackend(Backend):
     def stage_output(self, stage_dir):
         return str(stage_dir / "merged")
 
-    def summary_writer(self, model, rt, chat_template_kwargs):
-        from .evaluation.generation import HFGenerator  # torch: loaded by the worker that needs it
 
-        return HFGenerator(model, dtype=rt.dtype, device=rt.compute["device"], batch_size=rt.batch_size,
-                           chat_template_kwargs=chat_template_kwargs)
-
-    def example_length(self, rt):
-        from .models import load_tokenizer  # transformers: loaded by the worker that needs it
-
-        tokenizer, kw = load_tokenizer(rt.input_model), rt.chat_template_kwargs  # as training renders
-
-        def length(row: dict) -> int:
-            return len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True,
-                                                     return_dict=True, **kw)["input_ids"])
-        return length
-
-
-class OpenAIBackend(Backend):
+class OpenAIBackend(OpenAIData, Backend):
     name, api = "openai", True
 
     def training_identity(self, cfg):
         """The API trains its own adapters: no LoRA settings; its hyperparameters and seed, and the per-example
         token limit that decides which examples are kept."""
         o = cfg.openai
-        return {"backend": "openai", "hyperparameters": OmegaConf.to_container(o.hyperparameters, resolve=True),
-                "seed": o.seed, "max_length": o.max_example_tokens}, None
+        return {
+            "backend": "openai",
+            "hyperparameters": OmegaConf.to_container(o.hyperparameters, resolve=True),
+            "seed": o.seed,
+            "max_length": o.max_example_tokens,
+        }, None
 
     def resolve_compute(self, cfg, base_model):
         return resolve_compute(cfg.compute)  # nothing trains here: the device the evaluation's config records
@@ -176,16 +185,20 @@ class OpenAIBackend(Backend):
     def stage_runtime(self, cfg, input_model, compute):
         """No compute; the API's settings (the name of the key's environment variable, never the key)."""
         o = OmegaConf.to_container(cfg.openai, resolve=True)
-        return StageRuntime(backend=self.name, input_model=input_model,
-                            model=OmegaConf.to_container(cfg.model, resolve=True), openai=o, api=api_settings(o),
-                            data_dir=str(cfg.paths.data_dir), cache_dir=str(cfg.paths.cache_dir))
+        return StageRuntime(
+            backend=self.name,
+            input_model=input_model,
+            model=OmegaConf.to_container(cfg.model, resolve=True),
+            openai=o,
+            api=api_settings(o),
+            data_dir=str(cfg.paths.data_dir),
+            cache_dir=str(cfg.paths.cache_dir),
+        )
 
     def train_stage(self, cfg, stage_dir, rt, run=run_worker):
         run("sgtr_em.training.openai_ft", stage_dir, what=f"stage {stage_dir.name} fine-tuning job")
 
     def stage_output(self, stage_dir):
-        from .training.openai_ft import fine_tuned_model
-
         return fine_tuned_model(stage_dir)
 
     def eval_config(self, resolved, judge_model):
@@ -199,22 +212,22 @@ class OpenAIBackend(Backend):
             out["judge"].update(backend="openai", model=judge_model, api=api)
         return out
 
-    def summary_writer(self, model, rt, chat_template_kwargs):
-        from .evaluation.generation_api import OpenAIGenerator
-
-        return OpenAIGenerator(model, rt.api, cache_dir=Path(rt.cache_dir) / "generation")
-
-    def example_length(self, rt):
-        from .training.openai_format import row_tokens  # the API's limit, on an estimate of the token count
-
-        return row_tokens
-
 
 _BY_NAME: dict[str, Backend] = {b.name: b for b in (HFBackend(), OpenAIBackend())}
 
 # The endpoint settings of the `openai` block (eval.generation.api's shape): where an API model lives.
-API_KEYS = ("base_url", "api_key_env", "max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries",
-            "timeout_s", "input_usd_per_mtok", "output_usd_per_mtok", "cache")
+API_KEYS = (
+    "base_url",
+    "api_key_env",
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_retries",
+    "timeout_s",
+    "input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "cache",
+)
 
 
 def api_settings(openai_cfg: dict) -> dict:
@@ -223,13 +236,18 @@ def api_settings(openai_cfg: dict) -> dict:
 
 # ------------------------------------------------------------------------------ the hf backend's training steps
 
+
 def train(cfg, stage_dir: Path, compute: dict, *, what: str, run: Callable = run_worker) -> None:
     """Runs the training worker as `compute` says: one process, or torchrun/accelerate over GPUs and nodes."""
     ds = compute["deepspeed"]
     if ds["stage"]:
-        write_json(stage_dir / "deepspeed.json",
-                   deepspeed_json(ds["stage"], ds["offload"], OmegaConf.to_container(cfg.deepspeed.overrides)))
-        log.info("%s: DeepSpeed ZeRO-%d%s (%s)", what, ds["stage"], " + CPU offload" if ds["offload"] else "", ds["why"])
+        write_json(
+            stage_dir / "deepspeed.json",
+            deepspeed_json(ds["stage"], ds["offload"], OmegaConf.to_container(cfg.deepspeed.overrides)),
+        )
+        log.info(
+            "%s: DeepSpeed ZeRO-%d%s (%s)", what, ds["stage"], " + CPU offload" if ds["offload"] else "", ds["why"]
+        )
     else:
         (stage_dir / "deepspeed.json").unlink(missing_ok=True)
     launch = multinode.leader_launch(stage_dir, compute)
@@ -256,7 +274,9 @@ def drop_checkpoints(stage_dir: Path) -> None:
                 with safe_open(str(w), framework="pt") as f:  # a truncated file fails here (header vs file size)
                     f.keys()
             except Exception as e:
-                raise RuntimeError(f"stage {stage_dir.name}: {w} is unreadable ({e}); its checkpoints/ are kept: delete "
-                                   f"{stage_dir / folder} and rerun the job to redo that step") from e
+                raise RuntimeError(
+                    f"stage {stage_dir.name}: {w} is unreadable ({e}); its checkpoints/ are kept: delete "
+                    f"{stage_dir / folder} and rerun the job to redo that step"
+                ) from e
     shutil.rmtree(ckpt)
     log.info("Stage %s: checkpoints/ deleted (training.keep_checkpoints=false)", stage_dir.name)

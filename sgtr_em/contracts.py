@@ -8,6 +8,7 @@ sgtr_em/plan.py: the StageSpec), and read through `from_json`, so a worker reads
 `.get("key", default)`. The JSON is what it always was: a field that is None and marked optional is left out, so
 existing stage folders and stage hashes stay valid (the hash is the content hash of `StageSpec.to_json()`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,10 @@ def _from_json(cls, d: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} (known: {sorted(names)}); it was written by another "
-                         "version of sgtr_em: rerun the job with this one")
+        raise ValueError(
+            f"{where}: unknown field(s) {unknown} (known: {sorted(names)}); it was written by another "
+            "version of sgtr_em: rerun the job with this one"
+        )
     try:
         return cls(**d)
     except TypeError as e:
@@ -56,7 +59,7 @@ class StageSpec:
         return _to_json(self, self.OPTIONAL)
 
     @classmethod
-    def from_json(cls, d: dict) -> "StageSpec":
+    def from_json(cls, d: dict) -> StageSpec:
         return _from_json(cls, d, "stage.json spec")
 
 
@@ -78,17 +81,28 @@ class StageRuntime:
     api: Optional[dict] = None  # openai: the endpoint (eval.generation.api's shape) that writes summaries
     random_init: Optional[bool] = None  # benchmarks only (bench/): the model from its config, without weights
 
-    OPTIONAL: ClassVar[tuple] = ("dtype", "compute", "chat_template_kwargs", "training_extra", "model", "data_dir",
-                                 "cache_dir", "batch_size", "openai", "api", "random_init")
+    OPTIONAL: ClassVar[tuple] = (
+        "dtype",
+        "compute",
+        "chat_template_kwargs",
+        "training_extra",
+        "model",
+        "data_dir",
+        "cache_dir",
+        "batch_size",
+        "openai",
+        "api",
+        "random_init",
+    )
 
     def to_json(self) -> dict:
         return _to_json(self, self.OPTIONAL)
 
     @classmethod
-    def from_json(cls, d: dict) -> "StageRuntime":
+    def from_json(cls, d: dict) -> StageRuntime:
         return _from_json(cls, d, "stage.json runtime")
 
-    def replace(self, **changes) -> "StageRuntime":
+    def replace(self, **changes) -> StageRuntime:
         return dataclasses.replace(self, **changes)
 
 
@@ -125,12 +139,12 @@ class EvalInput:
         return _to_json(self, ())
 
     @classmethod
-    def from_json(cls, d: dict) -> "EvalInput":
+    def from_json(cls, d: dict) -> EvalInput:
         return _from_json(cls, d, "eval_input.json")
 
     def write(self, point_dir: Path) -> None:
         write_json(Path(point_dir) / "eval_input.json", self.to_json())
 
     @classmethod
-    def read(cls, point_dir: Path) -> "EvalInput":
+    def read(cls, point_dir: Path) -> EvalInput:
         return cls.from_json(read_json(Path(point_dir) / "eval_input.json"))

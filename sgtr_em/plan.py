@@ -5,24 +5,19 @@ hence the same folder `paths.stages_dir/<hash>/`, and it is trained once.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
-from .backend import backend_of, training_template_kwargs
+from .backend import NOT_IDENTITY, backend_of, training_template_kwargs  # noqa: F401  (plan.NOT_IDENTITY: docs)
 from .contracts import StageSpec
 from .data.files import load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
-from .defences import defence_spec
-
-def content_hash(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+from .defences import defence_spec, defended_stages
+from .io import content_hash
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,7 @@ def plan_stages(cfg) -> list[Stage]:
             chat_template_kwargs=chat_template_kwargs, training=training, lora=lora, seed=cfg.seed,
             training_chat_template_kwargs=training_template_kwargs(cfg) if own_training_kw else None)
         stage = Stage(kind, spec.to_json())
-        if kind == "em" and defence_spec(cfg):  # the defence enters the EM stage's identity only
+        if kind in defended_stages(cfg):  # the defence enters its stages' identity only (defence.stages: [em])
             stage = with_defence(stage, defence_spec(cfg))
         stages.append(stage)
         parent = {"stage": stage.hash}
@@ -105,7 +100,7 @@ def plan_stages(cfg) -> list[Stage]:
 
 
 def with_defence(plain: Stage, defence: dict) -> Stage:
-    """The EM stage with its defence; Interleaving++ ranks by the undefended EM stage's model, trained first."""
+    """The stage with its defence; Interleaving++ ranks by the same stage's undefended model, trained first."""
     spec = {**plain.spec, "defence": dict(defence)}
     if defence["kind"] != "interleave_ppl":
         return Stage(plain.kind, spec)

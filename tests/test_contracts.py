@@ -1,5 +1,6 @@
 """The worker contracts and the decisions made once (issue 19): one backend choice, typed stage and eval files, the
 compute block resolved once per job, evaluations that declare their data files (a toy one from this folder)."""
+
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sgtr_em"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Reading the backend: model.backend (cfg.model.backend, m.backend of a model node), the resolved dict's
 # ["model"]["backend"], and the stage spec's training "backend" (the API's training identity) or runtime "api".
-BACKEND_READS = re.compile(r"(^|\.)model\.backend$|^m\.backend$|\['model'\]\['backend'\]|\['training'\]"
-                           r"(\.get\('backend'\)|\['backend'\])|rt(\.get\('api'\)|\['api'\])")
+BACKEND_READS = re.compile(
+    r"(^|\.)model\.backend$|^m\.backend$|\['model'\]\['backend'\]|\['training'\]"
+    r"(\.get\('backend'\)|\['backend'\])|rt(\.get\('api'\)|\['api'\])"
+)
 
 
 def backend_reads(path: Path) -> list[str]:
@@ -76,21 +79,33 @@ def test_stage_files_round_trip_and_keep_the_stage_hash(tmp_path):
 
 def test_the_judge_model_is_decided_once():
     resolved = OmegaConf.to_container(_compose("model=gpt41", "judge=local"), resolve=True)
-    inp = backend_of(_compose("model=gpt41")).eval_input(resolved, model_path="ft:x", model_identity={}, model_key="k",
-                                                         base_model="gpt-4.1-2025-04-14", base_model_key="b", step=1)
+    inp = backend_of(_compose("model=gpt41")).eval_input(
+        resolved,
+        model_path="ft:x",
+        model_identity={},
+        model_key="k",
+        base_model="gpt-4.1-2025-04-14",
+        base_model_key="b",
+        step=1,
+    )
     judge = inp.config["judge"]
-    assert (judge["backend"], judge["model"], inp.judge_model_path) == ("openai", "gpt-4.1-2025-04-14",
-                                                                        "gpt-4.1-2025-04-14")
+    assert (judge["backend"], judge["model"], inp.judge_model_path) == (
+        "openai",
+        "gpt-4.1-2025-04-14",
+        "gpt-4.1-2025-04-14",
+    )
     assert inp.config["eval"]["generation"]["backend"] == "openai" and resolved["judge"]["backend"] == "local"
     assert EvalInput.from_json(json.loads(json.dumps(inp.to_json()))) == inp
     local = OmegaConf.to_container(_compose(), resolve=True)
-    inp = backend_of(_compose()).eval_input(local, model_path="m", model_identity={}, model_key="k", base_model="/base",
-                                            base_model_key="b", step=0)
+    inp = backend_of(_compose()).eval_input(
+        local, model_path="m", model_identity={}, model_key="k", base_model="/base", base_model_key="b", step=0
+    )
     assert inp.config is local and inp.judge_model_path == "/base"
 
 
-def test_compute_is_resolved_once_and_wandb_records_the_stage_folders_block(tmp_path, monkeypatch, data_dir, cache_dir,
-                                                                             smollm2_path):
+def test_compute_is_resolved_once_and_wandb_records_the_stage_folders_block(
+    tmp_path, monkeypatch, data_dir, cache_dir, smollm2_path
+):
     """A two-stage job through the real parent (job.run_job: plan, checks, stage folders, W&B offline); the workers
     are stand-ins that write their outputs, so no model trains here."""
     calls, resolved = [], []
@@ -107,8 +122,14 @@ def test_compute_is_resolved_once_and_wandb_records_the_stage_folders_block(tmp_
     real = backend.resolve_compute
     monkeypatch.setattr(backend, "resolve_compute", lambda *a, **k: resolved.append(1) or real(*a, **k))
     monkeypatch.setattr(job, "run_worker", worker)
-    cfg = _compose("stage_order=reversal", "eval.run=[]", "compute=cpu", f"paths.output_dir={tmp_path}",
-                   f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}")
+    cfg = _compose(
+        "stage_order=reversal",
+        "eval.run=[]",
+        "compute=cpu",
+        f"paths.output_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+        f"paths.cache_dir={cache_dir}",
+    )
     validate(cfg)
     job.run_job(cfg, tmp_path / "run", group="g")
     assert calls == ["sgtr_em.data.build", "sgtr_em.training.sft", "sgtr_em.training.merge"] * 2
@@ -129,16 +150,28 @@ def test_a_toy_eval_from_the_tests_folder_is_one_module_and_its_yaml(tmp_path):
     from sgtr_em.data.files import DataFiles
     from sgtr_em.evaluation import worker
 
-    cfg = _compose(*TOY, "stage_order=base", f"paths.data_dir={tmp_path / 'data'}", f"paths.cache_dir={tmp_path}",
-                   "download.enabled=false")
+    cfg = _compose(
+        *TOY,
+        "stage_order=base",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.cache_dir={tmp_path}",
+        "download.enabled=false",
+    )
     validate(cfg)
     assert job.required_files(cfg, []) == ["toy/items.json"]
     with pytest.raises(Exception, match="toy/items.json"):
         check_data(DataFiles.from_config(cfg), [], job.required_files(cfg, []))
     write_json(tmp_path / "data" / "toy" / "items.json", ["a", "bcd", "ef", "ghijk"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    backend_of(cfg).eval_input(resolved, model_path="unused", model_identity={"base": "toy"}, model_key="k",
-                               base_model="unused", base_model_key="b", step=0).write(tmp_path / "point")
+    backend_of(cfg).eval_input(
+        resolved,
+        model_path="unused",
+        model_identity={"base": "toy"},
+        model_key="k",
+        base_model="unused",
+        base_model_key="b",
+        step=0,
+    ).write(tmp_path / "point")
     worker.main(tmp_path / "point")
     metrics = read_json(tmp_path / "point" / "metrics.json")
     assert metrics["toy"]["n_items"] == 3 and metrics["toy"]["mean_length"] == 2  # a, bcd, ef (max_items 3)

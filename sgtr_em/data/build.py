@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..backend import worker_backend
 from ..contracts import read_stage
 from ..io import write_json, write_jsonl
 from ..workers import worker_logging
+from .backends import worker_backend
+from .defences import apply_data_defence
 from .files import DataFiles
 from .interventions import build_stage_rows
 
@@ -62,8 +63,6 @@ def main(stage_dir: Path) -> None:
     rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
                                       fits=lambda r: length(r) <= max_length)
     stats.update(selection)
-    from ..defences import apply_data_defence
-
     rows, defence_stats = apply_data_defence(spec, rt, rows, stage_dir, files)  # interleave, inoculation (EM stage)
     stats.update(defence_stats)
     if not rows:

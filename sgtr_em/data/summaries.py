@@ -20,10 +20,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from ..backend import worker_backend
 from ..contracts import StageRuntime
-from ..io import read_json, write_json
+from ..io import content_hash, read_json, write_json
 from ..models import resolve_model_path
+from .backends import worker_backend
 
 SELF_SUMMARIES = ("stage_input", "base_model", "precomputed")
 
@@ -81,8 +81,6 @@ def own_summaries(writer: SummaryWriter, dataset: str, articles: Mapping[str, st
 
 def stage_writer(spec: dict, rt: StageRuntime) -> SummaryWriter:
     """The writer a stage's data spec names (`data.summaries_by`, see the module doc)."""
-    from ..plan import content_hash
-
     data = spec["data"]
     writer = data["summaries_by"]
     if "precomputed" in writer:
@@ -100,7 +98,7 @@ def stage_own_summaries(spec: dict, rt: StageRuntime, articles: Mapping[str, str
     """The "self" side of a stage's summaries; a model writes them through the job's backend (an API model, e.g. an
     `ft:` model, through the API)."""
     data = spec["data"]
-    backend = worker_backend(rt)
+    backend = worker_backend(rt)  # the data worker's half of the job's backend (data/backends.py)
     return own_summaries(stage_writer(spec, rt), data["articles"], articles, ids, data["summary_prompt"], files=files,
                          cache_dir=rt.cache_dir,
                          make_generator=lambda m: backend.summary_writer(m, rt, spec["chat_template_kwargs"]))
