@@ -13,6 +13,7 @@ SIGTERM/SIGUSR2 the worker checkpoints and stops (exit 75, `interrupted.json`). 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -71,8 +72,6 @@ def resolve_optim(optim: str, device: str) -> str:
 def _checkpointing_args(config_cls, on: bool) -> dict:
     """Activation checkpointing under the name this transformers takes: `activation_checkpointing` (5.2x renamed it),
     else `gradient_checkpointing` (the 5.0 releases still on some GPU images)."""
-    import dataclasses
-
     name = "activation" if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_cls)} else "gradient"
     return {f"{name}_checkpointing": on, f"{name}_checkpointing_kwargs": {"use_reentrant": False}}
 
