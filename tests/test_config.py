@@ -106,12 +106,13 @@ def test_wrong_type_fails_at_compose():
 
 
 def test_option_files_with_a_schema_start_from_it():
-    """`defaults: [base_<group>]`, or another option of the group that does (a variant names what it changes)."""
+    """`defaults: [/schema/<group>@_here_]`, or another option of the group that does (a variant names what it
+    changes)."""
     for group, option in OPTIONS:
         text = (CONF / group / f"{option}.yaml").read_text()
         if group in GROUP_SCHEMAS and not text.startswith("# @package _global_"):  # defence=sgtr_prevention: an arm
             first = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())["defaults"][0]
-            assert first == f"base_{group}" or (CONF / group / f"{first}.yaml").exists(), f"conf/{group}/{option}.yaml"
+            assert first == f"/schema/{group}@_here_" or (CONF / group / f"{first}.yaml").exists(), f"conf/{group}/{option}.yaml"
 
 
 def test_correct_domain_without_a_twin_fails_naming_the_dataset():
@@ -180,5 +181,13 @@ def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
 
 
 def test_a_groups_schema_is_not_an_option():
-    with pytest.raises(ValueError, match=r"model.name: no value .*base_model is the group's schema, not an option"):
-        validate(_compose("model=base_model"))
+    """The schemas live in the ConfigStore's `schema` group, so a wrong option lists the real ones only (issue 22)."""
+    for group in GROUP_SCHEMAS:
+        with pytest.raises(ConfigCompositionException) as e:
+            _compose(f"{group}=does_not_exist")
+        listed = str(e.value).split(f"Available options in '{group}':")[1].split("Config search path")[0].split()
+        assert listed == sorted(f.stem for f in (CONF / group).glob("*.yaml")), group
+    with pytest.raises(ConfigCompositionException, match="Could not find 'model/base_model'"):
+        _compose("model=base_model")
+    with pytest.raises(ValueError, match=r"model.name: no value \(\?\?\? in the schema\): set it, or pick an option"):
+        validate(_compose("model.name=???"))
