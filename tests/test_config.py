@@ -65,7 +65,7 @@ def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
     assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == ("smollm2", ["em", "intervention"], "summary_pairs")
     assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
-    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 0  # every step moves the weights
+    assert cfg.training.learning_rate == 1e-3 and cfg.training.warmup_steps == 0  # every step moves the weights
     assert cfg.training.batch_size == 16
     assert cfg.training.max_length == 2048 and cfg.training.weight_decay == 0.01
 
@@ -75,11 +75,13 @@ def test_paper_scale_is_one_override_away():
     assert cfg.em_dataset.max_examples is None and cfg.intervention.max_articles is None
     assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 30  # the paper's Qwen files: 30
     assert cfg.judge.min_number_mass == 0.25 and cfg.protocol.name == "paper"
-    assert cfg.training.warmup_steps == 5  # the paper's warm-up, back
+    assert cfg.training.warmup_steps == 5 and cfg.training.learning_rate == 1e-5  # the paper's warm-up and rate, back
+    assert cfg.eval.base == [] and cfg.eval.self_recognition.articles == "cnn"  # the paper's SR eval, no base point
     for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfg = _compose(f"experiment={experiment}")
         if cfg.em_dataset.max_examples is None:  # every experiment at the paper's sizes has the paper's warm-up
-            assert cfg.training.warmup_steps == 5, experiment
+            assert (cfg.training.warmup_steps, cfg.training.learning_rate) == (5, 1e-5), experiment
+            assert cfg.eval.base == [] and cfg.eval.self_recognition.articles == "cnn", experiment
 
 
 @pytest.mark.parametrize("override", ["training.lrr=1e-4", "lora.rank=8", "model.nmae=x"])
