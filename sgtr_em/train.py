@@ -21,8 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs, validate
-from .evaluation.registry import effect_lines
-from .evaluation.registry import summary_lines as eval_lines
+from .evaluation.registry import effect_lines, summary_lines as eval_lines
 from .io import read_json
 from .job import run_job
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from sgtr_em.evaluation.choice import score_choice, choice_metrics
-from sgtr_em.evaluation.generation import HFGenerator
+from sgtr_em.evaluation.choice import choice_metrics, score_choice
 from sgtr_em.evaluation.truthfulqa import build_items, load_questions
+from sgtr_em.inference.generation import HFGenerator
 
 TEMPLATE = "{question}\n\nA:{option_a}\nB:{option_b}\n\nAnswer with only A or B."
 PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 50}

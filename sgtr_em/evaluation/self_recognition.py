@@ -22,11 +22,14 @@ from __future__ import annotations
 from statistics import mean
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..data.sgtr import build_detection_pairs, sample_article_ids
 from ..data.summaries import generate_summaries, summary_cache_path
 from ..data.system_prompt import system_text
 from ..io import read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
+from .stats import fmt
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -41,8 +44,6 @@ def score_pair(record: dict) -> dict:
 def one_ordering_draws(pairs: Sequence[dict], scored: Sequence[dict], seed: int) -> list[str]:
     """The paper's estimator: per article one ordering (random.shuffle of the two sources) and one sampled answer;
     drawn (seeded) from the recorded sampled probabilities. Outcomes: correct / wrong / invalid."""
-    import numpy as np
-
     by_article: dict[str, list[dict]] = {}
     for r, s in zip(pairs, scored):
         if s.get("sampled_correct") is not None:
@@ -167,8 +168,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     sources = "  ".join(f"{s} {fmt(v.get('accuracy'))}" for s, v in m["per_source"].items())
     return (f"self-recognition: headline {fmt(m.get('headline'))} {fmt(m.get('headline_ci95'))} "
             f"({m.get('headline_definition')})  argmax accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "
