@@ -1,7 +1,8 @@
-"""Typed schemas of every config group, registered in Hydra's ConfigStore as `base_*`.
+"""Typed schemas of every config group, registered in Hydra's ConfigStore as `schema/<group>`.
 
-Each option file in `conf/<group>/` starts with `defaults: [base_<group>]`, so a misspelt key or a
-wrong type fails when Hydra composes the config, before any model is loaded.
+Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_here_]`, so a misspelt key or a
+wrong type fails when Hydra composes the config, before any model is loaded. The schemas live outside the groups, so
+`model=nope` lists only real options.
 """
 from __future__ import annotations
 
@@ -301,7 +302,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in GROUP_SCHEMAS.items():
-        cs.store(group=group, name=f"base_{group}", node=schema)
+        cs.store(group="schema", name=group, node=schema)  # outside the group: `model=nope` lists real options only
 
 
 def model_problems(cfg: Any) -> list[str]:
@@ -357,8 +358,7 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
 def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
     unknown = unknown_keys(cfg) + [
-        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/ "
-        f"(base_{key.split('.')[0]} is the group's schema, not an option)"
+        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/"
         for key in sorted(OmegaConf.missing_keys(cfg)) if key.split(".")[0] in GROUP_SCHEMAS]
     if unknown:  # before anything reads the config: a misspelt key fails, whatever else is wrong
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))

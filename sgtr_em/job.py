@@ -103,19 +103,21 @@ def run_stage(cfg, stage: Stage, input_model: str, compute: dict | None = None) 
 
 
 def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identity: dict, base_model: str, *,
-             step: int) -> dict:
-    """Runs the evaluations `eval.run` names on one model (an eval worker), logs them under eval/<name>/..."""
-    if not cfg.eval.run:
+             step: int, names: list | None = None) -> dict:
+    """Runs the evaluations `eval.run` names (or `names`) on one model (an eval worker), logs them under eval/<name>/..."""
+    names = list(cfg.eval.run if names is None else names)
+    if not names:
         return {}
+    resolved = {**resolved, "eval": {**resolved["eval"], "run": names}}
     base_identity = final_model_identity([], cfg)
     backend_of(cfg).eval_input(resolved, model_path=model_path, model_identity=identity,
                                model_key=content_hash(identity), base_model=base_model,
                                base_model_key=content_hash(base_identity), step=step).write(point_dir)
     seconds = run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
-    log.info("Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(cfg.eval.run), seconds,
+    log.info("Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(names), seconds,
              point_dir / "metrics.json")
     metrics = read_json(point_dir / "metrics.json")
-    tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in cfg.eval.run}
+    tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in names}
     tracking.log_eval(run, metrics, tables, step=step)
     return metrics
 
@@ -184,6 +186,10 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
     log.info("%s", wandb_line(run))
     try:
         model_path, events, compute = base_model, [], resolved.get("compute")  # None: not resolved by run_job
+        on_base = [n for n in cfg.eval.run if n in cfg.eval.base]  # the base model first: the summary compares them
+        if on_base and stages:
+            evaluate(cfg, run, run_dir / "base", resolved, base_model, final_model_identity([], cfg), base_model,
+                     step=0, names=on_base)
         for i, stage in enumerate(stages, 1):
             for dep in stage.requires:  # defence=interleave_ppl: the undefended EM stage, from the same input
                 run_stage(cfg, dep, model_path, compute)

@@ -130,6 +130,7 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 34 s on CI; test_attention.py's padding-free = padded training and the packing test stay in CI
 def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
     """16 sequences a step, cut by a 400-token budget into padding-free micro-batches, against the CPU default
     (padded micro-batches of 1, gradient accumulation 16): per-step losses and the final adapter within 1e-4 (fp32)."""

@@ -20,6 +20,7 @@ from types import ModuleType
 
 from . import emergent_misalignment, identity, in_domain, mmlu, persona, self_recognition, truthfulqa
 from .schemas import EVAL_NAMES
+from .stats import fmt
 
 EVALS = {m.NAME: m for m in (self_recognition, emergent_misalignment, truthfulqa, mmlu, identity, in_domain, persona)}
 assert tuple(EVALS) == EVAL_NAMES, "schemas.EVAL_NAMES and the registry must list the same evaluations"
@@ -59,3 +60,31 @@ def position_bias_note(m: dict) -> str:
         return ""
     return (f"  <- pure position bias (chose_first_rate {rate:.1f}: {'always' if rate else 'never'} the first option): "
             "its accuracy is fixed by the order of the options, chance by construction, not a measurement")
+
+
+def effect_lines(base: dict, final: dict) -> list[str]:
+    """For each evaluation also run on the base model (eval.base), one line per metric with a 95 % interval: the base
+    model's value, the final model's with its interval, and whether the interval excludes the base value (the headline
+    named by its definition; the invalid rates, where recorded, show what moved with it)."""
+    lines = []
+    for name in EVALS:
+        b, f = base.get(name), final.get(name)
+        if not b or not f:
+            continue
+        invalid = (f" (invalid rate {b['invalid_rate']:.3f} -> {f['invalid_rate']:.3f})"
+                   if b.get("invalid_rate") is not None and f.get("invalid_rate") is not None else "")
+        keys = sorted((k[: -len("_ci95")] for k in f if k.endswith("_ci95")), key=lambda k: k != "headline")
+        for key in keys:
+            ci = f[f"{key}_ci95"]
+            if not isinstance(b.get(key), float) or not isinstance(f.get(key), float) or not isinstance(ci, dict):
+                continue
+            if key != "headline" and (b[key], f[key], ci) == (b.get("headline"), f.get("headline"), f.get("headline_ci95")):
+                continue  # the headline's own estimator, printed as the headline
+            if ci["low"] <= b[key] <= ci["high"]:
+                verdict = "the interval includes the base value: no effect measured"
+            else:
+                verdict = "the interval EXCLUDES the base value: a measured effect"
+            what = f"headline, {f.get('headline_definition')}" if key == "headline" else key
+            lines.append(f"effect on {name} {what}: base model {b[key]:.3f} -> final {f[key]:.3f} {fmt(ci)}; "
+                         f"{verdict}{invalid}")
+    return lines

@@ -181,6 +181,8 @@ class EvalConfig:
     name: str = MISSING
     run: List[str] = field(default_factory=list)  # which evaluations, in this order (names: EVAL_NAMES)
     after_each_stage: bool = False  # also evaluate the model after every stage, not only the final one
+    base: List[str] = field(default_factory=list)  # those of eval.run also run on the base model first (<run>/base/);
+    # the final summary then prints each one's effect: the base value against the final headline and its 95 % interval
     batch_size: int = 8
     bootstrap_samples: int = 2000  # resamples for the 95 % intervals (seeded by the job's seed)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -253,6 +255,9 @@ def eval_problems(cfg) -> list[str]:
         if name in EVAL_NAMES or not isinstance(plugin, Mapping) or not plugin.get("module"):
             problems.append(f"eval.plugins.{name}: needs `module` (the evaluation's import path) and a name that is "
                             f"none of {EVAL_NAMES}")
+    for name in ev.base:
+        if name not in EVAL_NAMES:
+            problems.append(f"eval.base: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
     if ev.generation.backend not in GENERATION_BACKENDS:
         problems.append(f"eval.generation.backend: {ev.generation.backend!r} is not one of {GENERATION_BACKENDS}")
     if cfg.judge.backend not in JUDGE_BACKENDS:
