@@ -1,7 +1,8 @@
-"""Typed schemas of every config group, registered in Hydra's ConfigStore as `base_*`.
+"""Typed schemas of every config group, registered in Hydra's ConfigStore as `schema/<group>`.
 
-Each option file in `conf/<group>/` starts with `defaults: [base_<group>]`, so a misspelt key or a
-wrong type fails when Hydra composes the config, before any model is loaded.
+Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_here_]`, so a misspelt key or a
+wrong type fails when Hydra composes the config, before any model is loaded. The schemas live outside the groups, so
+`model=nope` lists only real options.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .backend import backend_of
 from .choices import (
     LabelRule,
     Launcher,
@@ -299,12 +301,12 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in GROUP_SCHEMAS.items():
-        cs.store(group=group, name=f"base_{group}", node=schema)
+        cs.store(group="schema", name=group, node=schema)  # outside the group: `model=nope` lists real options only
 
 
 def model_problems(cfg: Any) -> list[str]:
     m = cfg.model
-    if m.backend == "openai":
+    if backend_of(cfg).api:  # model.backend is an enum: a value outside the backends fails at compose
         return openai_problems(cfg)
     if (m.path is None) == (m.gguf_package is None):
         return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
@@ -353,8 +355,7 @@ def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, combinations; closed sets are enums: sgtr_em/choices.py);
     fails with the key to fix."""
     unknown = unknown_keys(cfg) + [
-        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/ "
-        f"(base_{key.split('.')[0]} is the group's schema, not an option)"
+        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/"
         for key in sorted(OmegaConf.missing_keys(cfg)) if key.split(".")[0] in GROUP_SCHEMAS]
     if unknown:  # before anything reads the config: a misspelt key fails, whatever else is wrong
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))

@@ -14,10 +14,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from sgtr_em.backend import api_settings
 from sgtr_em.config import Config, InterventionConfig, OpenAIConfig, validate
+from sgtr_em.contracts import StageRuntime
 from sgtr_em.data.files import DataFiles
 from sgtr_em.data.interventions import BUILDERS, COMMON_KEYS, build_stage_rows
-from sgtr_em.inference.api import ApiConfig, api_model_eval, openai_api
+from sgtr_em.inference.api import ApiConfig
 from sgtr_em.plan import content_hash, final_model_identity, plan_stages
 
 from .test_config import CONF, _compose
@@ -98,18 +100,18 @@ def test_enum_values_read_write_and_hash_as_their_strings():
     assert "backend: openai\n" in OmegaConf.to_yaml(cfg.model)
 
 
-# Stage hashes (each stage, then the final model's identity) as main computed them before the schema used enums
-# (3f4ee89): how the schema spells a value never moves a hash, so no trained stage is orphaned.
+# Stage hashes (each stage, then the final model's identity) as main's own code computes them without enums (21a1a4d;
+# gpt41 and paper_scale also equal 3f4ee89's): how the schema spells a value never moves a hash.
 PINNED_HASHES = {
-    "": ["0aaee7f3e5e31fe8", "85b8ca127d4d4ecc", "091efa3df0a42436"],
+    "": ["f2baa72ee969e88d", "35f8b1c1975aa375", "c632abd43f678ca7"],
     "model=gpt41": ["5f78549c8d62b6ff", "2be6cf646921aa45", "77a470bbd989cbc6"],
     "experiment=paper_scale model=qwen32b": ["a054c0e1df812b52", "2bb61095a9062113", "7f796a841ef543ee"],
-    "intervention=word_count": ["0aaee7f3e5e31fe8", "bbbb2ca55164dbcb", "ee11c223dbf314b0"],
-    "defence=interleave_ppl stage_order=prevention": ["fed6b7eecd1da3de", "d3eed48c639e8c46", "9b6bf1d3bffdae81"],
+    "intervention=word_count": ["f2baa72ee969e88d", "0f52392efb9785c6", "9acd5211b87555fa"],
+    "defence=interleave_ppl stage_order=prevention": ["943bb21f8e8eb9d7", "681875549a865ec9", "792992e93a444d99"],
     "intervention=prefer_other system_prompt=qwensys model=qwen32b": [
-        "34ae7b70fd5a7e3d",
-        "f97db2a03eab6f41",
-        "78cb647f3c877ce5",
+        "b41cc9733b31f2a6",
+        "84752a48e6e05c1f",
+        "b3e104f2742bac81",
     ],
 }
 
@@ -127,10 +129,9 @@ def test_one_endpoint_schema_for_the_judge_the_api_model_and_fine_tuning():
     for node in (cfg.openai, cfg.judge.api, cfg.eval.generation.api):
         assert issubclass(OmegaConf.get_type(node), ApiConfig)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    api = openai_api(resolved["openai"])
+    api = api_settings(resolved["openai"])
     assert list(api) == [f.name for f in dataclasses.fields(ApiConfig)]
     assert api["timeout_s"] == 120 and api["output_usd_per_mtok"] == 12.0  # conf/config.yaml's openai block
-    assert api_model_eval(resolved)["eval"]["generation"]["api"] == api
     with pytest.raises(ConfigCompositionException, match="openai.max_concurency"):
         _compose("openai.max_concurency=4")  # a typo in the shared keys fails at compose, as in judge.api
     with pytest.raises(ConfigCompositionException, match="judge.api.poll_interval_s"):
@@ -208,10 +209,9 @@ def test_each_builder_reads_exactly_the_keys_it_declares(builder, option, data_d
     cfg = _compose("stage_order=intervention_only", f"intervention={option}", *summaries)
     (stage,) = plan_stages(cfg)
     data = _Recording(stage.spec["data"])
+    rt = StageRuntime(backend="hf", input_model="unused", cache_dir=str(tmp_path))
     rows, _ = build_stage_rows(
-        {**stage.spec, "data": data},
-        {"cache_dir": str(tmp_path)},
-        DataFiles(data_dir, tmp_path / "cache", download=False),
+        {**stage.spec, "data": data}, rt, DataFiles(data_dir, tmp_path / "cache", download=False)
     )
     assert rows and data["type"] == builder
     keys = {f.name for f in dataclasses.fields(InterventionConfig)}
