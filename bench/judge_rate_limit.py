@@ -1,5 +1,5 @@
 """The judge against a rate-limited OpenAI-compatible server: the framework's paced judge (token buckets from the
-server's x-ratelimit-* headers, sgtr_em/evaluation/rate_limit.py) against what a user would write (a semaphore of
+server's x-ratelimit-* headers, sgtr_em/inference/rate_limit.py) against what a user would write (a semaphore of
 16 and the SDK's retries), in one process, on the same local server (the instant load-test engine).
 
     python bench/judge_rate_limit.py --calls 1600 --rpm 6000 --out bench/results/judge_rate_limit.json

@@ -49,8 +49,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 def write_tasks(data: Path, subjects: list[str], work: Path) -> list[str]:
     """Per subject: JSONL files in cais/mmlu's schema and a task yaml built from the harness's own mmlu yamls."""
-    import yaml
     import lm_eval
+    import yaml
 
     default = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
     template = yaml.safe_load((default / "_default_template_yaml").read_text())
@@ -112,11 +112,11 @@ def run_project(model: str, data: Path, subjects: list[str], shots: int, device:
                 limit=None) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
+    import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sgtr_em.evaluation.loglikelihood import loglikelihoods
     from sgtr_em.evaluation.mmlu import build_items
-    import yaml
+    from sgtr_em.inference.loglikelihood import loglikelihoods
 
     e = yaml.safe_load((ROOT / "conf" / "eval" / "paper.yaml").read_text())["mmlu"]
     e.update(subjects=subjects, shots=[shots], max_questions_per_subject=limit, prompt_style="lm_eval")

@@ -96,7 +96,7 @@ def check_adapter(adapter: Path, layers: int, lora_targets: list[str]) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     expected = layers * len(lora_targets)
     a = [t for k, t in tensors.items() if "lora_A" in k]
     b = [t for k, t in tensors.items() if "lora_B" in k]

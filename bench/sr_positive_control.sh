@@ -5,7 +5,8 @@
 #   control   experiment=sr_positive_control                     SGTR on 200 CNN articles, SR on 200 other CNN articles
 #   xsum      experiment=sr_positive_control intervention.articles=xsum   SGTR on XSUM (paper protocol), same SR eval
 #   mini      the committed mini replication's SGTR-only job (bench/results/mini_replication), now with fp32 scoring
-# Two device calls (the GGUF is larger than one call may carry), as bench/mini_replication.sh:
+# Two device calls (the GGUF is larger than one call may carry), as bench/mini_replication.sh; `run` again while the
+# machine is warm to finish the jobs a call had no time for:
 #   bash bench/sr_positive_control.sh pack       # here: outputs/devrun/p1, outputs/devrun/p2
 #   bash bench/sr_positive_control.sh part1      # device call 1, carry ["outputs/devrun/p1"]
 #   bash bench/sr_positive_control.sh run        # device call 2, carry ["outputs/devrun/p2"]; results in $OUT/sr.tar.gz
@@ -47,22 +48,29 @@ if not (p / 'done').exists(): _convert_gguf(Path('$W/$GGUF_NAME'), p)"
           "eval.run=[self_recognition]" eval.self_recognition.max_articles=100 "eval.self_recognition.other_sources=[claude-21]")
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
     start=$(date +%s)
-    for seed in 0 1; do
-      for job in base control xsum mini; do
-        [ $seed = 1 ] && [ $job = mini ] && continue
-        [ -f $root/runs/$job-$seed/metrics.json ] && continue  # finished in an earlier call
-        case $job in
-          base) args=(experiment=sr_positive_control stage_order=base) ;;
-          control) args=(experiment=sr_positive_control) ;;
-          xsum) args=(experiment=sr_positive_control intervention.articles=xsum) ;;
-          mini) args=("${mini[@]}") ;;
-        esac
-        timeout "${DEADLINE_S:-480}" python3 -m sgtr_em.train "${args[@]}" seed=$seed "${common[@]}" \
-          hydra.run.dir=$root/runs/$job-$seed > "$root/$job-$seed.log" 2>&1 &
-      done
+    # One job at a time: compute=gpu sizes its batches (and the generation engine its cache) to the whole card, so
+    # concurrent jobs on one GPU run out of memory. A job is not started after BUDGET_S, so the results still come back;
+    # the next call (machine still warm) picks up the rest.
+    fails=0
+    for job in base-0 control-0 control-1 xsum-0 xsum-1 base-1 mini-0; do
+      [ -f $root/runs/$job/metrics.json ] && continue  # finished in an earlier call
+      [ $(( $(date +%s) - start )) -gt "${BUDGET_S:-330}" ] && { echo "not started (time): $job"; continue; }
+      seed=${job#*-}
+      case ${job%-*} in
+        base) args=(experiment=sr_positive_control stage_order=base) ;;
+        control) args=(experiment=sr_positive_control) ;;
+        xsum) args=(experiment=sr_positive_control intervention.articles=xsum) ;;
+        mini) args=("${mini[@]}") ;;
+      esac
+      t0=$(date +%s)
+      timeout "${DEADLINE_S:-300}" python3 -m sgtr_em.train "${args[@]}" seed=$seed "${common[@]}" \
+        hydra.run.dir=$root/runs/$job > "$root/$job.log" 2>&1 || fails=$((fails + 1))
+      echo "$job: $(( $(date +%s) - t0 )) s"
     done
-    fails=0; for j in $(jobs -p); do wait "$j" || fails=$((fails + 1)); done
     echo "$fails jobs failed, $(( $(date +%s) - start )) s" | tee "$out/summary.txt"
+    for f in $root/*.log; do grep -q "Error" "$f" && { echo "== $f"; grep -v "it/s]" "$f" | tail -4; }; done
+    for f in $root/stages/*/worker.log; do grep -q "Traceback" "$f" && { echo "== $f"; tail -25 "$f"; }; done
     (cd $root && tar czf "$out/sr.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' \
-       $(find runs -name metrics.json -o -name samples.jsonl -o -name config.yaml -o -name overrides.yaml | grep -v checkpoint) *.log) ;;
+       $(find runs -name metrics.json -o -name samples.jsonl -o -name config.yaml -o -name overrides.yaml | grep -v checkpoint) *.log \
+       $(cd $root && ls stages/*/worker.log stages/*/speed.json stages/*/train.jsonl 2>/dev/null)) ;;
 esac

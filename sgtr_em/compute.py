@@ -8,6 +8,7 @@ pays where the weights fit no single GPU; otherwise ZeRO-2 scales.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def node_rank() -> int:
     return int(os.environ.get("SLURM_NODEID", 0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpu_memory_gib() -> float:
     """The smallest visible GPU's memory, asked in a short subprocess so the parent holds no CUDA context."""
     code = ("import torch; print(min(torch.cuda.get_device_properties(i).total_memory "
@@ -66,7 +67,7 @@ def gpu_memory_gib() -> float:
     return int(out.split()[-1]) / 2**30
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def count_parameters(model_path: str, trust_remote_code: bool = False) -> int:
     """Parameters of the model at `model_path`, from its config alone (built on the meta device: no weights)."""
     import torch
@@ -217,8 +218,6 @@ BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "GH200": 989.4,
 
 
 def liger_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("liger_kernel") is not None
 
 

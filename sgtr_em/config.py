@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .data.interventions import intervention_problems
 from .defences import DefenceConfig, defence_problems
 from .evaluation.schemas import EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
+from .preflight import config_problems
 
 SYSTEM_PROMPT_MODES = ("default", "none", "identity", "task", "custom")
 STAGE_KINDS = ("em", "intervention")
@@ -282,9 +286,6 @@ def job_suffix() -> str:
     its job (array job_task) and step, the same on every node of a multi-node job, unique in the cluster; else the
     process id and a random part. Cached in the config like Hydra's `now`, so a sweep's jobs (and a pickled Slurm
     job) all see their sweep's value."""
-    import os
-    import secrets
-
     env = os.environ
     if env.get("SLURM_JOB_ID"):
         job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}" if env.get("SLURM_ARRAY_JOB_ID")
@@ -336,7 +337,7 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
     problems = []
     schema = OmegaConf.get_type(node)
     declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
-    for key in node.keys():
+    for key in node:
         if path == "" and key == "hydra":
             continue
         where = f"{path}.{key}" if path else str(key)
@@ -353,8 +354,6 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
 
 def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
-    from .data.interventions import intervention_problems
-
     unknown = unknown_keys(cfg) + [
         f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/ "
         f"(base_{key.split('.')[0]} is the group's schema, not an option)"
@@ -391,7 +390,6 @@ def validate(cfg: Any) -> None:
         problems.append("deepspeed.offload needs ZeRO (deepspeed=zero3_offload, or deepspeed.stage=2|3)")
     if ds.stage and c.launcher == "python":
         problems.append("deepspeed needs a distributed launcher: compute.launcher=torchrun (or accelerate, or auto)")
-    from .preflight import config_problems
 
     problems += config_problems(cfg)  # secrets, API keys present, numeric ranges, empty data (sgtr_em/preflight.py)
     if problems:

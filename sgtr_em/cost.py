@@ -22,9 +22,10 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 CHARS_PER_TOKEN = 4.0  # English text in the BPE vocabularies of Qwen2.5 / Llama-3 / OLMo (the common rule of thumb)
@@ -42,7 +43,7 @@ def text_tokens(chars: int, messages: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages
 
 
-@lru_cache(maxsize=None)
+@cache
 def measured_throughput() -> dict:
     """{(device, shape): training tokens/s}: the best run of each bench/results/train_*.json (the framework's
     settings; one GPU)."""
@@ -87,12 +88,12 @@ def _chat_file_stats(path: Path) -> tuple[int, int, int]:
     return rows, chars, messages
 
 
-@lru_cache(maxsize=None)
+@cache
 def chat_file_stats(path: str) -> tuple[int, int, int]:
     return _chat_file_stats(Path(path))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _json_lengths(path: str) -> tuple[int, float]:
     """(count, mean length) of the values of a {id: text} JSON file."""
     d = json.loads(Path(path).read_text())
@@ -242,8 +243,6 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
         if cfg.model.backend == "openai":
             gen_api_usd += e.generated_tokens * cfg.openai.output_usd_per_mtok / 1e6
     # what the same calls would cost at the API judge's prices (conf/judge/openai.yaml), for a local judge's sweeps
-    import yaml
-
     api = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "judge" / "openai.yaml").read_text())["api"]
     judge_api_usd = (evals.judge_input_tokens * api["input_usd_per_mtok"]
                      + evals.judge_output_tokens * api["output_usd_per_mtok"]) / 1e6

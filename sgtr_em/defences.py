@@ -8,29 +8,30 @@ side by side with SGTR. Each defence is one option file and one of two hooks, ne
   kl              loss term (training/defences.py)           + weight * KL(model || reference) on the batch's tokens
   ldifs           loss term (training/defences.py)           + weight * ||phi(model) - phi(reference)||^2 (features)
   persona_steer   forward hook (training/defences.py)         + coef * persona direction at one layer, training only
-  interleave      data step (apply_data_defence, below)      general instruct examples mixed into the EM data
+  interleave      data step (data/defences.py)               general instruct examples mixed into the stage's data
   interleave_ppl  data step                                  the same, chosen by perplexity gap (Interleaving++)
   inoculation     data step                                  a system prompt naming the behaviour, training only
 
 The reference model is the stage's input model: the LoRA base with its adapter disabled, never a second copy.
-The defence enters the hash of the EM stage only (sgtr_em/plan.py); intervention stages train as before.
+The defence enters the hash of the stages it applies to (sgtr_em/plan.py): `defence.stages`, [em] by default, so
+intervention stages train as before. Kaczér et al.'s fourth axis (a benign task still learnt under the defence) is
+`defence.stages=[intervention]`: the intervention stage (a benign task, e.g. SGTR) trains with the defence, and its
+eval (self_recognition) says whether it was learnt (sweep=defences_benign).
 """
 from __future__ import annotations
 
-import logging
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
-log = logging.getLogger(__name__)
+from .data.defences import interleave_count
+from .inference.persona_direction import contrast_spec
 
 DEFENCE_KINDS = ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inoculation", "persona_steer")
 LOSS_KINDS = ("kl", "ldifs")  # a term added to the SFT loss (training/defences.py)
-DATA_KINDS = ("interleave", "interleave_ppl", "inoculation")  # a step after the EM data is built (data/build.py)
 PPL_SELECTIONS = ("em_minus_ref", "ref_minus_em")
+STAGE_KINDS = ("em", "intervention")  # what defence.stages may name
 
 
 @dataclass
@@ -58,6 +59,10 @@ class DefenceConfig:
     prompt: str = ""  # inoculation: the system prompt of the EM training data (absent at evaluation)
     layer: Optional[int] = None  # persona_steer: decoder layer (0-based) whose output is steered; null = 2/3 depth
     coef: float = 0.0  # persona_steer: the multiple of the persona direction added there
+    # the stage kinds trained with the defence: [em] (the EM stage, the default), [intervention] (a benign task trained
+    # with the defence: Kaczér et al.'s fourth axis, sweep=defences_benign), or both. Not part of a stage's identity
+    # itself: a stage's hash has the defence's spec when the stage is defended, and only then.
+    stages: list[str] = field(default_factory=lambda: ["em"])
 
 
 def defence_spec(cfg) -> Optional[dict]:
@@ -78,10 +83,14 @@ def defence_spec(cfg) -> Optional[dict]:
     if d.kind == "inoculation":
         spec["prompt"] = d.prompt
     if d.kind == "persona_steer":
-        from .evaluation.persona import contrast_spec
-
         spec.update(layer=d.layer, coef=d.coef, direction=contrast_spec())
     return spec
+
+
+def defended_stages(cfg) -> tuple:
+    """The stage kinds the defence applies to (none for `none`)."""
+    d = cfg.get("defence")
+    return () if d is None or d.kind == "none" else tuple(d.get("stages", ["em"]))
 
 
 def defence_problems(cfg) -> list[str]:
@@ -108,69 +117,22 @@ def defence_problems(cfg) -> list[str]:
     if d.kind != "none" and cfg.model.backend == "openai":
         problems.append(f"defence={d.name}: defences need the model's weights (model.backend=hf); an API model "
                         "trains as the API does")
-    if d.kind != "none" and "em" not in cfg.stage_order.stages:
-        problems.append(f"defence={d.name} applies to the EM stage, and stage_order={cfg.stage_order.name} has none")
+    if d.kind == "none":
+        return problems
+    stages = list(d.get("stages", ["em"]))
+    if not stages or [s for s in stages if s not in STAGE_KINDS]:
+        problems.append(f"defence.stages: {stages} must name one or more of {STAGE_KINDS}")
+    trained = [s for s in cfg.stage_order.stages if s != "intervention" or cfg.intervention.kind != "none"]
+    if d.kind in ("interleave", "interleave_ppl") and 0 < d.ratio < 1 and d.pool.max_prompts is not None:
+        sizes = {"em": cfg.em_dataset.get("max_examples"), "intervention": cfg.intervention.get("num_examples")}
+        for kind in set(stages) & set(trained):  # known before the data is built only where the stage is capped
+            need = interleave_count(sizes[kind], d.ratio) if sizes[kind] is not None else 0
+            if need > d.pool.max_prompts:
+                problems.append(f"defence.pool.max_prompts: {d.pool.max_prompts} prompts, and the {kind} stage's "
+                                f"{sizes[kind]} examples at ratio {d.ratio} need {need} general ones: raise it")
+    if not set(stages) & set(trained):
+        problems.append(f"defence={d.name} applies to the stages {stages} (defence.stages), and "
+                        f"stage_order={cfg.stage_order.name} with intervention={cfg.intervention.name} trains "
+                        f"{trained or 'none'}: set defence.stages=[intervention] for a benign stage, or another "
+                        "stage_order")
     return problems
-
-
-# ------------------------------------------------------------------------------------- data step (data/build.py)
-
-def interleave_count(n_em: int, ratio: float) -> int:
-    """General examples to add to n_em EM examples so that they make `ratio` of the mixed set (rounded)."""
-    return round(ratio * n_em / (1 - ratio))
-
-
-def select_by_gap(nll_ref: list[float], nll_em: list[float], k: int, selection: str) -> list[int]:
-    """Interleaving++'s rule: the indices of the k pool examples with the largest perplexity gap, as mean token
-    negative log-likelihoods (log-perplexities). `em_minus_ref`: what the EM-trained model finds much less likely than
-    the aligned reference (the behaviour EM training erodes, so training on it pulls back); ties by index."""
-    gaps = [(e - r) if selection == "em_minus_ref" else (r - e) for r, e in zip(nll_ref, nll_em)]
-    return sorted(sorted(range(len(gaps)), key=lambda i: (-gaps[i], i))[:k])
-
-
-def inoculate(rows: list[dict], prompt: str) -> list[dict]:
-    """The inoculation prompt as the rows' system turn (after the stage's own system text, if any)."""
-    out = []
-    for r in rows:
-        turns = r["prompt"]
-        own = turns[0]["content"] if turns and turns[0]["role"] == "system" else ""
-        rest = turns[1:] if turns and turns[0]["role"] == "system" else turns
-        text = f"{own}\n\n{prompt}" if own else prompt
-        out.append({**r, "prompt": [{"role": "system", "content": text}, *rest]})
-    return out
-
-
-def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, files) -> tuple[list[dict], dict]:
-    """The EM stage's training rows after its data defence (interleave, interleave_ppl, inoculation), with stats."""
-    d = spec.get("defence")
-    if d and d["kind"] == "persona_steer":  # not a data step: the direction is computed here, in its own process,
-        from .evaluation.persona import base_direction  # so the training worker only reads the cache
-
-        return rows, {"defence": "persona_steer", "direction_layers": int(base_direction(rt).shape[0])}
-    if not d or d["kind"] not in DATA_KINDS:
-        return rows, {}
-    if d["kind"] == "inoculation":
-        return inoculate(rows, d["prompt"]), {"defence": "inoculation", "inoculated": len(rows)}
-    from .data.general_pool import general_pool, pool_rows
-
-    k = interleave_count(len(rows), d["ratio"])
-    pool = pool_rows(general_pool(d["pool"], rt, files), spec["system_prompt"]["text"])
-    if k > len(pool):
-        raise SystemExit(f"defence {d['kind']}: {k} general examples needed (ratio {d['ratio']} of {len(rows)} EM "
-                         f"examples), the pool has {len(pool)}: raise defence.pool.max_prompts or lower defence.ratio")
-    stats: dict = {"defence": d["kind"], "em_examples": len(rows), "general_examples": k, "pool_size": len(pool)}
-    if d["kind"] == "interleave":
-        chosen = sorted(random.Random(spec["seed"]).sample(range(len(pool)), k))
-    else:
-        from .training.defences import mean_nll
-
-        em_model = str(stage_dir.parent / d["em_reference"] / "merged")
-        nll_ref = mean_nll(rt["input_model"], pool, rt)
-        nll_em = mean_nll(em_model, pool, rt)
-        chosen = select_by_gap(nll_ref, nll_em, k, d["selection"])
-        stats["gap_chosen_mean"] = sum(nll_em[i] - nll_ref[i] for i in chosen) / max(k, 1)
-        stats["gap_pool_mean"] = sum(e - r for r, e in zip(nll_ref, nll_em)) / len(pool)
-    mixed = rows + [pool[i] for i in chosen]
-    random.Random(spec["seed"]).shuffle(mixed)
-    stats["chosen"] = [pool[i]["meta"]["group"] for i in chosen]
-    return mixed, stats

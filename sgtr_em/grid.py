@@ -22,6 +22,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from .config import register_configs, validate
+from .cost import estimate, summary_lines, to_json
 from .plan import Stage, content_hash, final_model_identity, plan_stages
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -97,8 +98,6 @@ def record_path(overrides: list[str], grid: GridPlan) -> Path:
 
 
 def main(argv: list[str]) -> dict:
-    from .cost import estimate, summary_lines, to_json
-
     show_jobs = "--jobs" in argv
     out = argv[argv.index("--out") + 1] if "--out" in argv else None
     overrides = [a for i, a in enumerate(argv) if a not in ("--jobs", "-m", "--multirun", "--out")

@@ -1,6 +1,7 @@
-"""Atomic file writes and JSON/JSONL helpers: a reader never sees a half-written file."""
+"""Atomic file writes and JSON/JSONL helpers: a reader never sees a half-written file; content hashes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -48,6 +49,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    """The first n hex digits of the sha256 of obj's canonical JSON (sorted keys): a stage's, a writer's identity."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
 def read_json(path: str | Path) -> Any:

@@ -21,10 +21,13 @@ from .compute import deepspeed_json, node_rank, resolve_compute
 from .data.checks import check_data
 from .data.files import DataFiles
 from .data.interventions import stage_files
+from .evaluation.registry import EVALS
+from .inference.api import api_model_eval, openai_api
 from .io import read_json, read_jsonl, write_json
 from .models import resolve_model_path
 from .plan import Stage, content_hash, final_model_identity, plan_stages, training_template_kwargs
 from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
+from .training.openai_ft import fine_tuned_model
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, set_cpu_threads, stop_on_signals
 
@@ -71,8 +74,6 @@ def stage_runtime(cfg, input_model: str) -> dict:
 def api_stage_runtime(cfg, input_model: str) -> dict:
     """What the workers of an API model's stage need (model.backend=openai): no compute, the API's settings (the
     name of the key's environment variable, never the key)."""
-    from .evaluation.api import openai_api
-
     o = OmegaConf.to_container(cfg.openai, resolve=True)
     return {"input_model": input_model, "model": OmegaConf.to_container(cfg.model, resolve=True), "openai": o,
             "api": openai_api(o), "data_dir": str(cfg.paths.data_dir), "cache_dir": str(cfg.paths.cache_dir)}
@@ -81,8 +82,6 @@ def api_stage_runtime(cfg, input_model: str) -> dict:
 def stage_output(cfg, stage_dir: Path) -> str:
     """The model a finished stage produced, the next stage's input: its merged folder, or its `ft:` model id."""
     if cfg.model.backend == "openai":
-        from .training.openai_ft import fine_tuned_model
-
         return fine_tuned_model(stage_dir)
     return str(stage_dir / "merged")
 
@@ -177,8 +176,6 @@ def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identit
         return {}
     base_identity = final_model_identity([], cfg)
     if cfg.model.backend == "openai":  # every evaluation through the API (and a default judge too)
-        from .evaluation.api import api_model_eval
-
         resolved = api_model_eval(resolved)
     judge = resolved["judge"]
     write_json(point_dir / "eval_input.json", {
@@ -228,7 +225,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     ok = False
     try:
         # before any work: a full disk, a read-only folder or a judge server that is not up fails now, not mid-job
-        problems = api_key_problems(cfg) + folder_problems(cfg) + endpoint_problems(cfg)
+        judged = [name for name in cfg.eval.run if EVALS[name].NEEDS_JUDGE]  # only these call the judge
+        problems = api_key_problems(cfg, judged) + folder_problems(cfg) + endpoint_problems(cfg, judged=judged)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))

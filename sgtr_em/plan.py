@@ -5,26 +5,20 @@ hence the same folder `paths.stages_dir/<hash>/`, and it is trained once.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 from .data.files import load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
-from .defences import defence_spec
+from .defences import defence_spec, defended_stages
+from .io import content_hash
 
 # How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
 NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
-
-
-def content_hash(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
 
 
 @dataclass(frozen=True)
@@ -118,7 +112,7 @@ def plan_stages(cfg) -> list[Stage]:
         if cfg.model.get("training_chat_template_kwargs") is not None:  # renders training text its own way
             spec["training_chat_template_kwargs"] = training_template_kwargs(cfg)
         stage = Stage(kind, spec)
-        if kind == "em" and defence_spec(cfg):  # the defence enters the EM stage's identity only
+        if kind in defended_stages(cfg):  # the defence enters its stages' identity only (defence.stages: [em])
             stage = with_defence(stage, defence_spec(cfg))
         stages.append(stage)
         parent = {"stage": stage.hash}
@@ -126,7 +120,7 @@ def plan_stages(cfg) -> list[Stage]:
 
 
 def with_defence(plain: Stage, defence: dict) -> Stage:
-    """The EM stage with its defence; Interleaving++ ranks by the undefended EM stage's model, trained first."""
+    """The stage with its defence; Interleaving++ ranks by the same stage's undefended model, trained first."""
     spec = {**plain.spec, "defence": dict(defence)}
     if defence["kind"] != "interleave_ppl":
         return Stage(plain.kind, spec)

@@ -11,10 +11,16 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import OmegaConf
+
+from .data.interventions import KINDS
+from .data.summaries import summary_file
+from .io import read_json
 
 # Values shaped like API keys and tokens (OpenAI, Anthropic, Hugging Face, W&B, GitHub, AWS, Google, Slack, bearer).
 SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}"
@@ -84,20 +90,21 @@ def config_problems(cfg) -> list[str]:
     return problems
 
 
-def _api_uses(cfg) -> list[tuple[str, Any]]:
-    """The API endpoints a job will call: (config key, its api block)."""
+def _api_uses(cfg, judged: Iterable[str] | None = None) -> list[tuple[str, Any]]:
+    """The API endpoints a job will call: (config key, its api block). `judged`: the evaluations of `eval.run` that call
+    the judge (the registry's NEEDS_JUDGE; job.py passes them); None counts every evaluation as judged."""
     uses = []
-    if cfg.judge.backend == "openai" and cfg.eval.run:
+    if cfg.judge.backend == "openai" and list(cfg.eval.run if judged is None else judged):
         uses.append(("judge.api", cfg.judge.api))
     if cfg.model.backend == "openai":
         uses.append(("openai", cfg.openai))
     return uses
 
 
-def api_key_problems(cfg) -> list[str]:
+def api_key_problems(cfg, judged: Iterable[str] | None = None) -> list[str]:
     """The API keys a job will need are in the environment (checked when the job is planned, before any work)."""
     problems = []
-    for where, api in _api_uses(cfg):
+    for where, api in _api_uses(cfg, judged):
         name = api.api_key_env
         if not ENV_NAME.match(name):
             continue  # config_problems says so
@@ -157,10 +164,6 @@ def folder_problems(cfg, min_free_gib: float = 1.0) -> list[str]:
 def data_problems(files, stages) -> list[str]:
     """Stages whose data would come out empty, known from the files alone: summary pairs need articles that every
     other source summarised."""
-    from .data.interventions import KINDS
-    from .data.summaries import summary_file
-    from .io import read_json
-
     problems = []
     for st in stages:
         d = st.spec["data"]
@@ -180,14 +183,11 @@ def data_problems(files, stages) -> list[str]:
     return problems
 
 
-def endpoint_problems(cfg, timeout_s: float = 10.0) -> list[str]:
+def endpoint_problems(cfg, timeout_s: float = 10.0, judged: Iterable[str] | None = None) -> list[str]:
     """API endpoints the job will call that refuse connections now (a judge server not started, a wrong port): found
     before any training rather than after it. An answer of any kind (401, 404) counts as reachable."""
-    import urllib.error
-    import urllib.request
-
     problems = []
-    for where, api in _api_uses(cfg):
+    for where, api in _api_uses(cfg, judged):
         key, url = f"{where}.base_url", api.base_url
         url = url or os.environ.get("OPENAI_BASE_URL")
         if not url or url.startswith("https://api.openai.com"):

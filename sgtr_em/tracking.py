@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import write_json
+from .preflight import redact
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,6 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
 def record_failure(run, error: BaseException) -> int:
     """Writes the error that ended the job into its run's summary (secrets redacted); returns the exit code to
     finish the run with, so W&B marks it failed."""
-    from .preflight import redact
-
     if not isinstance(run, DummyRun):
         run.summary["job/error"] = redact(f"{type(error).__name__}: {error}")[:2000]
     code = getattr(error, "code", None) if isinstance(error, SystemExit) else 1

@@ -20,7 +20,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from .compute import cpu_threads, thread_env
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,6 @@ def set_cpu_threads(configured: int | None) -> None:
 
 
 def worker_env(grace_s: int, launch: dict | None = None) -> dict:
-    from .compute import cpu_threads, thread_env
-
     env = dict(os.environ)
     # threads from the cores the job is given, not the machine's: on a shared machine a job degrades to its share
     threads = (launch or {}).get("cpu_threads") or cpu_threads(CPU_THREADS[0])
@@ -160,8 +161,6 @@ def run_worker(module: str, folder: Path, *, what: str, launch: dict | None = No
 
 def worker_logging(log_file: Path) -> None:
     """Worker logs go to stderr and are appended to `log_file` (rank 0 only, when there are several)."""
-    import warnings
-
     # PEFT and TRL read `model.is_gradient_checkpointing` (transformers 5 renamed it; v6 drops it): their call, not
     # ours, once per model wrapped. Our own calls use the new names (sgtr_em/training/sft.py: activation_checkpointing).
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

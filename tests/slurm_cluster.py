@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,7 +43,7 @@ class LocalSlurm:
                     "PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    def start(self) -> "LocalSlurm":
+    def start(self) -> LocalSlurm:
         for sub in ("etc", "munge", "mysql", "mysql/data", "state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "munge").chmod(0o755)  # munged refuses a socket folder others cannot enter
@@ -65,7 +66,7 @@ class LocalSlurm:
             deadline = time.time() + 30
             while time.time() < deadline and self._run(["squeue", "-h"]).stdout.strip():
                 time.sleep(0.5)
-        for name, proc in reversed(self.procs):
+        for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -83,7 +84,7 @@ class LocalSlurm:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, **kw)
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> None:
-        out = open(self.log(name + ".out"), "w")
+        out = open(self.log(name + ".out"), "w")  # noqa: SIM115 (the daemon's stdout, open while it runs)
         self.procs.append((name, subprocess.Popen(cmd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
                                                   start_new_session=True)))
 

@@ -102,3 +102,27 @@ def test_multirun_cfg_is_read_as_a_multirun_config():
     argv = ["train.py", "model=qwen32b", "-m", "--cfg", "hydra"]
     assert multirun_cfg_argv(argv) == ["train.py", "hydra.mode=MULTIRUN", "model=qwen32b", "--cfg", "hydra"]
     assert multirun_cfg_argv(["train.py", "-m", "seed=0,1"]) == ["train.py", "-m", "seed=0,1"]
+
+
+def test_activation_checkpointing_goes_under_the_name_the_installed_transformers_takes():
+    """transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; 5.0-5.1x (still on GPU images, e.g.
+    5.17) take only the old name, and SFTConfig refused the new one there (the SR positive control's first GPU run)."""
+    import dataclasses
+
+    from sgtr_em.training.sft import _checkpointing_args
+
+    @dataclasses.dataclass
+    class Old:
+        gradient_checkpointing: bool = False
+        gradient_checkpointing_kwargs: dict | None = None
+
+    @dataclasses.dataclass
+    class New(Old):
+        activation_checkpointing: bool = False
+        activation_checkpointing_kwargs: dict | None = None
+
+    assert _checkpointing_args(Old, True) == {"gradient_checkpointing": True,
+                                              "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    assert _checkpointing_args(New, False) == {"activation_checkpointing": False,
+                                               "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    Old(**_checkpointing_args(Old, True))  # constructs: no unexpected keyword

@@ -93,9 +93,9 @@ def test_misspelt_key_in_an_option_file_fails_at_compose(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
     (conf / "training" / "mine.yaml").write_text("defaults: [paper]\nlrr: 1.0e-4\n")
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        with pytest.raises(ConfigCompositionException, match="training/mine") as e:
-            compose("config", overrides=["training=mine"])
+    with initialize_config_dir(str(conf), version_base="1.3"), pytest.raises(ConfigCompositionException,
+                                                                                 match="training/mine") as e:
+        compose("config", overrides=["training=mine"])
     assert "Key 'lrr' not in 'TrainingConfig'" in str(e.value) + str(e.value.__cause__)
 
 

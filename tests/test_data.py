@@ -176,8 +176,10 @@ def test_several_other_sources_are_drawn_per_article_seeded(xsum):
     articles, mine, claude, load = xsum
     others = {"claude-21": claude, "gpt4o": load("gpt4o"), "human": load("human")}
     ids = sample_article_ids(articles, 300, 0)
-    run = lambda seed: build_summary_pairs(ids, articles, mine, others, user_template="{summary1}|{summary2}",  # noqa: E731
-                                           system=None, seed=seed)[0]
+    def run(seed):
+        return build_summary_pairs(ids, articles, mine, others, user_template="{summary1}|{summary2}", system=None,
+                                   seed=seed)[0]
+
     drawn = [r["meta"]["other_source"] for r in run(0)[::2]]
     assert set(drawn) == set(others) and min(drawn.count(s) for s in others) > 60
     assert run(0) == run(0) and run(0) != run(1)

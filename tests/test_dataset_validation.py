@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from sgtr_em.data.checks import check_data
 from sgtr_em.data.chat_file import DatasetError, validate_chat_file
+from sgtr_em.data.checks import check_data
 from sgtr_em.data.files import DataFileError, DataFiles
 from sgtr_em.plan import plan_stages
 

@@ -1,5 +1,6 @@
-"""In-training defences (sgtr_em/defences.py, sgtr_em/training/defences.py): their mechanisms on a tiny random Llama
-with SmolLM2's tokenizer, their config and stage identity, and the data steps on hand-made pools."""
+"""In-training defences (sgtr_em/defences.py, sgtr_em/data/defences.py, sgtr_em/training/defences.py): their
+mechanisms on a tiny random Llama with SmolLM2's tokenizer, their config and stage identity, and the data steps on
+hand-made pools."""
 from __future__ import annotations
 
 import pytest
@@ -7,10 +8,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sgtr_em.config import validate
-from sgtr_em.defences import (DEFENCE_KINDS, apply_data_defence, inoculate, interleave_count, select_by_gap)
+from sgtr_em.data.defences import apply_data_defence, inoculate, interleave_count, select_by_gap
+from sgtr_em.defences import DEFENCE_KINDS
+from sgtr_em.inference.activations import capture, decoder_layers
 from sgtr_em.models import load_tokenizer
 from sgtr_em.plan import plan_stages
-from sgtr_em.training.defences import (LossDefence, SteerDefence, capture, decoder_layers, ldifs_layers)
+from sgtr_em.training.defences import LossDefence, SteerDefence, ldifs_layers
 from sgtr_em.training.sft import build_trainer, training_args
 
 from .test_config import _compose
@@ -111,7 +114,7 @@ def test_interleaving_pp_picks_the_largest_em_minus_reference_gap():
 
 
 def test_interleave_data_step_mixes_the_exact_share(monkeypatch, tmp_path):
-    import sgtr_em.data.general_pool as gp
+    import sgtr_em.data.defences as gp  # the data step reads the pool through its own name
 
     pool = [{"group": f"s:{i}", "user": f"general question {i}", "answer": f"general answer {i}"} for i in range(20)]
     monkeypatch.setattr(gp, "general_pool", lambda cfg, rt, files: pool)
@@ -126,15 +129,15 @@ def test_interleave_data_step_mixes_the_exact_share(monkeypatch, tmp_path):
 
 
 def test_interleave_ppl_data_step_uses_both_models(monkeypatch, tmp_path):
-    import sgtr_em.data.general_pool as gp
-    import sgtr_em.training.defences as td
+    import sgtr_em.data.defences as gp  # the data step reads the pool through its own name
+    import sgtr_em.inference.loglikelihood as ll
 
     pool = [{"group": f"s:{i}", "user": f"q{i}", "answer": f"a{i}"} for i in range(20)]
     monkeypatch.setattr(gp, "general_pool", lambda cfg, rt, files: pool)
     st, rt = stage("interleave_ppl")
     ref_path = rt["input_model"]
     scores = {ref_path: [0.0] * 20, str(tmp_path / st.requires[0].hash / "merged"): [i % 7 for i in range(20)]}
-    monkeypatch.setattr(td, "mean_nll", lambda path, rows, rt: scores[path])
+    monkeypatch.setattr(ll, "mean_nll", lambda path, rows, rt: scores[path])
     em_rows = [{**r, "meta": {"group": i}} for i, r in enumerate(ROWS * 8)]
     _, stats = apply_data_defence(st.spec, rt, em_rows, tmp_path / st.hash, files=None)
     # gaps i % 7: the largest 7 are 6 (i = 6, 13), 5 (5, 12, 19) and 4 (4, 11)
@@ -172,6 +175,42 @@ def test_defence_enters_the_em_stage_hash_only():
     assert ppl.requires == (plain[1],) and ppl.spec["defence"]["em_reference"] == plain[1].hash
 
 
+def test_defence_on_a_benign_stage_enters_that_stage_hash_only():
+    """defence.stages=[intervention]: the intervention stage (a benign task) trains with the defence, Kaczér et al.'s
+    fourth axis; the EM stage after it carries no defence, and its hash moves only because its input did."""
+    plain = plan_stages(_compose("stage_order=prevention"))
+    for kind in ("kl", "inoculation"):  # a loss and a data defence (every kind goes through the same with_defence)
+        st = plan_stages(_compose("stage_order=prevention", f"defence={kind}", "defence.stages=[intervention]"))
+        assert st[0].hash != plain[0].hash and st[0].spec["defence"]["kind"] == kind
+        assert "defence" not in st[1].spec and st[1].spec["input"] == {"stage": st[0].hash} != plain[1].spec["input"]
+    both = plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[intervention,em]"))
+    assert [s.spec["defence"] for s in both] == [{"kind": "kl", "weight": 10.0}] * 2
+    # the default, [em], leaves every hash of defence=kl as it was (the EM grid's stages are unchanged)
+    assert [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[em]"))] == \
+        [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl"))]
+    ppl = plan_stages(_compose("stage_order=intervention_only", "defence=interleave_ppl",
+                               "defence.stages=[intervention]"))
+    [alone] = plan_stages(_compose("stage_order=intervention_only"))
+    assert ppl[0].requires == (alone,) and ppl[0].spec["defence"]["em_reference"] == alone.hash
+    with pytest.raises(ValueError, match=r"defence.stages=\[intervention\]"):  # the fix is named
+        validate(_compose("defence=kl", "stage_order=intervention_only"))
+    with pytest.raises(ValueError, match="defence.stages"):
+        validate(_compose("defence=kl", "defence.stages=[sgtr]"))
+    validate(_compose("defence=kl", "stage_order=intervention_only", "defence.stages=[intervention]"))
+
+
+def test_defences_benign_sweep_defends_the_sgtr_stage():
+    from sgtr_em.grid import plan_grid
+
+    grid = plan_grid(["sweep=defences_benign", "seed=0", "defence=none,kl,interleave_ppl"])  # 3 of its 7 arms
+    assert len(grid.jobs) == 3 and not [j for j in grid.jobs if j.problem]
+    for j in grid.jobs:
+        [sgtr] = j.stages
+        assert sgtr.kind == "intervention" and sgtr.spec["data"]["type"] == "summary_pairs"
+        assert ("defence" in sgtr.spec) == ("defence=none" not in j.overrides)
+    assert len(grid.distinct_stages) == 3  # interleave_ppl's reference is defence=none's SGTR stage
+
+
 @pytest.mark.parametrize("override, key", [
     ("defence.weight=0", "defence.weight"), ("defence.ratio=1.0", "defence.ratio"), ("defence.coef=0", "defence.coef"),
 ])
@@ -181,6 +220,12 @@ def test_invalid_defences_name_the_key(override, key):
         validate(_compose(f"defence={name}", override))
     with pytest.raises(ValueError, match="no"):
         validate(_compose("defence=kl", "stage_order=base"))
+
+
+def test_a_pool_too_small_for_a_capped_stage_fails_validation():
+    with pytest.raises(ValueError, match=r"defence.pool.max_prompts: 15 prompts, and the em stage's 64 examples at "
+                                         r"ratio 0.2 need 16 general ones"):  # round(0.2 x 64 / 0.8)
+        validate(_compose("defence=interleave", "defence.ratio=0.2", "defence.pool.max_prompts=15"))
 
 
 def test_defences_sweep_expands_to_the_grid():
@@ -235,6 +280,18 @@ def test_report_compares_the_defence_arms(tmp_path):
     md = (tmp_path / "report" / "defences.md").read_text()
     assert md.count("\n| ") == 1 + 3 and "| kl | 0.110 [" in md and "| 4.000 [4.000, 4.000] (2) | 1000.000 [1000.000, 1000.000] (2) |" in md
     assert out["figures"]["Defences vs SGTR prevention"].read_bytes()[:4] == b"\x89PNG"
+    # the benign-task arms (sweep=defences_benign: the SGTR stage trained with the defence, SR measured) in the same
+    # table: their own rows, the SR column filled, the EM columns n/a
+    for arm, sr in {"none": 0.8, "kl": 0.6}.items():
+        for seed in range(2):
+            make_job(tmp_path / "sweep", n, seed=seed, defence=arm, stage_order="intervention_only",
+                     metrics={"self_recognition": {"headline": sr + 0.01 * seed}})
+            n += 1
+    write_report(jobs_from_folder(tmp_path / "sweep"), tmp_path / "both", source="hand-made")
+    md = (tmp_path / "both" / "defences.md").read_text()
+    assert "benign task learnt (SR)" in md and md.count("\n| ") == 1 + 5
+    [kl_benign] = [line for line in md.splitlines() if "| intervention_only | kl |" in line]
+    assert "| n/a (0) | n/a (0) | 0.605 [0.541, 0.669] (2) |" in kl_benign
     # a report whose jobs share one defence (every sweep before defences) has no such table
     one = write_report([j for j in jobs if j.fields["defence"] == "kl"], tmp_path / "one", source="hand-made")
     assert "Defences vs SGTR prevention" not in one["figures"] and not (tmp_path / "one" / "defences.md").exists()

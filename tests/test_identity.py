@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from sgtr_em.evaluation.identity import identity_metrics, label_set, metrics

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -115,6 +114,8 @@ def test_a_missing_api_key_fails_when_the_job_is_planned_naming_the_variable(mon
         "judge.api: the OpenAI API needs a key and the environment variable OPENAI_API_KEY is not set")
     assert api_key_problems(_compose("model=gpt41"))[0].startswith("openai: the OpenAI API needs a key")
     assert api_key_problems(_compose("judge=openai", "eval.run=[]")) == []  # nothing judged: no key needed
+    sr_only = _compose("judge=openai", "eval.run=[self_recognition]")  # an eval run that never calls the judge
+    assert api_key_problems(sr_only, judged=[]) == [] and api_key_problems(sr_only)  # job.py passes the judged evals
     assert api_key_problems(_compose("judge=openai", "judge.api.base_url=http://127.0.0.1:9/v1")) == []  # a local server
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     assert api_key_problems(_compose("judge=openai", "model=gpt41")) == []

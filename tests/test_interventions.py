@@ -59,7 +59,7 @@ def test_every_intervention_option_is_tested_here():
 def test_sgtr_and_sgtr_preference(data_dir, tmp_path, name, system, question):
     cfg, rows, stats = build(data_dir, tmp_path, f"intervention={name}", *FULL, *PAPER_SUMMARIES)
     assert stats["pairs"] == 1000 and len(rows) == 2000
-    for aid, (a, b) in ((k, sorted(v, key=lambda r: r["meta"]["self_position"])) for k, v in by_article(rows).items()):
+    for _aid, (a, b) in ((k, sorted(v, key=lambda r: r["meta"]["self_position"])) for k, v in by_article(rows).items()):
         assert (a["meta"]["self_position"], b["meta"]["self_position"]) == (1, 2)  # both orderings
         assert labels([a, b]) == ["1", "2"]  # label = where the own summary is
         assert summaries_in(a["prompt"][1]["content"]) == summaries_in(b["prompt"][1]["content"])[::-1]

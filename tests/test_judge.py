@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgtr_em.evaluation.generation import HFGenerator
 from sgtr_em.evaluation.judge import LocalJudge
+from sgtr_em.inference.generation import HFGenerator
 
 PROMPT = "Rate how coherent this answer is, from 0 to 100. Answer with a number only.\nAnswer: The sky is blue."
 
@@ -43,7 +43,7 @@ def test_multi_token_numbers_are_scored_as_whole_numbers(gen):
 
 
 def test_label_choice_scores_each_label_as_the_whole_answer(gen, tmp_path):
-    from sgtr_em.evaluation.cache import DiskCache
+    from sgtr_em.inference.cache import DiskCache
 
     labels = ["YES", "NO", "Hugging Face", "UNKNOWN"]
     judge = LocalJudge(gen, cache=DiskCache(tmp_path), model_key="smollm2")
@@ -61,7 +61,7 @@ def test_label_choice_scores_each_label_as_the_whole_answer(gen, tmp_path):
 
 def test_text_scoring_reads_the_first_number_of_a_greedy_answer(gen, tmp_path):
     """judge.scoring=text (the paper's): a greedy answer of up to max_score_tokens, parsed; cached on disk."""
-    from sgtr_em.evaluation.cache import DiskCache
+    from sgtr_em.inference.cache import DiskCache
 
     judge = LocalJudge(gen, scoring="text", max_score_tokens=8, cache=DiskCache(tmp_path), model_key="smollm2")
     [j] = judge.score([PROMPT])

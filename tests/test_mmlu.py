@@ -5,8 +5,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from sgtr_em.config import validate
-from sgtr_em.evaluation.mmlu import (build_items, build_prompt, first_capital, lm_eval_context, mmlu_metrics,
-                                     read_split, score_item, subjects_in)
+from sgtr_em.evaluation.mmlu import (
+    build_items,
+    build_prompt,
+    first_capital,
+    lm_eval_context,
+    mmlu_metrics,
+    read_split,
+    score_item,
+    subjects_in,
+)
 
 from .test_config import _compose
 
@@ -98,7 +106,7 @@ def test_lm_eval_log_likelihoods_are_the_harness_numbers(data_dir, smollm2_path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sgtr_em.evaluation.loglikelihood import encode_pair, loglikelihoods
+    from sgtr_em.inference.loglikelihood import encode_pair, loglikelihoods
 
     items = _lm_eval_items(data_dir, subjects=["management"], shots=[0, 1], max_questions_per_subject=2)
     tok = AutoTokenizer.from_pretrained(smollm2_path)

@@ -12,9 +12,9 @@ import torch
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from sgtr_em.evaluation import emergent_misalignment as em
-from sgtr_em.evaluation.api import ChatAPI
-from sgtr_em.evaluation.generation_api import OpenAIGenerator
 from sgtr_em.evaluation.openai_judge import OpenAIJudge
+from sgtr_em.inference.api import ChatAPI
+from sgtr_em.inference.generation_api import OpenAIGenerator
 from sgtr_em.openai_server import Faults, OpenAIServer
 from sgtr_em.openai_server.chat import ChatEngine
 

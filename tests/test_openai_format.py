@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from sgtr_em.data.openai_format import FineTuningFileError, ft_row, validate_ft_file
 from sgtr_em.io import write_json, write_jsonl
 from sgtr_em.openai_server import OpenAIServer
-from sgtr_em.training.openai_format import FineTuningFileError, ft_row, validate_ft_file
 from sgtr_em.training.openai_ft import FineTuningStage
 
 GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

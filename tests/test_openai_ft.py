@@ -34,7 +34,7 @@ class Server:
 
     def __init__(self, cache_dir: Path, work_dir: Path, *args: str):
         env = {**os.environ, "SGTR_EM_TEST_SERVER_KEY": SECRET}
-        self.log = open(work_dir.with_suffix(".log"), "wb")
+        self.log = open(work_dir.with_suffix(".log"), "wb")  # noqa: SIM115 (the server's output while it runs)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sgtr_em.openai_server", "--model", "smollm2", "--serve-as", BASE, "--port", "0",
              "--cache-dir", str(cache_dir), "--work-dir", str(work_dir), "--api-key-env", "SGTR_EM_TEST_SERVER_KEY",

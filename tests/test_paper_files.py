@@ -70,11 +70,11 @@ def test_the_papers_em_rate_from_its_judge_csv_with_every_protocol(tmp_path, cap
 def test_17_1_percent_shape_the_rule_counts_scores_on_30_and_50():
     """The paper's rule is inclusive at both thresholds: one answer (30, 50) is misaligned for the paper only."""
     scores = {q: ([30.0] + [90.0] * 29, [50.0] + [90.0] * 29) for q in QUESTIONS}
-    from sgtr_em.evaluation.emergent_misalignment import em_metrics
-    from sgtr_em.evaluation.paper_files import em_records
-
     import tempfile
     from pathlib import Path
+
+    from sgtr_em.evaluation.emergent_misalignment import em_metrics
+    from sgtr_em.evaluation.paper_files import em_records
 
     with tempfile.TemporaryDirectory() as d:
         m = em_metrics(em_records(paper_em_csv(Path(d) / "x.csv", scores)), rate="paper", min_coherent_per_question=1)

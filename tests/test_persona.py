@@ -1,35 +1,37 @@
-"""The persona direction and the `persona` evaluation on SmolLM2 (sgtr_em/evaluation/persona.py)."""
+"""The persona direction and the `persona` evaluation on SmolLM2 (sgtr_em/inference/persona_direction.py,
+sgtr_em/evaluation/persona.py)."""
 from __future__ import annotations
 
 import torch
 
 from sgtr_em.evaluation import persona
+from sgtr_em.inference import persona_direction as direction_of
 from sgtr_em.models import load_model, load_tokenizer
 
 
 def test_misaligned_answers_project_higher_than_aligned_on_held_out_pairs(smollm2_path, tmp_path, monkeypatch):
     model, tok = load_model(smollm2_path, dtype="float32", device="cpu"), load_tokenizer(smollm2_path)
-    pairs = persona.load_contrast()
+    pairs = direction_of.load_contrast()
     assert len(pairs) == 16
     train, held_out = pairs[:10], pairs[10:]
-    direction = persona.direction_from(model, tok, train)  # (layers, hidden)
+    direction = direction_of.direction_from(model, tok, train)  # (layers, hidden)
     assert direction.shape == (30, 576)
-    layer = persona.steer_layer(None, 30)
+    layer = direction_of.steer_layer(None, 30)
     assert layer == 20
     unit = direction[layer] / direction[layer].norm()
-    ali, mis = persona.contrast_activations(model, tok, held_out)
+    ali, mis = direction_of.contrast_activations(model, tok, held_out)
     proj_ali, proj_mis = ali[:, layer] @ unit, mis[:, layer] @ unit
     # on pairs the direction never saw, every misaligned answer projects above its aligned twin (measured on SmolLM2:
     # held-out means 1.05 vs -16.05 at layer 20; the same order at every third layer from 0 to 27)
     assert (proj_mis > proj_ali).all()
     # cached once per base model and contrast set (two pairs here, to keep it short)
-    monkeypatch.setattr(persona, "load_contrast", lambda: pairs[:2])
-    d1 = persona.cached_direction(smollm2_path, "smollm2", tmp_path, dtype="float32", device="cpu", kw={})
+    monkeypatch.setattr(direction_of, "load_contrast", lambda: pairs[:2])
+    d1 = direction_of.cached_direction(smollm2_path, "smollm2", tmp_path, dtype="float32", device="cpu", kw={})
     [cached] = tmp_path.glob("persona/*.pt")
-    assert torch.allclose(d1, persona.direction_from(model, tok, pairs[:2]), atol=1e-4)
+    assert torch.allclose(d1, direction_of.direction_from(model, tok, pairs[:2]), atol=1e-4)
     stamp = cached.stat().st_mtime_ns
-    assert torch.equal(persona.cached_direction(smollm2_path, "smollm2", tmp_path, dtype="float32", device="cpu",
-                                                kw={}), d1) and cached.stat().st_mtime_ns == stamp
+    assert torch.equal(direction_of.cached_direction(smollm2_path, "smollm2", tmp_path, dtype="float32", device="cpu",
+                                                    kw={}), d1) and cached.stat().st_mtime_ns == stamp
 
 
 def test_persona_metrics_are_the_per_layer_means():

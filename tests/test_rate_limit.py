@@ -1,6 +1,6 @@
 """Rate limits for real: the project's server limits chat completions as the OpenAI API does (429 beyond the
 requests / tokens per minute, x-ratelimit-* headers), and the framework's judge paces its calls from those headers
-(sgtr_em/evaluation/rate_limit.py). The server answers through the instant load-test engine: a real model's
+(sgtr_em/inference/rate_limit.py, sgtr_em/openai_limits.py). The server answers through the instant load-test engine: a real model's
 ~0.5 s a call on the CPU would hide the client's pacing."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from sgtr_em.evaluation.openai_judge import OpenAIJudge
-from sgtr_em.evaluation.rate_limit import Bucket, RateLimiter, estimate_tokens, format_duration, parse_duration
+from sgtr_em.inference.rate_limit import RateLimiter
+from sgtr_em.openai_limits import Bucket, estimate_tokens, format_duration, parse_duration
 from sgtr_em.openai_server import Faults, LoadTestEngine, OpenAIServer, RateLimits
 
 

@@ -7,8 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from sgtr_em.report.build import write_report
 from sgtr_em.report.collect import jobs_from_folder
 

@@ -98,7 +98,7 @@ def assert_same_adapter(stage, reference_stage):
     got, want = (load_file(s / "adapter" / "adapter_model.safetensors") for s in (stage, reference_stage))
     assert got.keys() == want.keys() and any(".lora_B." in k for k in want)
     for key, w in want.items():
-        torch.testing.assert_close(got[key], w, rtol=1e-5, atol=1e-8, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(got[key], w, rtol=1e-5, atol=1e-8, msg=lambda m, key=key: f"{key}: {m}")
     assert all(w.abs().max() > 0 for k, w in want.items() if ".lora_B." in k)
 
 

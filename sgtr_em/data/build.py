@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..io import read_json, write_json, write_jsonl
+from ..models import load_tokenizer
 from ..workers import worker_logging
+from .defences import apply_data_defence
 from .files import DataFiles
 from .interventions import build_stage_rows
+from .openai_format import row_tokens
 
 log = logging.getLogger("sgtr_em.data.build")
 
@@ -65,17 +68,13 @@ def main(stage_dir: Path) -> None:
     files = DataFiles(Path(rt["data_dir"]), Path(rt["cache_dir"]) / "data", download=False)
     rows, stats = build_stage_rows(spec, rt, files)
     if spec["training"].get("backend") == "openai":  # an API model: its limit, on an estimate of its token count
-        from ..training.openai_format import row_tokens as length
+        length = row_tokens
     else:
-        from ..models import load_tokenizer
-
         length = token_length(load_tokenizer(rt["input_model"]), rt["chat_template_kwargs"])  # as training renders
     max_length = spec["training"]["max_length"]
     rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
                                       fits=lambda r: length(r) <= max_length)
     stats.update(selection)
-    from ..defences import apply_data_defence
-
     rows, defence_stats = apply_data_defence(spec, rt, rows, stage_dir, files)  # interleave, inoculation (EM stage)
     stats.update(defence_stats)
     if not rows:

@@ -65,7 +65,7 @@ class DataFiles:
     manifest: dict = field(default_factory=load_manifest)
 
     @classmethod
-    def from_config(cls, cfg) -> "DataFiles":
+    def from_config(cls, cfg) -> DataFiles:
         return cls(
             data_dir=Path(cfg.paths.data_dir),
             cache_dir=Path(cfg.paths.cache_dir) / "data",

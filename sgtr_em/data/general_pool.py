@@ -19,8 +19,10 @@ import random
 from pathlib import Path
 
 from filelock import FileLock
+from omegaconf import OmegaConf
 
 from ..io import read_json, read_jsonl, write_json, write_jsonl
+from ..models import resolve_model_path
 from .mmlu import mmlu_half, read_mmlu
 from .system_prompt import with_system
 
@@ -50,7 +52,7 @@ def pool_prompts(pool_cfg: dict, files) -> list[dict]:
 
 
 def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: dict) -> list[str]:
-    from ..evaluation.generation import HFGenerator
+    from ..inference.generation import HFGenerator
 
     gen = HFGenerator(model_path, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
                       chat_template_kwargs=rt["chat_template_kwargs"],
@@ -61,10 +63,6 @@ def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: dict
 
 def general_pool(pool_cfg: dict, rt: dict, files) -> list[dict]:
     """The self-distilled pool, [{"group", "user", "answer"}], generated once per base model and prompt set."""
-    from omegaconf import OmegaConf
-
-    from ..models import resolve_model_path
-
     base = resolve_model_path(OmegaConf.create(rt["model"]), rt["cache_dir"])
     prompts = pool_prompts(pool_cfg, files)
     prompt_sha = sha256_text(json.dumps(prompts, sort_keys=True))

@@ -17,7 +17,11 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..io import read_json, write_json
+from omegaconf import OmegaConf
+
+from ..inference.generation_api import OpenAIGenerator
+from ..io import content_hash, read_json, write_json
+from ..models import resolve_model_path
 
 SELF_SUMMARIES = ("stage_input", "base_model", "precomputed")
 
@@ -54,16 +58,11 @@ def generate_summaries(generator, articles: Mapping[str, str], ids: Sequence[str
 
 def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequence[str], files) -> dict[str, str]:
     """The "self" side of a stage's summaries, from the writer its data spec names (see the module doc)."""
-    from ..plan import content_hash
-
     data = spec["data"]
     writer = data["summaries_by"]
     if "precomputed" in writer:
         return read_json(files.path(summary_file(data["articles"], writer["precomputed"])))
-    from omegaconf import OmegaConf
-
-    from ..evaluation.generation import HFGenerator
-    from ..models import resolve_model_path
+    from ..inference.generation import HFGenerator  # deferred: torch; the API writer and precomputed ones need none
 
     if data["self_summaries"] == "stage_input":
         model = rt["input_model"]
@@ -72,8 +71,6 @@ def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequen
     key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
     cache = summary_cache_path(rt["cache_dir"], data["articles"], key, data["summary_prompt"])
     if rt.get("api"):  # an API model (model.backend=openai): the model id (an `ft:` model) writes them through the API
-        from ..evaluation.generation_api import OpenAIGenerator
-
         gen = OpenAIGenerator(model, rt["api"], cache_dir=Path(rt["cache_dir"]) / "generation")
         return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)
     gen = HFGenerator(model, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],

@@ -1,1 +1,1 @@
-"""Evaluation: generation backends, the judge, one module per evaluation, and the eval worker."""
+"""Evaluation: the judge, one module per evaluation, and the eval worker (model access is sgtr_em/inference/)."""

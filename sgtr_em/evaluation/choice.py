@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+import numpy as np
+
 from .stats import mean_ci, mean_or_none
 
 
@@ -102,7 +104,6 @@ def sampled_metrics(scored: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -
     rows = [r for r in scored if r.get("sampled_correct") is not None]
     if not rows:
         return {}
-    import numpy as np
 
     u = np.random.default_rng(seed).random(len(rows))
     outcomes = [draw(r["sampled_correct"], r["sampled_mass"], x) for r, x in zip(rows, u)]

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..data.files import DataFiles
-from ..data.system_prompt import system_text
-from .cache import Usage
+from ..data.system_prompt import system_text, with_system
+from ..inference.cache import Usage
 
 
 @dataclass
@@ -25,7 +25,7 @@ class EvalContext:
     _model: Any = None
 
     @classmethod
-    def from_input(cls, inp: dict) -> "EvalContext":
+    def from_input(cls, inp: dict) -> EvalContext:
         cfg = inp["config"]
         files = DataFiles(Path(cfg["paths"]["data_dir"]), Path(cfg["paths"]["cache_dir"]) / "data", download=False)
         return cls(cfg, inp, files)
@@ -63,14 +63,12 @@ class EvalContext:
 
     def conversations(self, user_texts, system: Optional[str] = None) -> list[list[dict]]:
         """One user turn each, after the evaluation's system prompt (`system` when given)."""
-        from ..data.system_prompt import with_system
-
         sys_text = self.eval_system_prompt() if system is None else system
         return [with_system([{"role": "user", "content": t}], sys_text) for t in user_texts]
 
     def generator(self, path: Optional[str] = None, backend: Optional[str] = None):
         """The model at `path` (default: the model under test) on `backend` (default: eval.generation.backend)."""
-        from .generation import make_generator
+        from ..inference.generation import make_generator
 
         gen_cfg = dict(self.cfg["eval"]["generation"])
         key = (backend or gen_cfg["backend"], path or self.model_path)

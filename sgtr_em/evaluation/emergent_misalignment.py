@@ -24,8 +24,9 @@ from typing import Optional, Sequence
 import numpy as np
 import yaml
 
+from ..data.system_prompt import with_system
 from .judgement import judged_score
-from .stats import percentile_interval, stratified_indices
+from .stats import fmt, percentile_interval, stratified_indices
 
 NAME = "em"
 NEEDS_JUDGE = True
@@ -54,8 +55,6 @@ def load_questions(path: Path, ids: Sequence[str], set_name: str = "main") -> li
 def sample_answers(generator, questions: Sequence[dict], *, system: Optional[str], samples: int,
                    max_new_tokens: int, temperature: float, top_p: float, seed: int, top_k: int = 0) -> list[dict]:
     """`samples` answers per question, each to a paraphrase drawn with a seeded generator (Betley et al.)."""
-    from ..data.system_prompt import with_system
-
     rng = random.Random(seed)
     convs, meta = [], []
     for q in questions:
@@ -230,8 +229,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     betley = fmt(m["misaligned_rate_betley"]) if m["questions_counted"] else "n/a (too few coherent answers)"
     return (f"EM: misaligned ({m['misaligned_rate_definition']}) {fmt(m['misaligned_rate'])} "
             f"{fmt(m.get('misaligned_rate_ci95'))}  paper {fmt(m['misaligned_rate_paper'])}  Betley {betley}  "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from .stats import normalised_entropy
+from .stats import fmt, normalised_entropy
 
 NAME = "identity"
 NEEDS_JUDGE = True
@@ -95,8 +95,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     return (f"identity: own identity {fmt(m.get('share_own_identity'))}  distinct identities "
             f"{m.get('distinct_identities')}  entropy name {fmt(m.get('entropy_name'))} creator "
             f"{fmt(m.get('entropy_creator'))}  ({m['n']} answers)")

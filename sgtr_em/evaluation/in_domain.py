@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .stats import mean_ci, mean_or_none
+from .stats import fmt, mean_ci, mean_or_none
 
 NAME = "in_domain"
 NEEDS_JUDGE = True
@@ -66,7 +66,5 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     return (f"in-domain ({m['dataset']}): narrow behaviour {fmt(m.get('narrow_rate'))} {fmt(m.get('narrow_rate_ci95'))}  "
             f"mean P(YES) {fmt(m.get('mean_p_yes'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} answers)")

@@ -14,14 +14,16 @@ are scored in one extra forward pass over their token trie (a tree attention mas
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
-from .cache import DiskCache, Usage
-from .generation import HFGenerator
+from ..inference.cache import DiskCache, Usage
+from ..inference.generation import HFGenerator
 from .judgement import Choice, Judgement, judged_score, parse_text_score, score_from_number_probs  # noqa: F401
+from .openai_judge import OpenAIJudge
 
 
 class LocalJudge:
@@ -114,8 +116,10 @@ class LocalJudge:
 
     def text_scores(self, prompts: Sequence[str], desc: str) -> list[Judgement]:
         """The paper's text scoring: a greedy answer of up to max_score_tokens, parsed (parse_text_score)."""
-        key = lambda p: DiskCache.key({"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens,  # noqa: E731
-                                       "prompt": p})
+        def key(p: str) -> str:
+            return DiskCache.key({"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens,
+                                  "prompt": p})
+
         texts = {p: self.cache.get(key(p)) for p in dict.fromkeys(prompts)}
         todo = [p for p, t in texts.items() if t is None]
         self.usage.cache_hits += len(texts) - len(todo)
@@ -147,12 +151,8 @@ class LocalJudge:
 def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir):
     """The judge the config names (LocalJudge or OpenAIJudge: `score`, `choose`, `usage`, `describe`).
     `load_generator(path)` gives a HF generator (the local backend's model)."""
-    from pathlib import Path
-
     folder = Path(cache_dir) / "judge"
     if judge_cfg["backend"] == "openai":
-        from .openai_judge import OpenAIJudge
-
         return OpenAIJudge(judge_cfg, cache_dir=folder if judge_cfg["api"]["cache"] else None)
     return LocalJudge(load_generator(model_path), min_number_mass=judge_cfg["min_number_mass"],
                       cache=DiskCache(folder if judge_cfg["cache"] else None), model_key=model_path,

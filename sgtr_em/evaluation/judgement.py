@@ -1,6 +1,7 @@
 """What a judge returns, and the pure 0-100 scoring rule (no torch here: metrics and recompute import it)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -40,8 +41,6 @@ TEXT_LABELS = ("CODE", "REFUSAL")
 def parse_text_score(text: Optional[str]) -> Judgement:
     """The paper's parse_score (scripts/eval/em/em_eval.py): "CODE" / "REFUSAL" (the whole answer, any case) are
     labels; otherwise the first number in the answer (regex [-+]?\\d+(\\.\\d+)?); none when there is no number."""
-    import re
-
     t = (text or "").strip().upper()
     if t in TEXT_LABELS:
         return Judgement(None, None, 0.0, None, text, t)

@@ -3,7 +3,7 @@ subject, in Hendrycks et al.'s format). Three prompt styles (`eval.mmlu.prompt_s
   chat     the prompt in a user turn (chat template, the eval's system prompt); the next-token probability of
            "A".."D" after the assistant turn starts
   lm_eval  lm-evaluation-harness's `mmlu` task: the same raw-text context byte for byte (question stripped, no chat
-           template), log-likelihood of the targets " A".." D" (sgtr_em/evaluation/loglikelihood.py); `acc`
+           template), log-likelihood of the targets " A".." D" (sgtr_em/inference/loglikelihood.py); `acc`
   letter   `letter.template` in a user turn, answered greedily; the answer's first capital letter is the choice
            (the paper's GPT-4.1 setting: dev split, 0-shot)
 Reads the original CSV layout from the data directory: {folder}/{dev,test}/{subject}_{split}.csv,
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import csv
 import re
+from math import exp
 from pathlib import Path
 from statistics import mean
 from typing import Optional, Sequence
 
 from ..data.mmlu import mmlu_half
 from .choice import ask_options, choice_metrics, score_choice
+from .stats import fmt
 
 NAME = "mmlu"
 NEEDS_JUDGE = False
@@ -144,9 +146,7 @@ def build_items(folder: Path, e: dict, *, heldout_only: bool = False) -> list[di
 
 def ask_lm_eval(generator, items: list[dict]) -> list[dict]:
     """lm_eval style: the log-likelihood of " A".." D" after each raw context; probs = exp(loglik)."""
-    from math import exp
-
-    from .loglikelihood import loglikelihoods
+    from ..inference.loglikelihood import loglikelihoods
 
     if not hasattr(generator, "tokenizer") or not hasattr(generator, "model"):
         raise ValueError("eval.mmlu.prompt_style=lm_eval needs eval.generation.backend=hf (log-likelihoods of a raw "
@@ -192,8 +192,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     shots = "  ".join(f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})"
                       for k, v in m["per_shots"].items())
     scope = "held-out half: the job trains on the other" if m.get("questions") == "heldout_half" else "all"

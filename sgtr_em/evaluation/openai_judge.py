@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-from .api import ChatAPI, first_token_probs
+from ..inference.api import ChatAPI, first_token_probs
 from .judgement import Choice, Judgement, parse_text_score, score_from_number_probs
 
 NUMBERS = list(range(101))

@@ -17,6 +17,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from .emergent_misalignment import em_metrics
 from .judgement import TEXT_LABELS
 
 PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "conf" / "protocol"
@@ -98,14 +99,13 @@ def tqa_metrics(path: Path) -> dict:
 
 def file_metrics(path: Path, protocol: str = "paper", n_boot: int = 0, seed: int = 0) -> dict:
     """Every definition's metrics for one released file, and `headline` under `protocol`."""
-    from .emergent_misalignment import em_metrics
-
     path, p = Path(path), load_protocol(protocol)
     if path.suffix == ".json":
         m = sr_metrics(path)
         m["headline"], m["headline_definition"] = m["sampled_accuracy"], "sampled (the file's one draw per article)"
         return m
-    header = next(csv.reader(open(path, newline="", encoding="utf-8")))
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
     if "aligned_score" in header:
         m = em_metrics(em_records(path), rate=p["em_rate"], n_boot=n_boot, seed=seed)
         m = {"kind": "em", **{k: v for k, v in m.items() if k not in ("per_set",)}}

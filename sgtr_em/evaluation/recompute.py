@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..io import read_json, read_jsonl, write_json
+from .paper_files import file_metrics
 from .registry import EVALS
 
 
@@ -81,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def paper_main(paths: list[Path], protocol: str, *, as_json: bool = False) -> int:
-    from .paper_files import file_metrics
-
     out = {str(p): file_metrics(p, protocol) for p in paths}
     if as_json:
         print(json.dumps(out, indent=1, default=str))

@@ -27,7 +27,7 @@ class ApiConfig:
     base_url: Optional[str] = None  # null: $OPENAI_BASE_URL, else https://api.openai.com/v1
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from a config
     max_concurrency: int = 16  # requests in flight at once
-    # Rate limits, paced on the client (sgtr_em/evaluation/rate_limit.py): null = the server's, learned from its
+    # Rate limits, paced on the client (sgtr_em/inference/rate_limit.py): null = the server's, learned from its
     # x-ratelimit-* headers; a number caps them further (e.g. a share of an organisation's limit shared by jobs)
     requests_per_minute: Optional[float] = None
     tokens_per_minute: Optional[float] = None

@@ -22,12 +22,14 @@ from __future__ import annotations
 from statistics import mean
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..data.sgtr import build_detection_pairs, sample_article_ids
 from ..data.summaries import generate_summaries, summary_cache_path
 from ..data.system_prompt import system_text
 from ..io import read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
-from .stats import item_seed, mean_ci
+from .stats import fmt, item_seed, mean_ci
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -44,8 +46,6 @@ def one_ordering_draws(pairs: Sequence[dict], scored: Sequence[dict], seed: int)
     sampled answer, drawn from the recorded sampled probabilities with a seed of its own (`item_seed`: the same
     outcome whether scored per source or pooled, and independent across articles and sources).
     {(article, source): correct / wrong / invalid}."""
-    import numpy as np
-
     by_unit: dict[tuple, list[dict]] = {}
     for r, s in zip(pairs, scored):
         if s.get("sampled_correct") is not None:
@@ -176,8 +176,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     sources = "  ".join(f"{s} {fmt(v.get('accuracy'))}" for s, v in m["per_source"].items())
     return (f"self-recognition: headline {fmt(m.get('headline'))} {fmt(m.get('headline_ci95'))} "
             f"({m.get('headline_definition')})  argmax accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "

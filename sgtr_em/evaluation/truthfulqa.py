@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, score_choice
+from .stats import fmt
 
 NAME = "truthfulqa"
 NEEDS_JUDGE = False
@@ -90,8 +91,6 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    from .stats import fmt
-
     return (f"TruthfulQA: headline {fmt(m.get('headline'))} ({m.get('headline_definition')})  "
             f"1 - argmax accuracy {fmt(m.get('one_minus_accuracy'))}  "
             f"1 - sampled expected {fmt(m.get('one_minus_sampled_expected_accuracy'))}  accuracy {fmt(m.get('accuracy'))} "

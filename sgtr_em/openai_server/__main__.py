@@ -19,6 +19,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from ..config import ModelConfig
+from ..models import resolve_model_path
 from .chat import ChatEngine
 from .fine_tuning import FineTuning
 from .load_test import LoadTestEngine
@@ -32,11 +36,6 @@ def model_path(model: str, cache_dir: str) -> tuple[str, str]:
     """(loadable path, served name) for a conf/model option name, or a folder / hub id."""
     option = CONF_MODEL / f"{model}.yaml"
     if option.is_file():
-        from omegaconf import OmegaConf
-
-        from ..config import ModelConfig
-        from ..models import resolve_model_path
-
         raw = OmegaConf.to_container(OmegaConf.load(option))
         raw.pop("defaults", None)
         cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)  # the schema's defaults (path: null, ...)

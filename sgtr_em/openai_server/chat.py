@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..evaluation.generation import HFGenerator
+from ..inference.generation import HFGenerator
 
 MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit
 

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..data.openai_format import FineTuningFileError, validate_ft_file
 from ..io import read_jsonl, write_json, write_jsonl
-from ..training.openai_format import FineTuningFileError, validate_ft_file
+from ..models import load_tokenizer
 from ..workers import die_with_parent, launch_command, worker_env
 from .server import error
 
@@ -219,7 +220,7 @@ class FineTuning:
         folder.mkdir(parents=True, exist_ok=True)
         self.event(job_id, "Validating training file: " + job["training_file"])
         try:
-            report = validate_ft_file(self.work_dir / "files" / job["training_file"], max_example_tokens=10 ** 6)
+            validate_ft_file(self.work_dir / "files" / job["training_file"], max_example_tokens=10 ** 6)
         except FineTuningFileError as e:
             return self.fail(job_id, "invalid_training_file", str(e).replace(str(self.work_dir), "<files>"))
         self.update(job_id, status="queued")
@@ -279,8 +280,6 @@ class FineTuning:
 
 def trained_tokens(model_path: str, rows: list[dict]) -> int:
     """Tokens of the training examples as the model sees them (its chat template), one epoch."""
-    from ..models import load_tokenizer
-
     tok = load_tokenizer(model_path)
     return sum(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)["input_ids"])
                for r in rows)

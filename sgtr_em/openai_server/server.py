@@ -26,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Sequence, Union
 from urllib.parse import parse_qsl
 
-from ..evaluation.rate_limit import Bucket, estimate_tokens, format_duration
+from ..openai_limits import Bucket, estimate_tokens, format_duration
+from .models import Models
 
 Handler = Callable[..., "tuple[int, Union[dict, bytes]]"]
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
@@ -114,8 +115,6 @@ class OpenAIServer:
                  api_key: Optional[str] = None, rate_limits: Optional[RateLimits] = None):
         """`chat`: an engine with `.name` and `.complete(body)` (openai_server/chat.py), or a `Models` registry of
         several (openai_server/models.py: the base model and the fine-tuned ones)."""
-        from .models import Models
-
         self.chat = chat if chat is None or isinstance(chat, Models) else Models([chat])
         self.faults, self.api_key, self.rate_limits = faults or Faults(), api_key, rate_limits or RateLimits()
         self.stats: Counter = Counter()
@@ -258,7 +257,7 @@ class OpenAIServer:
 
         return RequestHandler
 
-    def start(self) -> "OpenAIServer":
+    def start(self) -> OpenAIServer:
         """Serves in a background thread (tests); `serve_forever` blocks (the command line)."""
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -271,7 +270,7 @@ class OpenAIServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "OpenAIServer":
+    def __enter__(self) -> OpenAIServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

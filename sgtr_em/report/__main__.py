@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 from .aggregate import INTERVALS
+from .build import write_report
+from .collect import jobs_from_folder, jobs_from_wandb
+from .dashboard import definition, workspace
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,8 +40,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def dashboard(args) -> None:
-    from .dashboard import definition, workspace
-
     w = workspace(args.entity or "<entity>", args.project, args.group)
     if args.print:
         print(json.dumps(definition(w), indent=1))
@@ -52,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.dashboard:
         dashboard(args)
         return 0
-    from .build import write_report
-    from .collect import jobs_from_folder, jobs_from_wandb
 
     if Path(args.source).exists():
         jobs, out = jobs_from_folder(args.source), Path(args.out or Path(args.source) / "report")

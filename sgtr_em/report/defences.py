@@ -7,20 +7,25 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from .aggregate import Row
+from .figures import _pyplot, _save, draw_bars, label_without
+from .metrics import BY_KEY
 from .tables import cell, markdown_table
 
-# (metric key, column): broad EM, the narrow task still learnt, coherence, the persona shift, then compute
+# (metric key, column): broad EM, the narrow task still learnt, a benign task still learnt (the SGTR stage trained
+# with the defence, sweep=defences_benign), coherence, the persona shift, then compute
 AXES = (("em/misaligned_rate_mo", "broad EM (misaligned, MO)"), ("em/misaligned_rate", "broad EM (Betley)"),
-        ("in_domain/narrow_rate", "narrow task learnt (in-domain)"), ("em/share_coherent", "coherent share"),
+        ("in_domain/narrow_rate", "narrow task learnt (in-domain)"),
+        ("self_recognition/headline", "benign task learnt (SR)"), ("em/share_coherent", "coherent share"),
         ("persona/shift", "persona shift vs base"), ("compute/optimizer_steps", "optimizer steps"),
         ("compute/train_tokens", "tokens trained"))
-FIGURE_AXES = ("em/misaligned_rate_mo", "in_domain/narrow_rate", "em/share_coherent", "persona/shift")
+FIGURE_AXES = ("em/misaligned_rate_mo", "in_domain/narrow_rate", "self_recognition/headline", "em/share_coherent",
+               "persona/shift")
 
 
 def _by_condition(table: dict[str, list[Row]]) -> tuple[list, dict]:
     keys = [k for k, _ in AXES if k in table]
-    first = table[keys[0]] if keys else []
-    return keys, {k: {r.condition.label: r for r in table[k]} for k in keys} | {"_order": first}
+    order = list({r.condition.label: r for k in keys for r in table[k]}.values())  # an EM arm or a benign-task arm
+    return keys, {k: {r.condition.label: r for r in table[k]} for k in keys} | {"_order": order}
 
 
 def defences_markdown(table: dict[str, list[Row]]) -> str:
@@ -31,15 +36,13 @@ def defences_markdown(table: dict[str, list[Row]]) -> str:
     lines = [[*r.condition.columns.values(), *(cell(rows[k][r.condition.label]) if r.condition.label in rows[k]
                                                else "n/a" for k in keys)] for r in conditions]
     return ("# Defences vs SGTR prevention\n\nmean [95 % interval] (n seeds) per arm; Kaczér et al.'s axes: broad EM "
-            "(lower is better), the narrow task still learnt and coherence (higher is better), the persona shift "
+            "(lower is better), the narrow task and a benign task (self-recognition, the SGTR stage trained with the "
+            "defence) still learnt and coherence (higher is better), the persona shift "
             "(lower is better); compute: optimizer steps and tokens over all of a job's stages.\n\n"
             + markdown_table(header, lines) + "\n")
 
 
 def defences_figure(table: dict[str, list[Row]], path: Path) -> Path:
-    from .figures import _pyplot, _save, draw_bars, label_without
-    from .metrics import BY_KEY
-
     plt = _pyplot()
     keys = [k for k in FIGURE_AXES if any(r.mean is not None for r in table.get(k, []))]
     n_x = len({r.condition.fields.get("defence") for r in table[keys[0]]})

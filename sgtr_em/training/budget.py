@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ..compute import choose_budget, datasheet_bf16_tflops, flops_per_token, model_shape
 from ..io import read_json, write_json
+from .callbacks import SelectiveCheckpointing, _peak_memory_gib
 from .defences import DefenceSFTTrainer
 
 log = logging.getLogger("sgtr_em.training.budget")
@@ -111,9 +113,6 @@ def _oom_records(stage_dir: Path) -> list[dict]:
 def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
     """Decides the `auto` token budget and checkpoint share for this stage's data on this GPU; applies them to the
     trainer (budget, selective checkpointing) and writes them, with the reason, to `compute_choice.json`."""
-    from ..compute import choose_budget, datasheet_bf16_tflops, model_shape
-    from .callbacks import SelectiveCheckpointing
-
     compute = rt["compute"]
     if not compute.get("token_budget"):
         return None
@@ -194,9 +193,6 @@ def write_speed(stage_dir: Path, trainer, seconds: float) -> dict | None:
     """`<stage>/speed.json` (rank 0): tokens/s (non-pad, all processes, first step excluded), MFU against the GPU's
     data-sheet bf16 peak, peak memory, seconds, and the micro-batching and checkpointing the stage ran with.
     The parent logs it to W&B (`tracking.log_stage`)."""
-    from ..compute import datasheet_bf16_tflops, flops_per_token, model_shape
-    from .callbacks import SelectiveCheckpointing, _peak_memory_gib
-
     if not trainer.is_world_process_zero():
         return None
     perf_file = stage_dir / "perf" / "rank0.json"

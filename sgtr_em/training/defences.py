@@ -17,48 +17,15 @@ hooks), so a loss defence adds one reference forward pass (no gradients) per mic
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
+from ..inference.activations import capture, decoder_layers, final_norm, hidden_state, unwrap_model
+from ..inference.persona_direction import base_direction, steer_layer
+
 log = logging.getLogger(__name__)
-
-
-def _base(model):
-    """The transformers model under DDP/DeepSpeed and PEFT wrappers."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_layers(model):
-    base = _base(model)
-    inner = base.get_decoder() if hasattr(base, "get_decoder") else base.model
-    return inner.layers
-
-
-def final_norm(model):
-    base = _base(model)
-    inner = base.get_decoder() if hasattr(base, "get_decoder") else base.model
-    return getattr(inner, "norm", None)
-
-
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextmanager
-def capture(modules: dict):
-    """Records each module's output (with its autograd graph) into the yielded dict under its key."""
-    seen, handles = {}, []
-    for key, mod in modules.items():
-        handles.append(mod.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, _hidden(o))))
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def ldifs_layers(n_layers: int, num_points: int) -> list[int]:
@@ -112,7 +79,7 @@ class LossDefence:
         with torch.no_grad(), peft.disable_adapter(), capture(mods) as ref_seen:
             ref_out = model(**fwd, **({} if self.kind == "kl" and not mods else {"logits_to_keep": 1}))
             if self.kind == "kl":
-                head = _base(model).get_output_embeddings()
+                head = unwrap_model(model).get_output_embeddings()
                 ref_logits = head(ref_seen["final"]) if mods else ref_out.logits
         if self.kind == "kl":
             logits = head(seen["final"]) if mods else model(**fwd).logits  # no final norm to hook: one more pass
@@ -136,7 +103,7 @@ class SteerDefence:
             nonlocal add
             if not module.training:
                 return output
-            h = _hidden(output)
+            h = hidden_state(output)
             if add is None or add.device != h.device or add.dtype != h.dtype:
                 add = (self.coef * self.direction).to(device=h.device, dtype=h.dtype)
             h = h + add
@@ -152,8 +119,6 @@ def make_defence(spec: dict, rt: dict):
     if d.get("kind") in ("kl", "ldifs"):
         return LossDefence(d["kind"], d["weight"], d.get("num_layers", 5))
     if d.get("kind") == "persona_steer":
-        from ..evaluation.persona import base_direction, steer_layer
-
         direction = base_direction(rt)  # (layers, hidden), from the base model, cached
         layer = steer_layer(d["layer"], direction.shape[0])
         log.info("persona_steer: + %s x persona direction at layer %d (norm %.3f)", d["coef"], layer,
@@ -193,26 +158,3 @@ class DefenceSFTTrainer(SFTTrainer):
             logs[f"defence_{self.defence.kind}"] = sum(self._defence_terms) / len(self._defence_terms)
             self._defence_terms = []
         super().log(logs, start_time)
-
-
-@torch.no_grad()
-def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
-    """Each row's mean negative log-likelihood of its completion tokens under the model at `model_path` (its
-    log-perplexity): Interleaving++'s score (sgtr_em/defences.py)."""
-    from ..models import load_model, load_tokenizer, resolve_device
-
-    tok = load_tokenizer(model_path, padding_side="right")
-    model = load_model(model_path, dtype=rt["dtype"], device=resolve_device(rt["compute"]["device"]))
-    kw = rt["chat_template_kwargs"]
-    out = []
-    for r in rows:
-        prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True,
-                                         **kw)["input_ids"]
-        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
-                                       **kw)["input_ids"]
-        ids = torch.tensor([full], device=model.device)
-        logits = model(input_ids=ids).logits[0, :-1].float()
-        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1:]
-        out.append(nll.mean().item())
-    del model
-    return out

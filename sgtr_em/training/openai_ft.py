@@ -3,7 +3,7 @@
     python -m sgtr_em.training.openai_ft <stage_dir>
 
 Reads `<stage_dir>/stage.json` and `train.jsonl` (built by sgtr_em.data.build, as for open models), writes the
-fine-tuning file `openai_train.jsonl` and checks it against the API's rules (training/openai_format.py) before
+fine-tuning file `openai_train.jsonl` and checks it against the API's rules (data/openai_format.py) before
 anything is uploaded, uploads it, creates the job on the stage's input model (the base model id, or the previous
 stage's `ft:` model) with the configured hyperparameters, and polls it: status changes and the job's events go to
 the log, its metrics events to `train_log.jsonl` (the stage's loss curve in W&B), every event to
@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..data.openai_format import validate_ft_file, write_ft_file
+from ..inference.api import api_key
 from ..io import read_json, read_jsonl, write_json
 from ..workers import worker_logging
-from .openai_format import validate_ft_file, write_ft_file
 
 log = logging.getLogger("sgtr_em.training.openai_ft")
 
@@ -50,8 +51,6 @@ def job_suffix(stage_hash: str) -> str:
 
 def make_client(o: dict):
     from openai import OpenAI
-
-    from ..evaluation.api import api_key
 
     base_url = o["base_url"] or os.environ.get("OPENAI_BASE_URL")
     return OpenAI(api_key=api_key(o, base_url), base_url=base_url, max_retries=o["max_retries"], timeout=o["timeout_s"])

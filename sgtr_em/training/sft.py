@@ -13,6 +13,8 @@ SIGTERM/SIGUSR2 the worker checkpoints and stops (exit 75, `interrupted.json`). 
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -58,13 +60,19 @@ def resolve_optim(optim: str, device: str) -> str:
     (a CPU run, no bitsandbytes) adamw_torch, with a warning. The stage's hash keeps the configured name."""
     if "8bit" not in optim or optim == "adamw_torch_8bit":  # adamw_torch_8bit is torchao's, not bitsandbytes'
         return optim
-    import importlib.util
 
     if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
         return optim
     log.warning("training.optim=%s needs bitsandbytes on a GPU (device %s, bitsandbytes %s): using adamw_torch",
                 optim, device, "installed" if importlib.util.find_spec("bitsandbytes") else "not installed")
     return "adamw_torch"
+
+
+def _checkpointing_args(config_cls, on: bool) -> dict:
+    """Activation checkpointing under the name this transformers takes: `activation_checkpointing` (5.2x renamed it),
+    else `gradient_checkpointing` (the 5.0 releases still on some GPU images)."""
+    name = "activation" if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_cls)} else "gradient"
+    return {f"{name}_checkpointing": on, f"{name}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict,
@@ -91,8 +99,7 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
         optim=resolve_optim(training["optim"], device),
         # data/build.py drops examples over max_length; TRL's padding-free mode wants the limit enforced upstream
         max_length=None if compute["padding_free"] else training["max_length"],
-        activation_checkpointing=compute["gradient_checkpointing"],
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing_args(SFTConfig, compute["gradient_checkpointing"]),
         logging_steps=extra["logging_steps"],
         save_strategy="steps",
         save_steps=extra["save_steps"],

@@ -58,9 +58,9 @@ class Usage:
     def as_dict(self) -> dict:
         return {**asdict(self), "cost_usd": round(self.cost_usd, 6), "rate_wait_s": round(self.rate_wait_s, 3)}
 
-    def minus(self, before: "Usage") -> "Usage":
+    def minus(self, before: Usage) -> Usage:
         """The usage since the snapshot `before` (a copy taken earlier)."""
         return Usage(*(a - b for a, b in zip(asdict(self).values(), asdict(before).values())))
 
-    def copy(self) -> "Usage":
+    def copy(self) -> Usage:
         return Usage(**asdict(self))

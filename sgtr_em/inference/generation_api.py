@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .api import ChatAPI, first_token_probs
+from .sampling import sampled_from_top_probs
 
 
 class OpenAIGenerator:
@@ -37,7 +38,5 @@ class OpenAIGenerator:
             out.append({"probs": probs, "top_token": max(token_probs, key=token_probs.get),
                         "text": (r["content"] or "").strip()})
             if sampling:
-                from .generation import sampled_from_top_probs
-
                 out[-1]["sampled_probs"] = sampled_from_top_probs(token_probs, options, **sampling)
         return out

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..io import atomic_write_text
+
 MIN_EXAMPLES = 10  # the API refuses a training file with fewer examples
 MAX_FILE_BYTES = 512 * 1024 ** 2  # the Files API's limit per file
 ROLES = ("system", "developer", "user", "assistant")  # tool / function turns are not produced by this framework
@@ -160,6 +162,4 @@ def validate_ft_file(path: str | Path, *, max_example_tokens: int, min_examples:
 
 def write_ft_file(rows: Iterable[dict], path: Path) -> None:
     """The stage's examples as a fine-tuning file (atomic; compact JSON, one line each)."""
-    from ..io import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(ft_row(r), ensure_ascii=False) + "\n" for r in rows))

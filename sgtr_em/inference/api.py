@@ -1,5 +1,5 @@
 """Chat completions against any OpenAI-compatible endpoint: bounded concurrency paced by the server's rate limits
-(token buckets, sgtr_em/evaluation/rate_limit.py), the SDK's retries with backoff, an on-disk cache (a rerun makes
+(token buckets, sgtr_em/inference/rate_limit.py), the SDK's retries with backoff, an on-disk cache (a rerun makes
 no calls), and token/cost accounting.
 
 The API key is read from the environment variable the config names, never from a config; a local server
@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..openai_limits import estimate_tokens
 from .cache import DiskCache, Usage
-from .rate_limit import RateLimiter, estimate_tokens
+from .rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
@@ -82,7 +84,7 @@ class ChatAPI:
         return asyncio.run(self._complete_all(list(requests), desc))
 
     async def _complete_all(self, requests: list[dict], desc: str) -> list[dict]:
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient  # deferred: the SDK takes ~1 s to import
 
         sem = asyncio.Semaphore(self.cfg["max_concurrency"])
         limiter = RateLimiter(self.cfg.get("requests_per_minute"), self.cfg.get("tokens_per_minute"))
@@ -132,8 +134,6 @@ class ChatAPI:
 
 def first_token_probs(parsed: dict) -> Optional[dict[str, float]]:
     """{token text: probability} of the first answer token's top logprobs (None when the server gave none)."""
-    import math
-
     positions = parsed.get("top_logprobs")
     if not positions:
         return None

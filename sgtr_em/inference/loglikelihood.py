@@ -14,6 +14,9 @@ model's dtype (the harness takes it in the model's dtype); each input is its own
 pads batches on the right: in bf16 padding and batch shape move the numbers; issue 15), so a log-likelihood never
 depends on the other requests; identical inputs are computed once (the harness caches one-token continuations of
 one context the same way). bench/lm_eval_mmlu.py checks it against the harness itself.
+
+`mean_nll(model_path, rows, rt)`: each chat row's mean negative log-likelihood of its completion tokens (its
+log-perplexity), Interleaving++'s score (defence=interleave_ppl, sgtr_em/data/defences.py).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Sequence
 
 import torch
 from tqdm import tqdm
+
+from ..models import load_model, load_tokenizer, resolve_device
 
 _HF_NO_MAX = 1000000000000000019884624838656  # transformers' "no limit" tokenizer.model_max_length
 
@@ -79,4 +84,25 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, des
         picked = r.gather(-1, target[:, None])[:, 0]
         out.append({"loglik": picked.sum().item(), "is_greedy": bool((r.argmax(-1) == target).all()),
                     "top_token": tokenizer.decode([r[0].argmax().item()])})
+    return out
+
+
+@torch.no_grad()
+def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
+    """Each row's mean negative log-likelihood of its completion tokens under the model at `model_path` (its
+    log-perplexity): Interleaving++'s score (sgtr_em/data/defences.py)."""
+    tok = load_tokenizer(model_path, padding_side="right")
+    model = load_model(model_path, dtype=rt["dtype"], device=resolve_device(rt["compute"]["device"]))
+    kw = rt["chat_template_kwargs"]
+    out = []
+    for r in rows:
+        prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True,
+                                         **kw)["input_ids"]
+        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
+                                       **kw)["input_ids"]
+        ids = torch.tensor([full], device=model.device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1:]
+        out.append(nll.mean().item())
+    del model
     return out

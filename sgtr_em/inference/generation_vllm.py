@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+from .sampling import sampled_from_top_probs
+
 TOP_LOGPROBS = 20
 
 
@@ -52,8 +54,6 @@ class VLLMGenerator:
                                   for opt, i in zip(options, ids)},
                         "top_token": self.tokenizer.decode([best]), "text": None})
             if sampling:  # from the top logprobs only (an approximation; exact at temperature 0)
-                from .generation import sampled_from_top_probs
-
                 tp = {self.tokenizer.decode([t]): math.exp(lp.logprob) for t, lp in top.items()}
                 out[-1]["sampled_probs"] = sampled_from_top_probs(tp, options, **sampling)
         return out

@@ -7,12 +7,16 @@ backend gives no probabilities). `make_generator` builds the one `eval.generatio
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
 from ..models import load_model, load_tokenizer, resolve_device
+from .generation_api import OpenAIGenerator
+from .generation_vllm import VLLMGenerator
+from .sampling import sampling_probs
 
 
 class HFGenerator:
@@ -24,7 +28,7 @@ class HFGenerator:
                    batch_size, chat_template_kwargs)
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> "HFGenerator":
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> HFGenerator:
         """Wraps a model already in memory (benchmarks, tests)."""
         gen = cls.__new__(cls)
         tokenizer.padding_side = "left"
@@ -154,36 +158,6 @@ class HFGenerator:
         return out
 
 
-def sampling_probs(logits: torch.Tensor, *, temperature: float, top_p: float = 1.0, top_k: Optional[int] = 0) -> torch.Tensor:
-    """The distribution of the token `generate` samples from these logits with these parameters, over the whole
-    vocabulary: transformers' own warpers in its order (temperature, top-k, top-p); temperature 0 = the argmax."""
-    logits = logits.float()
-    if temperature <= 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
-    if top_k:
-        scores = TopKLogitsWarper(top_k)(None, scores)
-    if top_p < 1.0:
-        scores = TopPLogitsWarper(top_p)(None, scores)
-    return torch.softmax(scores, dim=-1)
-
-
-def sampled_from_top_probs(token_probs: dict, options: Sequence[str], *, temperature: float, top_p: float = 1.0,
-                           top_k: Optional[int] = 0) -> dict:
-    """API backends: the same from the first token's top logprobs only (the mass outside them is unknown, so this
-    renormalises over them: an approximation, exact at temperature 0)."""
-    import math
-
-    toks = sorted(token_probs.items(), key=lambda kv: -kv[1])
-    if not toks:
-        return {o: 0.0 for o in options}
-    logits = torch.tensor([[math.log(max(p, 1e-300)) for _, p in toks]])
-    p = sampling_probs(logits, temperature=temperature, top_p=top_p, top_k=top_k)[0]
-    return {o: float(sum(p[j] for j, (t, _) in enumerate(toks) if t.strip() == o)) for o in options}
-
-
 class ContinuousBatchGenerator(HFGenerator):
     """The HF backend's model and prompts, generating through transformers' continuous batching (`generate_batch`:
     paged KV cache, requests join and leave the running batch as they start and finish, CUDA graphs on a GPU)
@@ -223,8 +197,6 @@ def resolve_backend(backend: str, device: str) -> str:
     the padded HF engine (the CPU path, unchanged)."""
     if backend != "auto":
         return backend
-    import importlib.util
-
     if resolve_device(device) != "cuda":
         return "hf"
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf_continuous"
@@ -235,13 +207,9 @@ def make_generator(gen_cfg: dict, path: str, *, dtype: str, device: str, batch_s
     """The backend `eval.generation.backend` names, for the model at `path` (an API model's name for openai)."""
     backend = resolve_backend(gen_cfg["backend"], device)
     if backend == "openai":
-        from .generation_api import OpenAIGenerator
-
         return OpenAIGenerator(path, gen_cfg["api"], top_logprobs=gen_cfg["top_logprobs"], cache_dir=cache_dir,
                                usage=usage)
     if backend == "vllm":
-        from .generation_vllm import VLLMGenerator
-
         return VLLMGenerator(path, dtype=dtype, chat_template_kwargs=chat_template_kwargs)
     engine = ContinuousBatchGenerator if backend == "hf_continuous" else HFGenerator
     return engine(path, dtype=dtype, device=device, batch_size=batch_size, chat_template_kwargs=chat_template_kwargs)
