@@ -66,6 +66,12 @@ def test_the_exact_expected_value_matches_2000_sampled_answers(fp32):
         var_c += pc * (1 - pc) / n_each
         var_i += (1 - pc - pw) * (pc + pw) / n_each
         enc = tok([fp32.render([{"role": "user", "content": it["prompt"]}])], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():  # generate's own sampling distribution (softmax of its warped scores) is the expectation's
+            scores = fp32.model.generate(**enc, generation_config=gen_cfg, output_scores=True,
+                                         return_dict_in_generate=True).scores[0][0]
+        dist = torch.softmax(scores.float(), -1)
+        assert [dist[ids_a].item(), dist[ids_b].item()] == pytest.approx([p["sampled_probs"]["A"], p["sampled_probs"]["B"]],
+                                                                         abs=1e-5)
         first = []
         for chunk in range(n_each // 50):  # 50 sequences a call: the prompt's logits stay small in memory
             torch.manual_seed(item_seed(1234, it["prompt"], chunk))  # a stream per prompt: the SE below holds
