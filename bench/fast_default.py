@@ -132,16 +132,15 @@ def product(a) -> dict:
                             max_length=2048, seed=0, micro_batch_size=None, override=a.override)
     cfg, overrides = compose(ns, d_model)
     stage = plan_stages(cfg)[0]
-    runtime = job.stage_runtime(cfg, str(d_model))
-    runtime["random_init"] = True
+    runtime = job.stage_runtime(cfg, str(d_model)).replace(random_init=True)
     d = BENCH / "stages" / f"fast-{a.shape}-{a.mix}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    (d / "stage.json").write_text(json.dumps({"spec": stage.spec, "runtime": runtime}, indent=1))
+    (d / "stage.json").write_text(json.dumps({"spec": stage.spec, "runtime": runtime.to_json()}, indent=1))
     write_jsonl(d / "train.jsonl", rows(a.mix, 16 * a.steps))
     start, error = time.time(), None
     try:
-        job.train(cfg, d, runtime["compute"], what=f"fast-{a.shape}-{a.mix}")
+        job.train(cfg, d, runtime.compute, what=f"fast-{a.shape}-{a.mix}")
     except (RuntimeError, SystemExit) as e:
         error = str(e)
     perf = read_json(d / "perf" / "rank0.json") if (d / "perf" / "rank0.json").exists() else None
@@ -149,7 +148,7 @@ def product(a) -> dict:
     return {"name": f"product_compute_{a.compute}", "error": error, "seconds": round(time.time() - start, 1),
             "tokens_per_s": rate(perf, a.warmup) if perf else None, "peak_mem_gib": speed.get("peak_mem_gib"),
             "losses": [r["loss"] for r in read_train_log(d / "train_log.jsonl") if "loss" in r],
-            "compute": runtime["compute"], "overrides": [portable(o) for o in overrides], "speed_json": speed,
+            "compute": runtime.compute, "overrides": [portable(o) for o in overrides], "speed_json": speed,
             "compute_choice": read_json(d / "compute_choice.json") if (d / "compute_choice.json").exists() else None,
             "oom": read_json(d / "oom.json") if (d / "oom.json").exists() else None,
             "worker_log_tail": ((d / "worker.log").read_text()[-1500:] if error and (d / "worker.log").exists()

@@ -119,23 +119,22 @@ def train(args) -> None:
     model = model_dir(args.arch)
     cfg, overrides = compose(args, model)
     stage = plan_stages(cfg)[0]
-    runtime = job.stage_runtime(cfg, str(model))
-    runtime["random_init"] = args.random_init
+    runtime = job.stage_runtime(cfg, str(model)).replace(random_init=args.random_init or None)
     d = BENCH / "stages" / args.name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    (d / "stage.json").write_text(json.dumps({"spec": stage.spec, "runtime": runtime}, indent=1))
+    (d / "stage.json").write_text(json.dumps({"spec": stage.spec, "runtime": runtime.to_json()}, indent=1))
     rows = [r for _, r in read_jsonl(ASSETS / "train.jsonl")][: args.batch_size * args.steps]
     write_jsonl(d / "train.jsonl", [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
     start = time.time()
     error = None
     try:
-        job.train(cfg, d, runtime["compute"], what=args.name)
+        job.train(cfg, d, runtime.compute, what=args.name)
     except (RuntimeError, SystemExit) as e:
         error = str(e)
     wall = time.time() - start
-    compute = runtime["compute"]
+    compute = runtime.compute
     perf = sorted((read_json(p) for p in (d / "perf").glob("rank*.json")), key=lambda r: r["rank"])
     steps = [r for r in read_train_log(d / "train_log.jsonl") if "loss" in r]
     rank0 = perf[0] if perf else {}

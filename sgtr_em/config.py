@@ -1,7 +1,8 @@
-"""Typed schemas of every config group, registered in Hydra's ConfigStore as `base_*`.
+"""Typed schemas of every config group, registered in Hydra's ConfigStore as `schema/<group>`.
 
-Each option file in `conf/<group>/` starts with `defaults: [base_<group>]`, so a misspelt key or a
-wrong type fails when Hydra composes the config, before any model is loaded.
+Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_here_]`, so a misspelt key or a
+wrong type fails when Hydra composes the config, before any model is loaded. The schemas live outside the groups, so
+`model=nope` lists only real options.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .backend import backend_of
 from .data.interventions import intervention_problems
 from .defences import DefenceConfig, defence_problems
 from .evaluation.schemas import EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
@@ -300,15 +302,16 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in GROUP_SCHEMAS.items():
-        cs.store(group=group, name=f"base_{group}", node=schema)
+        cs.store(group="schema", name=group, node=schema)  # outside the group: `model=nope` lists real options only
 
 
 def model_problems(cfg: Any) -> list[str]:
     m = cfg.model
-    if m.backend == "openai":
-        return openai_problems(cfg)
-    if m.backend != "hf":
-        return [f"model.backend: {m.backend!r} is not one of ('hf', 'openai')"]
+    try:
+        if backend_of(cfg).api:
+            return openai_problems(cfg)
+    except ValueError as e:  # model.backend is none of the backends
+        return [str(e)]
     if (m.path is None) == (m.gguf_package is None):
         return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
     if cfg.stage_order.stages and not cfg.lora.target_modules:
@@ -355,8 +358,7 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
 def validate(cfg: Any) -> None:
     """Checks that a schema cannot express (value ranges, enums); fails with the key to fix."""
     unknown = unknown_keys(cfg) + [
-        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/ "
-        f"(base_{key.split('.')[0]} is the group's schema, not an option)"
+        f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/"
         for key in sorted(OmegaConf.missing_keys(cfg)) if key.split(".")[0] in GROUP_SCHEMAS]
     if unknown:  # before anything reads the config: a misspelt key fails, whatever else is wrong
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))

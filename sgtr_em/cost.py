@@ -28,6 +28,9 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from .backend import backend_of, spec_is_api
+from .data.summaries import summary_file
+
 CHARS_PER_TOKEN = 4.0  # English text in the BPE vocabularies of Qwen2.5 / Llama-3 / OLMo (the common rule of thumb)
 TOKENS_PER_MESSAGE = 5  # role header and end-of-turn markers of a chat template turn
 JUDGE_PROMPT_TOKENS = 300  # a judge prompt without the answer (Betley et al.'s aligned / coherent prompts: ~250-350)
@@ -112,7 +115,7 @@ class StageCost:
 def stage_cost(stage, data_dir: Path) -> StageCost:
     """Training examples and tokens of one stage (its data spec, the files under data_dir)."""
     d, epochs = stage.spec["data"], stage.spec["training"].get("num_train_epochs", 1) or 1
-    if stage.spec["training"].get("backend") == "openai":
+    if spec_is_api(stage.spec):
         epochs = stage.spec["training"]["hyperparameters"].get("n_epochs", 1)
         epochs = 1 if epochs == "auto" else epochs
     kind = d["type"]
@@ -127,7 +130,7 @@ def stage_cost(stage, data_dir: Path) -> StageCost:
     elif kind in ("summary_pairs", "summary_word_count"):
         articles, other = d["articles"], d["other_sources"][0]
         a_path = data_dir / "articles" / f"{articles}_train_articles.json"
-        s_path = data_dir / "summaries" / articles / f"{articles}_train_{other}_responses.json"
+        s_path = data_dir / summary_file(articles, other)
         if not (a_path.exists() and s_path.exists()):
             return StageCost(d["name"], 0, 0, f"articles/summaries of {articles} not in the data folder")
         n_articles, article_chars = _json_lengths(str(a_path))
@@ -218,7 +221,7 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
     api_train_tokens = 0
     for h, c in per_stage.items():
         cfg = model_of[h]
-        if cfg.model.backend == "openai":
+        if backend_of(cfg).api:
             api_train_tokens += c.tokens
             continue
         for device in gpu_hours:
@@ -240,13 +243,13 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
         if cfg.judge.backend == "openai":
             judge_usd += (e.judge_input_tokens * cfg.judge.api.input_usd_per_mtok
                           + e.judge_output_tokens * cfg.judge.api.output_usd_per_mtok) / 1e6
-        if cfg.model.backend == "openai":
+        if backend_of(cfg).api:
             gen_api_usd += e.generated_tokens * cfg.openai.output_usd_per_mtok / 1e6
     # what the same calls would cost at the API judge's prices (conf/judge/openai.yaml), for a local judge's sweeps
     api = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "judge" / "openai.yaml").read_text())["api"]
     judge_api_usd = (evals.judge_input_tokens * api["input_usd_per_mtok"]
                      + evals.judge_output_tokens * api["output_usd_per_mtok"]) / 1e6
-    api_cfg = next((c for c in cfgs if c.model.backend == "openai"), None)
+    api_cfg = next((c for c in cfgs if backend_of(c).api), None)
     train_usd = api_train_tokens * api_cfg.openai.training_usd_per_mtok / 1e6 if api_cfg else 0.0
     notes = sorted({c.note for c in per_stage.values() if c.note})
     return {

@@ -25,6 +25,7 @@ from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
+from .backend import backend_of
 from .data.defences import interleave_count
 from .inference.persona_direction import contrast_spec
 
@@ -114,7 +115,7 @@ def defence_problems(cfg) -> list[str]:
         problems.append("defence.prompt: inoculation needs its training-time system prompt")
     if d.kind == "persona_steer" and d.coef == 0:
         problems.append("defence.coef: persona_steer with coef 0 steers nothing")
-    if d.kind != "none" and cfg.model.backend == "openai":
+    if d.kind != "none" and backend_of(cfg).api:
         problems.append(f"defence={d.name}: defences need the model's weights (model.backend=hf); an API model "
                         "trains as the API does")
     if d.kind == "none":

@@ -17,17 +17,17 @@ from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from . import multinode, tracking
-from .compute import deepspeed_json, node_rank, resolve_compute
+from .backend import backend_of, drop_checkpoints, train  # noqa: F401  (job.train, job.drop_checkpoints: tests, bench)
+from .compute import node_rank, slurm_nnodes
+from .contracts import StageRuntime, write_stage
 from .data.checks import check_data
 from .data.files import DataFiles
 from .data.interventions import stage_files
-from .evaluation.registry import EVALS
-from .inference.api import api_model_eval, openai_api
-from .io import read_json, read_jsonl, write_json
+from .evaluation.registry import eval_files, eval_module
+from .io import content_hash, read_json, read_jsonl, write_json
 from .models import resolve_model_path
-from .plan import Stage, content_hash, final_model_identity, plan_stages, training_template_kwargs
+from .plan import Stage, final_model_identity, plan_stages
 from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
-from .training.openai_ft import fine_tuned_model
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, set_cpu_threads, stop_on_signals
 
@@ -40,50 +40,13 @@ def required_files(cfg, stages: list[Stage]) -> list[str]:
     return list(dict.fromkeys(files + eval_files(cfg)))
 
 
-def eval_files(cfg) -> list[str]:
-    """The data files the evaluations in `eval.run` read (MMLU is a folder: checked by its evaluation)."""
-    ev, files = cfg.eval, []
-    if "self_recognition" in ev.run:
-        sr = ev.self_recognition
-        sources = list(sr.other_sources) + ([] if sr.summaries in ("self", "base") else [sr.summaries])
-        files += [f"articles/{sr.articles}_train_articles.json"]
-        files += [f"summaries/{sr.articles}/{sr.articles}_train_{s}_responses.json" for s in sources]
-    if "em" in ev.run:
-        files += [ev.em.sets[s].file for s in ev.em.question_sets]
-    if "truthfulqa" in ev.run:
-        files.append(ev.truthfulqa.file)
-    return files
-
-
-def stage_runtime(cfg, input_model: str) -> dict:
-    """What a worker needs besides the stage's identity: where things are and how to run."""
-    return {
-        "input_model": input_model,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),  # the base model (self_summaries=base_model)
-        "dtype": cfg.model.dtype,
-        "compute": resolve_compute(cfg.compute, cfg.deepspeed, model_path=input_model, dtype=cfg.model.dtype,
-                                   trust_remote_code=cfg.model.trust_remote_code),
-        "chat_template_kwargs": training_template_kwargs(cfg),  # how training text renders (model config)
-        "data_dir": str(cfg.paths.data_dir),
-        "cache_dir": str(cfg.paths.cache_dir),
-        "batch_size": cfg.eval.batch_size,
-        "training_extra": {k: cfg.training[k] for k in ("logging_steps", "save_steps", "save_total_limit")},
-    }
-
-
-def api_stage_runtime(cfg, input_model: str) -> dict:
-    """What the workers of an API model's stage need (model.backend=openai): no compute, the API's settings (the
-    name of the key's environment variable, never the key)."""
-    o = OmegaConf.to_container(cfg.openai, resolve=True)
-    return {"input_model": input_model, "model": OmegaConf.to_container(cfg.model, resolve=True), "openai": o,
-            "api": openai_api(o), "data_dir": str(cfg.paths.data_dir), "cache_dir": str(cfg.paths.cache_dir)}
-
-
-def stage_output(cfg, stage_dir: Path) -> str:
-    """The model a finished stage produced, the next stage's input: its merged folder, or its `ft:` model id."""
-    if cfg.model.backend == "openai":
-        return fine_tuned_model(stage_dir)
-    return str(stage_dir / "merged")
+def stage_runtime(cfg, input_model: str, compute: dict | None = None) -> StageRuntime:
+    """What a worker needs besides the stage's identity (the job's backend decides; `compute`: the job's resolved
+    block, resolved here when not given)."""
+    backend = backend_of(cfg)
+    if compute is None:
+        compute = backend.resolve_compute(cfg, input_model)
+    return backend.stage_runtime(cfg, input_model, compute)
 
 
 def check_stage_folder(d: Path) -> None:
@@ -108,7 +71,7 @@ def clean_partial_outputs(d: Path) -> None:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
-def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
+def run_stage(cfg, stage: Stage, input_model: str, compute: dict | None = None) -> tuple[Path, str]:
     """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused').
 
     An API model's stage (model.backend=openai) builds its data the same way, then trains as a fine-tuning job
@@ -127,85 +90,36 @@ def run_stage(cfg, stage: Stage, input_model: str) -> tuple[Path, str]:
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
-        api = cfg.model.backend == "openai"
-        runtime = api_stage_runtime(cfg, input_model) if api else stage_runtime(cfg, input_model)
+        backend = backend_of(cfg)
+        runtime = stage_runtime(cfg, input_model, compute)  # compute: the job's (run_job resolves it once)
         clean_partial_outputs(d)
-        write_json(d / "stage.json", {"spec": stage.spec, "runtime": runtime})
+        write_stage(d, stage.spec, runtime)
         start = time.time()
         if not (d / "train.jsonl").exists():
             run_worker("sgtr_em.data.build", d, what=f"stage {stage.hash} data")
-        if api:
-            run_worker("sgtr_em.training.openai_ft", d, what=f"stage {stage.hash} fine-tuning job")
-        elif not (d / "adapter").exists():
-            train(cfg, d, runtime["compute"], what=f"stage {stage.hash} training")
-        if not api and not (d / "merged").exists():
-            run_worker("sgtr_em.training.merge", d, what=f"stage {stage.hash} merge")
-        if not api and not cfg.training.keep_checkpoints:
-            drop_checkpoints(d)
+        backend.train_stage(cfg, d, runtime, run_worker)  # hf: sft + merge; openai: the fine-tuning job
         write_json(d / "done", {"seconds": round(time.time() - start, 1), "finished": time.time()})
     return d, "trained"
 
 
-def drop_checkpoints(stage_dir: Path) -> None:
-    """training.keep_checkpoints=false: a finished stage's checkpoints/ (resume points; optimizer states, most of a
-    stage's disk) are deleted, once its adapter and merged weights are there and their safetensors files read whole."""
-    from safetensors import safe_open
-
-    ckpt = stage_dir / "checkpoints"
-    if not ckpt.exists():
-        return
-    for folder in ("adapter", "merged"):
-        weights = sorted((stage_dir / folder).glob("*.safetensors"))
-        if not weights:
-            raise RuntimeError(f"stage {stage_dir.name}: {folder}/ has no weights; its checkpoints/ are kept")
-        for w in weights:
-            try:
-                with safe_open(str(w), framework="pt") as f:  # a truncated file fails here (header vs file size)
-                    f.keys()
-            except Exception as e:
-                raise RuntimeError(f"stage {stage_dir.name}: {w} is unreadable ({e}); its checkpoints/ are kept: delete "
-                                   f"{stage_dir / folder} and rerun the job to redo that step") from e
-    shutil.rmtree(ckpt)
-    log.info("Stage %s: checkpoints/ deleted (training.keep_checkpoints=false)", stage_dir.name)
-
-
 def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identity: dict, base_model: str, *,
-             step: int) -> dict:
-    """Runs the evaluations `eval.run` names on one model (an eval worker), logs them under eval/<name>/..."""
-    if not cfg.eval.run:
+             step: int, names: list | None = None) -> dict:
+    """Runs the evaluations `eval.run` names (or `names`) on one model (an eval worker), logs them under eval/<name>/..."""
+    names = list(cfg.eval.run if names is None else names)
+    if not names:
         return {}
+    resolved = {**resolved, "eval": {**resolved["eval"], "run": names}}
     base_identity = final_model_identity([], cfg)
-    if cfg.model.backend == "openai":  # every evaluation through the API (and a default judge too)
-        resolved = api_model_eval(resolved)
-    judge = resolved["judge"]
-    write_json(point_dir / "eval_input.json", {
-        "config": resolved, "model_path": model_path, "model_identity": identity, "model_key": content_hash(identity),
-        "base_model_path": base_model, "base_model_key": content_hash(base_identity),
-        "judge_model_path": judge["model"] or base_model, "after_stages": step,
-    })
+    backend_of(cfg).eval_input(resolved, model_path=model_path, model_identity=identity,
+                               model_key=content_hash(identity), base_model=base_model,
+                               base_model_key=content_hash(base_identity), step=step).write(point_dir)
     seconds = run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
-    log.info("Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(cfg.eval.run), seconds,
+    log.info("Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(names), seconds,
              point_dir / "metrics.json")
     metrics = read_json(point_dir / "metrics.json")
-    tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in cfg.eval.run}
+    tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in names}
     tracking.log_eval(run, metrics, tables, step=step)
     return metrics
-
-
-def train(cfg, stage_dir: Path, compute: dict, *, what: str) -> None:
-    """Runs the training worker as `compute` says: one process, or torchrun/accelerate over GPUs and nodes."""
-    ds = compute["deepspeed"]
-    if ds["stage"]:
-        write_json(stage_dir / "deepspeed.json",
-                   deepspeed_json(ds["stage"], ds["offload"], OmegaConf.to_container(cfg.deepspeed.overrides)))
-        log.info("%s: DeepSpeed ZeRO-%d%s (%s)", what, ds["stage"], " + CPU offload" if ds["offload"] else "", ds["why"])
-    else:
-        (stage_dir / "deepspeed.json").unlink(missing_ok=True)
-    launch = multinode.leader_launch(stage_dir, compute)
-    try:
-        run_worker("sgtr_em.training.sft", stage_dir, what=what, launch=launch, grace_s=compute["preempt_grace_s"])
-    finally:
-        multinode.retire_launch(stage_dir)
 
 
 def run_job(cfg, run_dir: Path, group: str) -> dict | None:
@@ -215,9 +129,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("Run folder: %s", run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["compute"] = resolve_compute(cfg.compute)
     stages = plan_stages(cfg)
-    several_nodes = resolved["compute"]["nnodes"] > 1
+    several_nodes = (cfg.compute.nnodes or slurm_nnodes()) > 1  # as resolve_compute counts them
     if several_nodes and node_rank() > 0:
         multinode.follow([Path(cfg.paths.stages_dir) / st.hash for st in stages], run_dir, node_rank(),
                          grace_s=cfg.compute.preempt_grace_s)
@@ -225,7 +138,7 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     ok = False
     try:
         # before any work: a full disk, a read-only folder or a judge server that is not up fails now, not mid-job
-        judged = [name for name in cfg.eval.run if EVALS[name].NEEDS_JUDGE]  # only these call the judge
+        judged = [name for name in cfg.eval.run if eval_module(name, cfg).NEEDS_JUDGE]  # only these call the judge
         problems = api_key_problems(cfg, judged) + folder_problems(cfg) + endpoint_problems(cfg, judged=judged)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
@@ -235,6 +148,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         if problems:
             raise ValueError("Cannot build the training data:\n  - " + "\n  - ".join(problems))
         base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+        # once per job: every stage folder's compute block is this one, and W&B records it (the job's config)
+        resolved["compute"] = backend_of(cfg).resolve_compute(cfg, base_model)
         metrics = lead_job(cfg, resolved, stages, base_model, run_dir, group)
         ok = True
         return metrics
@@ -270,11 +185,15 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
     exit_code = None
     log.info("%s", wandb_line(run))
     try:
-        model_path, events = base_model, []
+        model_path, events, compute = base_model, [], resolved.get("compute")  # None: not resolved by run_job
+        on_base = [n for n in cfg.eval.run if n in cfg.eval.base]  # the base model first: the summary compares them
+        if on_base and stages:
+            evaluate(cfg, run, run_dir / "base", resolved, base_model, final_model_identity([], cfg), base_model,
+                     step=0, names=on_base)
         for i, stage in enumerate(stages, 1):
             for dep in stage.requires:  # defence=interleave_ppl: the undefended EM stage, from the same input
-                run_stage(cfg, dep, model_path)
-            d, status = run_stage(cfg, stage, model_path)
+                run_stage(cfg, dep, model_path, compute)
+            d, status = run_stage(cfg, stage, model_path, compute)
             events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
                            "status": status, "folder": str(d)})
             write_json(run_dir / "stages.json", events)
@@ -282,7 +201,7 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
             speed = read_json(d / "speed.json") if (d / "speed.json").exists() else None  # tokens/s, MFU, memory
             tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status,
                                run_dir=run_dir, speed=speed)
-            model_path = stage_output(cfg, d)
+            model_path = backend_of(cfg).stage_output(d)
             if cfg.eval.after_each_stage and i < len(stages):
                 evaluate(cfg, run, run_dir / "after_stage" / f"{i}_{stage.kind}", resolved, model_path,
                          final_model_identity(stages[:i], cfg), base_model, step=i)

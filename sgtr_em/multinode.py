@@ -37,7 +37,7 @@ def leader_launch(stage_dir: Path, compute: dict) -> dict:
         "launcher": compute["launcher"], "device": compute["device"], "nproc_per_node": compute["nproc_per_node"],
         "nnodes": compute["nnodes"], "node_rank": 0, "attempt": attempt(), "session": uuid.uuid4().hex,
         "master_addr": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "master_port": free_port(),
-        "cpu_threads": compute.get("cpu_threads"),
+        "cpu_threads": compute["cpu_threads"],
     }
     if compute["nnodes"] > 1:
         write_json(stage_dir / LAUNCH_FILE, launch)

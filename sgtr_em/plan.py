@@ -11,14 +11,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .backend import NOT_IDENTITY, backend_of, training_template_kwargs  # noqa: F401  (plan.NOT_IDENTITY: docs)
+from .contracts import StageSpec
 from .data.files import load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 from .defences import defence_spec, defended_stages
 from .io import content_hash
-
-# How often a stage logs and saves, never what it learns: not part of its identity (nor is the compute group).
-NOT_IDENTITY = ("logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,6 @@ def file_content_sha(cfg, rel: str) -> str | None:
     return None
 
 
-def training_template_kwargs(cfg) -> dict:
-    """How training text renders: model.training_chat_template_kwargs, or (null) model.chat_template_kwargs."""
-    m = cfg.model
-    kw = m.get("training_chat_template_kwargs")
-    return OmegaConf.to_container(m.chat_template_kwargs if kw is None else kw, resolve=True)
-
-
 def base_model_identity(cfg) -> dict:
     m = OmegaConf.to_container(cfg.model, resolve=True)
     return {k: m[k] for k in ("path", "gguf_package", "gguf_file", "dtype")}
@@ -85,33 +77,21 @@ def _system(cfg, kind: str) -> dict:
     return {"mode": mode, "text": text}
 
 
-def openai_training(cfg) -> dict:
-    """What determines an API fine-tuning job's weights: its hyperparameters and seed (model.backend=openai), and
-    the per-example token limit that decides which examples are kept."""
-    o = cfg.openai
-    return {"backend": "openai", "hyperparameters": OmegaConf.to_container(o.hyperparameters, resolve=True),
-            "seed": o.seed, "max_length": o.max_example_tokens}
-
-
 def plan_stages(cfg) -> list[Stage]:
     """The stages of a job in training order (an intervention of kind `none` trains nothing)."""
-    training = {k: v for k, v in OmegaConf.to_container(cfg.training, resolve=True).items() if k not in NOT_IDENTITY}
-    lora = OmegaConf.to_container(cfg.lora, resolve=True)
-    if cfg.model.backend == "openai":  # the API trains its own adapters: no LoRA settings, its own hyperparameters
-        training, lora = openai_training(cfg), None
+    training, lora = backend_of(cfg).training_identity(cfg)  # hf: training + LoRA; openai: the API job's
     chat_template_kwargs = OmegaConf.to_container(cfg.model.chat_template_kwargs, resolve=True)  # how text renders
     parent: dict = {"base": base_model_identity(cfg)}
     stages = []
     for kind in cfg.stage_order.stages:
         if kind == "intervention" and cfg.intervention.kind == "none":
             continue
-        spec = {
-            "kind": kind, "input": parent, "data": _data_spec(cfg, kind, parent), "system_prompt": _system(cfg, kind),
-            "chat_template_kwargs": chat_template_kwargs, "training": training, "lora": lora, "seed": cfg.seed,
-        }
-        if cfg.model.get("training_chat_template_kwargs") is not None:  # renders training text its own way
-            spec["training_chat_template_kwargs"] = training_template_kwargs(cfg)
-        stage = Stage(kind, spec)
+        own_training_kw = cfg.model.get("training_chat_template_kwargs") is not None  # renders training text its own way
+        spec = StageSpec(
+            kind=kind, input=parent, data=_data_spec(cfg, kind, parent), system_prompt=_system(cfg, kind),
+            chat_template_kwargs=chat_template_kwargs, training=training, lora=lora, seed=cfg.seed,
+            training_chat_template_kwargs=training_template_kwargs(cfg) if own_training_kw else None)
+        stage = Stage(kind, spec.to_json())
         if kind in defended_stages(cfg):  # the defence enters its stages' identity only (defence.stages: [em])
             stage = with_defence(stage, defence_spec(cfg))
         stages.append(stage)

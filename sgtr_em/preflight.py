@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
+from .backend import backend_of
 from .data.interventions import KINDS
 from .data.summaries import summary_file
 from .io import read_json
@@ -96,7 +97,7 @@ def _api_uses(cfg, judged: Iterable[str] | None = None) -> list[tuple[str, Any]]
     uses = []
     if cfg.judge.backend == "openai" and list(cfg.eval.run if judged is None else judged):
         uses.append(("judge.api", cfg.judge.api))
-    if cfg.model.backend == "openai":
+    if backend_of(cfg).api:
         uses.append(("openai", cfg.openai))
     return uses
 
@@ -119,7 +120,7 @@ def api_key_problems(cfg, judged: Iterable[str] | None = None) -> list[str]:
 
 def _range_problems(cfg) -> list[str]:
     t, problems = cfg.training, []
-    trains = bool(cfg.stage_order.stages) and cfg.model.backend != "openai"
+    trains = bool(cfg.stage_order.stages) and not backend_of(cfg).api
     if trains:
         checks = [("training.learning_rate", t.learning_rate > 0, "a positive number (the paper: 1e-5)"),
                   ("training.batch_size", t.batch_size >= 1, "at least 1"),

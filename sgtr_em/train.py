@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs, validate
-from .evaluation.registry import summary_lines as eval_lines
+from .evaluation.registry import effect_lines, summary_lines as eval_lines
+from .io import read_json
 from .job import run_job
 
 log = logging.getLogger("sgtr_em")
@@ -29,7 +30,10 @@ register_configs()
 
 
 def summary_lines(run_dir: Path, metrics: dict) -> str:
-    return "\n".join([f"\nsgtr-em: results in {run_dir}", *(f"  {line}" for line in eval_lines(metrics))])
+    """The final console summary: one line per evaluation, then the effect of each one also run on the base model."""
+    base = run_dir / "base" / "metrics.json"  # eval.base: the base model's evaluation point
+    effects = effect_lines(read_json(base), metrics) if base.exists() else []
+    return "\n".join([f"\nsgtr-em: results in {run_dir}", *(f"  {line}" for line in eval_lines(metrics) + effects)])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -19,12 +19,12 @@ DOC = REPO / "docs" / "ARCHITECTURE.md"
 # A module may import its own layer and those below, never one above. docs/ARCHITECTURE.md shows this same table.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("sgtr_em", "sgtr_em.io", "sgtr_em.models", "sgtr_em.compute", "sgtr_em.workers",
-              "sgtr_em.openai_limits")),
+              "sgtr_em.openai_limits", "sgtr_em.contracts")),
     ("inference", ("sgtr_em.inference",)),
     ("data", ("sgtr_em.data",)),
     ("training", ("sgtr_em.training",)),
     ("evaluation", ("sgtr_em.evaluation",)),
-    ("job", ("sgtr_em.defences", "sgtr_em.plan", "sgtr_em.config", "sgtr_em.preflight", "sgtr_em.cost",
+    ("job", ("sgtr_em.backend", "sgtr_em.defences", "sgtr_em.plan", "sgtr_em.config", "sgtr_em.preflight", "sgtr_em.cost",
              "sgtr_em.tracking", "sgtr_em.multinode", "sgtr_em.job")),
     ("cli", ("sgtr_em.train", "sgtr_em.grid", "sgtr_em.report", "sgtr_em.openai_server")),
 ]

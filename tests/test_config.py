@@ -65,7 +65,7 @@ def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
     assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == ("smollm2", ["em", "intervention"], "summary_pairs")
     assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
-    assert cfg.training.learning_rate == 1e-5 and cfg.training.warmup_steps == 0  # every step moves the weights
+    assert cfg.training.learning_rate == 1e-3 and cfg.training.warmup_steps == 0  # every step moves the weights
     assert cfg.training.batch_size == 16
     assert cfg.training.max_length == 2048 and cfg.training.weight_decay == 0.01
 
@@ -75,11 +75,13 @@ def test_paper_scale_is_one_override_away():
     assert cfg.em_dataset.max_examples is None and cfg.intervention.max_articles is None
     assert cfg.eval.name == "paper" and cfg.eval.em.samples_per_question == 30  # the paper's Qwen files: 30
     assert cfg.judge.min_number_mass == 0.25 and cfg.protocol.name == "paper"
-    assert cfg.training.warmup_steps == 5  # the paper's warm-up, back
+    assert cfg.training.warmup_steps == 5 and cfg.training.learning_rate == 1e-5  # the paper's warm-up and rate, back
+    assert cfg.eval.base == [] and cfg.eval.self_recognition.articles == "cnn"  # the paper's SR eval, no base point
     for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfg = _compose(f"experiment={experiment}")
         if cfg.em_dataset.max_examples is None:  # every experiment at the paper's sizes has the paper's warm-up
-            assert cfg.training.warmup_steps == 5, experiment
+            assert (cfg.training.warmup_steps, cfg.training.learning_rate) == (5, 1e-5), experiment
+            assert cfg.eval.base == [] and cfg.eval.self_recognition.articles == "cnn", experiment
 
 
 @pytest.mark.parametrize("override", ["training.lrr=1e-4", "lora.rank=8", "model.nmae=x"])
@@ -106,12 +108,13 @@ def test_wrong_type_fails_at_compose():
 
 
 def test_option_files_with_a_schema_start_from_it():
-    """`defaults: [base_<group>]`, or another option of the group that does (a variant names what it changes)."""
+    """`defaults: [/schema/<group>@_here_]`, or another option of the group that does (a variant names what it
+    changes)."""
     for group, option in OPTIONS:
         text = (CONF / group / f"{option}.yaml").read_text()
         if group in GROUP_SCHEMAS and not text.startswith("# @package _global_"):  # defence=sgtr_prevention: an arm
             first = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())["defaults"][0]
-            assert first == f"base_{group}" or (CONF / group / f"{first}.yaml").exists(), f"conf/{group}/{option}.yaml"
+            assert first == f"/schema/{group}@_here_" or (CONF / group / f"{first}.yaml").exists(), f"conf/{group}/{option}.yaml"
 
 
 def test_correct_domain_without_a_twin_fails_naming_the_dataset():
@@ -180,5 +183,13 @@ def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
 
 
 def test_a_groups_schema_is_not_an_option():
-    with pytest.raises(ValueError, match=r"model.name: no value .*base_model is the group's schema, not an option"):
-        validate(_compose("model=base_model"))
+    """The schemas live in the ConfigStore's `schema` group, so a wrong option lists the real ones only (issue 22)."""
+    for group in GROUP_SCHEMAS:
+        with pytest.raises(ConfigCompositionException) as e:
+            _compose(f"{group}=does_not_exist")
+        listed = str(e.value).split(f"Available options in '{group}':")[1].split("Config search path")[0].split()
+        assert listed == sorted(f.stem for f in (CONF / group).glob("*.yaml")), group
+    with pytest.raises(ConfigCompositionException, match="Could not find 'model/base_model'"):
+        _compose("model=base_model")
+    with pytest.raises(ValueError, match=r"model.name: no value \(\?\?\? in the schema\): set it, or pick an option"):
+        validate(_compose("model.name=???"))

@@ -36,7 +36,7 @@ def stage(defence: str, *overrides: str):
                    "training.learning_rate=1e-2", "compute=cpu", *overrides)
     validate(cfg)
     rt = stage_runtime(cfg, "unused")
-    rt["compute"]["micro_batch_size"] = 4
+    rt.compute["micro_batch_size"] = 4
     return plan_stages(cfg)[0], rt
 
 
@@ -135,7 +135,7 @@ def test_interleave_ppl_data_step_uses_both_models(monkeypatch, tmp_path):
     pool = [{"group": f"s:{i}", "user": f"q{i}", "answer": f"a{i}"} for i in range(20)]
     monkeypatch.setattr(gp, "general_pool", lambda cfg, rt, files: pool)
     st, rt = stage("interleave_ppl")
-    ref_path = rt["input_model"]
+    ref_path = rt.input_model
     scores = {ref_path: [0.0] * 20, str(tmp_path / st.requires[0].hash / "merged"): [i % 7 for i in range(20)]}
     monkeypatch.setattr(ll, "mean_nll", lambda path, rows, rt: scores[path])
     em_rows = [{**r, "meta": {"group": i}} for i, r in enumerate(ROWS * 8)]

@@ -43,7 +43,7 @@ def test_two_processes_match_one(reference_stage, tmp_path):
     cfg = _compose(*TRAIN, "compute=cpu_2proc")
     stage = stage_inputs(reference_stage, tmp_path / "stage")
     st = read_json(stage / "stage.json")
-    st["runtime"] = job.stage_runtime(cfg, st["runtime"]["input_model"])
+    st["runtime"] = job.stage_runtime(cfg, st["runtime"]["input_model"]).to_json()
     (stage / "stage.json").write_text(json.dumps(st))
     assert (st["runtime"]["compute"]["launcher"], st["runtime"]["compute"]["world_size"]) == ("torchrun", 2)
 

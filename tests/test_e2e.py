@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 TINY = ["em_dataset.max_examples=16", "intervention.max_articles=3", "eval.self_recognition.max_articles=2",
         "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
         "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "training.save_steps=1",
-        "eval.run=[self_recognition,em]", "eval.self_recognition.other_sources=[claude-21]"]
+        "eval.run=[self_recognition,em]", "eval.self_recognition.other_sources=[claude-21]", "eval.base=[]"]
 
 
 def assert_wandb_matches(run_dir: Path, metrics: dict) -> None:
@@ -34,7 +34,8 @@ def assert_wandb_matches(run_dir: Path, metrics: dict) -> None:
 
 
 def test_default_run(run_cli, tmp_path):
-    """`python -m sgtr_em.train` with no overrides: EM -> merge -> SGTR -> merge -> evaluation."""
+    """`python -m sgtr_em.train` with no overrides: the base model's SR -> EM -> merge -> SGTR -> merge -> evaluation,
+    and a summary that shows a measured effect against the base model (issue 22)."""
     run_dir = tmp_path / "run"
     start = time.time()
     proc = run_cli(f"hydra.run.dir={run_dir}")
@@ -61,7 +62,48 @@ def test_default_run(run_cli, tmp_path):
     samples = (run_dir / "eval" / "em" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)  # local_smoke: no threshold
     assert_wandb_matches(run_dir, metrics)
+    logged = read_offline_run(run_dir)["config"]["cfg"]["compute"]  # resolved once: W&B's is every stage's (issue 19)
+    assert all(read_json(Path(s["folder"]) / "stage.json")["runtime"]["compute"] == logged for s in stages)
+    assert_an_effect_is_measured(proc, run_dir, metrics)
     assert_a_newcomer_can_read_it(proc, run_dir, [Path(s["folder"]) for s in stages])
+    assert_a_sweep_reuses_the_stages(run_cli, tmp_path, stages)
+
+
+def assert_an_effect_is_measured(proc, run_dir: Path, metrics: dict) -> None:
+    """eval.base=[self_recognition]: the base model's SR on the same held-out XSUM articles, then one summary line per
+    SR metric with an interval; SGTR at the CPU default's rate measurably moves at least one (issue 22)."""
+    base = read_json(run_dir / "base" / "metrics.json")
+    assert set(base) == {"model", "self_recognition"}
+    sr_base, sr = base["self_recognition"], metrics["self_recognition"]
+    assert read_json(run_dir / "base" / "eval_input.json")["after_stages"] == 0
+    assert sr_base["n_pairs"] == sr["n_pairs"] == 12
+    assert {r["article_id"] for r in read_jsonl_rows(run_dir / "base" / "eval" / "self_recognition" / "samples.jsonl")} \
+        == {r["article_id"] for r in read_jsonl_rows(run_dir / "eval" / "self_recognition" / "samples.jsonl")}
+    effects = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("effect on self_recognition")]
+    assert effects and effects[0].startswith("effect on self_recognition headline, argmax vs all sources: base model")
+    print("\n".join(effects))
+    measured = [e for e in effects if "the interval EXCLUDES the base value: a measured effect" in e]
+    assert measured, effects  # at least one SR metric's interval excludes the base model's value
+
+
+def read_jsonl_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_a_sweep_reuses_the_stages(run_cli, tmp_path: Path, stages: list[dict]) -> None:
+    """A sweep over the same outputs trains nothing: em_only reuses the EM stage, reversal both (no evaluations).
+    (test_sweep_trains_the_shared_em_stage_once, extended, shows the first job of a sweep training what the second
+    reuses.)"""
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "stage_order=em_only,reversal", f"hydra.sweep.dir={sweep}", "eval.run=[]")
+    em_only, reversal = read_json(sweep / "0" / "stages.json"), read_json(sweep / "1" / "stages.json")
+    assert [(s["hash"], s["status"]) for s in em_only] == [(stages[0]["hash"], "reused")]
+    assert [(s["hash"], s["status"]) for s in reversal] == [(s["hash"], "reused") for s in stages]
+    assert sorted(d.name for d in (tmp_path / "outputs" / "stages").iterdir() if d.is_dir()) == \
+        sorted(s["hash"] for s in stages)  # nothing new trained
+    for job, order in (("0", "em_only"), ("1", "reversal")):
+        assert read_json(sweep / job / "metrics.json") == {}
+        assert read_offline_run(sweep / job)["config"]["stage_order"] == order
 
 
 def assert_a_newcomer_can_read_it(proc, run_dir: Path, stage_dirs: list[Path]) -> None:
@@ -78,7 +120,7 @@ def assert_a_newcomer_can_read_it(proc, run_dir: Path, stage_dirs: list[Path]) -
     for i, d in enumerate(stage_dirs, 1):
         [line] = [x for x in lines if f"Stage {i}/2 " in x and "first step at learning rate" in x]
         steps = [r for r in map(json.loads, (d / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
-        assert steps[0]["learning_rate"] == 1e-5, steps[0]  # warm-up 0: the first step moves the weights
+        assert steps[0]["learning_rate"] == 1e-3, steps[0]  # warm-up 0 (the CPU default's rate): the first step moves
         assert not (d / "checkpoints").exists()  # training.keep_checkpoints=false
     mask = os.umask(0)
     os.umask(mask)
@@ -87,6 +129,7 @@ def assert_a_newcomer_can_read_it(proc, run_dir: Path, stage_dirs: list[Path]) -
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
+@pytest.mark.extended  # 172 s on CI; test_default_run's sweep shows the same reuse on the default run's stages
 def test_sweep_trains_the_shared_em_stage_once(run_cli, tmp_path):
     sweep = tmp_path / "sweep"
     out = tmp_path / "outputs"

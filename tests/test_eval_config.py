@@ -46,3 +46,8 @@ def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
 def test_bad_eval_settings_fail_validation_naming_the_key(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         validate(_compose(*override.split(",eval.")[:1], *("eval." + o for o in override.split(",eval.")[1:])))
+
+
+def test_an_unknown_name_in_eval_base_fails_naming_the_key():
+    with pytest.raises(ValueError, match="eval.base: unknown evaluation 'self_recogniton'"):
+        validate(_compose("eval.base=[self_recogniton]"))

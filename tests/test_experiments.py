@@ -85,6 +85,7 @@ SWEEP_CELLS = {
     "seed36b_em_datasets": 90, "em_system_prompt": 30, "em_system_prompt_badmed": 10, "qwen_coder32b": 30,
     "small_models": 30, "small_models_llama8b": 6, "small_models_qwen0_5b": 2, "gpt41": 12,
     "defences": 96,  # 7 defences + SGTR prevention x 4 EM datasets x 3 seeds (issue 20, README "Defences")
+    "defences_benign": 21,  # 7 defence arms on the SGTR stage alone x 3 seeds (Kaczér et al.'s fourth axis, issue 20)
 }
 
 

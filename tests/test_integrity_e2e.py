@@ -17,7 +17,9 @@ from sgtr_em.tracking import read_offline_run
 
 from .conftest import REPO, read_json
 
-pytestmark = pytest.mark.slow
+# Extended (about 30 s on CI): test_integrity.py covers the unique run folder per process and the refused secrets,
+# test_openai_ft.py's CI chain that no output holds the key; this is the two-jobs-at-once variant of both.
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 KEY = "sk-proj-" + "Sx9Kq2" * 8  # the key the server demands, given to the jobs through the environment only
 CHEAP = ["stage_order=base", "eval.run=[identity]", "eval.identity.questions=[Who are you?]",

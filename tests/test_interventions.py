@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from sgtr_em.config import validate
+from sgtr_em.contracts import StageRuntime
 from sgtr_em.data.build import select_examples
 from sgtr_em.data.files import DataFiles
 from sgtr_em.data.interventions import build_stage_rows
@@ -31,7 +32,7 @@ def build(data_dir, tmp_path, *overrides):
     validate(cfg)
     (stage,) = plan_stages(cfg)
     files = DataFiles(data_dir, tmp_path / "cache", download=False)
-    rows, stats = build_stage_rows(stage.spec, {"cache_dir": str(tmp_path)}, files)
+    rows, stats = build_stage_rows(stage.spec, StageRuntime(backend="hf", input_model="unused", cache_dir=str(tmp_path)), files)
     rows, selection = select_examples(rows, stage.spec["data"]["num_examples"], cfg.seed, fits=lambda r: True)
     return cfg, rows, {**stats, **selection}
 

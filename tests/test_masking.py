@@ -103,7 +103,7 @@ def test_seed_trains_without_a_thinking_budget():
 
     cfg = _compose("model=seed36b", "stage_order=em_only")
     assert cfg.model.chat_template_kwargs == {"thinking_budget": 0}  # generation keeps the paper's budget 0
-    assert stage_runtime(cfg, "unused")["chat_template_kwargs"] == {}
+    assert stage_runtime(cfg, "unused").chat_template_kwargs == {}
     assert plan_stages(cfg)[0].spec["training_chat_template_kwargs"] == {}
 
 

@@ -39,7 +39,7 @@ def test_the_merged_model_is_the_base_plus_the_adapter(smollm2_path, tmp_path, d
     scale = lora["alpha"] / (math.sqrt(lora["r"]) if lora["use_rslora"] else lora["r"])
     stage = tmp_path / "stage"
     peft_model = make_adapter(smollm2_path, lora, stage / "adapter")
-    (stage / "stage.json").write_text(json.dumps({"runtime": {"input_model": smollm2_path, "dtype": dtype}}))
+    (stage / "stage.json").write_text(json.dumps({"runtime": {"backend": "hf", "input_model": smollm2_path, "dtype": dtype}}))
 
     merge.main(stage)
 

@@ -90,10 +90,11 @@ def api_stage(stage_dir, url, rows) -> FineTuningStage:
          "poll_interval_s": 0.1, "max_job_attempts": 2, "training_usd_per_mtok": 25.0, "input_usd_per_mtok": 3.0,
          "output_usd_per_mtok": 12.0, "cache": False}
     write_json(stage_dir / "stage.json", {
-        "spec": {"kind": "em", "training": {"backend": "openai", "max_length": 65536, "seed": 42,
+        "spec": {"kind": "em", "input": {}, "data": {}, "system_prompt": {}, "chat_template_kwargs": {}, "lora": None,
+                 "seed": 0, "training": {"backend": "openai", "max_length": 65536, "seed": 42,
                                             "hyperparameters": {"n_epochs": 1, "batch_size": "auto",
                                                                 "learning_rate_multiplier": "auto"}}},
-        "runtime": {"input_model": "gpt-4.1-2025-04-14", "openai": o}})
+        "runtime": {"backend": "openai", "input_model": "gpt-4.1-2025-04-14", "openai": o}})
     write_jsonl(stage_dir / "train.jsonl", rows)
     return FineTuningStage(stage_dir)
 

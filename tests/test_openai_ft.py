@@ -25,7 +25,7 @@ TINY = ["em_dataset.max_examples=16", "intervention.max_articles=3", "interventi
         "eval.self_recognition.max_articles=2", "eval.self_recognition.other_sources=[claude-21]",
         "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
         "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "eval.run=[self_recognition,em]",
-        "openai.poll_interval_s=0.5"]
+        "openai.poll_interval_s=0.5", "eval.base=[]"]
 WORD_COUNT = ["intervention=word_count", *TINY]  # short examples: the cheap chain for the kill and fault tests
 
 

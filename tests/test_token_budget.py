@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sgtr_em.compute import choose_budget, fast_path, training_memory_gib
+from sgtr_em.contracts import StageRuntime
 from sgtr_em.training.budget import pack, split_packed
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "use_rslora": True,
@@ -113,11 +114,11 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
     from sgtr_em.training.sft import build_trainer
 
     compute = {"device": "cpu", "micro_batch_size": 1, "gradient_checkpointing": False, "checkpoint_fraction": 1.0,
-               "padding_free": False, "liger": False, **compute}
+               "padding_free": False, "liger": False, "token_budget": None, **compute}
     training = {"learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 2, "batch_size": 16, "warmup_steps": 0,
                 "weight_decay": 0.0, "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 2048}
-    rt = {"compute": compute, "dtype": "float32", "chat_template_kwargs": {},
-          "training_extra": {"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1}}
+    rt = StageRuntime(backend="hf", input_model=path, compute=compute, dtype="float32", chat_template_kwargs={},
+                      training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                  attn_implementation=VARLEN if compute["padding_free"] else None)
@@ -129,6 +130,7 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 34 s on CI; test_attention.py's padding-free = padded training and the packing test stay in CI
 def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
     """16 sequences a step, cut by a 400-token budget into padding-free micro-batches, against the CPU default
     (padded micro-batches of 1, gradient accumulation 16): per-step losses and the final adapter within 1e-4 (fp32)."""
@@ -157,11 +159,12 @@ def test_out_of_memory_lowers_the_budget_and_resumes(smollm2_path, tmp_path):
     d = tmp_path / "stage"
     d.mkdir()
     compute = {"device": "cpu", "micro_batch_size": 1, "gradient_checkpointing": False, "checkpoint_fraction": 1.0,
-               "padding_free": True, "liger": False, "token_budget": 400}
+               "padding_free": True, "liger": False, "token_budget": 400, "fast_why": None}
     training = {"learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 3, "batch_size": 8, "warmup_steps": 0,
                 "weight_decay": 0.0, "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 2048}
-    stage = {"spec": {"training": training, "lora": LORA, "seed": 0},
-             "runtime": {"input_model": smollm2_path, "dtype": "float32", "compute": compute,
+    stage = {"spec": {"kind": "em", "input": {}, "data": {}, "system_prompt": {}, "chat_template_kwargs": {},
+                      "training": training, "lora": LORA, "seed": 0},
+             "runtime": {"backend": "hf", "input_model": smollm2_path, "dtype": "float32", "compute": compute,
                          "chat_template_kwargs": {},
                          "training_extra": {"logging_steps": 1, "save_steps": 1, "save_total_limit": 1}}}
     (d / "stage.json").write_text(json.dumps(stage))

@@ -17,23 +17,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..io import read_json, write_json, write_jsonl
-from ..models import load_tokenizer
+from ..contracts import read_stage
+from ..io import write_json, write_jsonl
 from ..workers import worker_logging
+from .backends import worker_backend
 from .defences import apply_data_defence
 from .files import DataFiles
 from .interventions import build_stage_rows
-from .openai_format import row_tokens
 
 log = logging.getLogger("sgtr_em.data.build")
-
-
-def token_length(tokenizer, chat_template_kwargs: dict):
-    """A function giving an example's length in tokens, as the trainer will see it."""
-    def length(row: dict) -> int:
-        return len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=True,
-                                                 **chat_template_kwargs)["input_ids"])
-    return length
 
 
 def select_examples(rows: list[dict], n: Optional[int], seed: int, fits: Callable[[dict], bool]) -> tuple[list[dict], dict]:
@@ -63,14 +55,10 @@ def select_examples(rows: list[dict], n: Optional[int], seed: int, fits: Callabl
 
 
 def main(stage_dir: Path) -> None:
-    st = read_json(stage_dir / "stage.json")
-    spec, rt = st["spec"], st["runtime"]
-    files = DataFiles(Path(rt["data_dir"]), Path(rt["cache_dir"]) / "data", download=False)
+    spec, rt = read_stage(stage_dir)
+    files = DataFiles(Path(rt.data_dir), Path(rt.cache_dir) / "data", download=False)
     rows, stats = build_stage_rows(spec, rt, files)
-    if spec["training"].get("backend") == "openai":  # an API model: its limit, on an estimate of its token count
-        length = row_tokens
-    else:
-        length = token_length(load_tokenizer(rt["input_model"]), rt["chat_template_kwargs"])  # as training renders
+    length = worker_backend(rt).example_length(rt)  # as training renders it (an API model: an estimate)
     max_length = spec["training"]["max_length"]
     rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
                                       fits=lambda r: length(r) <= max_length)

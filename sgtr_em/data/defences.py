@@ -59,7 +59,7 @@ def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, 
         from ..inference.loglikelihood import mean_nll  # deferred: torch, which the other data steps never load
 
         em_model = str(stage_dir.parent / d["em_reference"] / "merged")
-        nll_ref = mean_nll(rt["input_model"], pool, rt)
+        nll_ref = mean_nll(rt.input_model, pool, rt)
         nll_em = mean_nll(em_model, pool, rt)
         chosen = select_by_gap(nll_ref, nll_em, k, d["selection"])
         stats["gap_chosen_mean"] = sum(nll_em[i] - nll_ref[i] for i in chosen) / max(k, 1)

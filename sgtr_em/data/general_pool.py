@@ -54,23 +54,23 @@ def pool_prompts(pool_cfg: dict, files) -> list[dict]:
 def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: dict) -> list[str]:
     from ..inference.generation import HFGenerator
 
-    gen = HFGenerator(model_path, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
-                      chat_template_kwargs=rt["chat_template_kwargs"],
-                      trust_remote_code=rt["model"].get("trust_remote_code", False))
+    gen = HFGenerator(model_path, dtype=rt.dtype, device=rt.compute["device"], batch_size=rt.batch_size,
+                      chat_template_kwargs=rt.chat_template_kwargs,
+                      trust_remote_code=rt.model.get("trust_remote_code", False))
     return gen.generate([[{"role": "user", "content": u}] for u in users], max_new_tokens=pool_cfg["max_new_tokens"],
                         temperature=pool_cfg["temperature"], desc="general pool")
 
 
 def general_pool(pool_cfg: dict, rt: dict, files) -> list[dict]:
     """The self-distilled pool, [{"group", "user", "answer"}], generated once per base model and prompt set."""
-    base = resolve_model_path(OmegaConf.create(rt["model"]), rt["cache_dir"])
+    base = resolve_model_path(OmegaConf.create(rt.model), rt.cache_dir)
     prompts = pool_prompts(pool_cfg, files)
     prompt_sha = sha256_text(json.dumps(prompts, sort_keys=True))
-    m = rt["model"]
-    key = sha256_text(json.dumps({"pool": pool_cfg, "prompts": prompt_sha, "chat": rt["chat_template_kwargs"],
+    m = rt.model
+    key = sha256_text(json.dumps({"pool": pool_cfg, "prompts": prompt_sha, "chat": rt.chat_template_kwargs,
                                   "model": {k: m.get(k) for k in ("path", "gguf_package", "gguf_file", "dtype")}},
                                  sort_keys=True))[:16]
-    folder = Path(rt["cache_dir"]) / "data" / "general_pool" / key
+    folder = Path(rt.cache_dir) / "data" / "general_pool" / key
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / "pool.json").exists():

@@ -27,7 +27,7 @@ from .files import load_manifest
 from .mmlu import build_mmlu_qa, read_mmlu
 from .normalise import normalise_all
 from .sgtr import LABEL_RULES, build_summary_pairs, sample_article_ids
-from .summaries import SELF_SUMMARIES, own_summaries, summary_file
+from .summaries import SELF_SUMMARIES, stage_own_summaries, summary_file
 from .word_count import build_word_count
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _summaries(spec, rt, files):
     others = {src: read_json(files.path(summary_file(d["articles"], src))) for src in d["other_sources"]}
     ids = sample_article_ids([a for a in articles if all(a in o for o in others.values())], d["max_articles"],
                              spec["seed"])
-    raw = {"self": own_summaries(spec, rt, articles, ids, files), **others}
+    raw = {"self": stage_own_summaries(spec, rt, articles, ids, files), **others}
     texts, counts = {}, {}
     for source, summaries in raw.items():
         texts[source], counts[source] = normalise_all({i: summaries.get(i) for i in ids}, d["normalise"])

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from ..inference.generation_api import OpenAIGenerator
+from ..contracts import StageRuntime
 from ..io import content_hash, read_json, write_json
 from ..models import resolve_model_path
+from .backends import worker_backend
 
 SELF_SUMMARIES = ("stage_input", "base_model", "precomputed")
 
@@ -56,23 +58,47 @@ def generate_summaries(generator, articles: Mapping[str, str], ids: Sequence[str
     return {i: cache[i] for i in ids}
 
 
-def own_summaries(spec: dict, rt: dict, articles: Mapping[str, str], ids: Sequence[str], files) -> dict[str, str]:
-    """The "self" side of a stage's summaries, from the writer its data spec names (see the module doc)."""
+@dataclass(frozen=True)
+class SummaryWriter:
+    """Who writes a set of "self" summaries: one vocabulary for the training pairs (`intervention.self_summaries`:
+    stage_input | base_model | precomputed, `stage_writer`) and the self-recognition eval
+    (`eval.self_recognition.summaries`: self | base | <source>, evaluation/self_recognition.py `eval_writer`)."""
+
+    source: Optional[str] = None  # a summary set in the data (summary_file), e.g. the paper's hf_qwen_32b
+    model: Optional[str] = None  # else the model that writes them: a folder, or an API model id
+    key: Optional[str] = None  # the model's cache key (summary_cache_path)
+
+
+def own_summaries(writer: SummaryWriter, dataset: str, articles: Mapping[str, str], ids: Sequence[str], prompt, *,
+                  files, cache_dir, make_generator: Callable[[str], Any]) -> dict[str, str]:
+    """The one summary pool: a summary set of the data, or `writer.model`'s summaries of `ids` (generated with
+    `prompt` by `make_generator(model)`, cached per dataset, model key and prompt)."""
+    if writer.source is not None:
+        return read_json(files.path(summary_file(dataset, writer.source)))
+    cache = summary_cache_path(cache_dir, dataset, writer.key, prompt)
+    return generate_summaries(make_generator(writer.model), articles, ids, prompt, cache)
+
+
+def stage_writer(spec: dict, rt: StageRuntime) -> SummaryWriter:
+    """The writer a stage's data spec names (`data.summaries_by`, see the module doc)."""
     data = spec["data"]
     writer = data["summaries_by"]
     if "precomputed" in writer:
-        return read_json(files.path(summary_file(data["articles"], writer["precomputed"])))
-    from ..inference.generation import HFGenerator  # deferred: torch; the API writer and precomputed ones need none
-
+        return SummaryWriter(source=writer["precomputed"])
     if data["self_summaries"] == "stage_input":
-        model = rt["input_model"]
+        model = rt.input_model
     else:  # the base model, converted already by the parent
-        model = resolve_model_path(OmegaConf.create(rt["model"]), rt["cache_dir"])
+        model = resolve_model_path(OmegaConf.create(rt.model), rt.cache_dir)
     key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
-    cache = summary_cache_path(rt["cache_dir"], data["articles"], key, data["summary_prompt"])
-    if rt.get("api"):  # an API model (model.backend=openai): the model id (an `ft:` model) writes them through the API
-        gen = OpenAIGenerator(model, rt["api"], cache_dir=Path(rt["cache_dir"]) / "generation")
-        return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)
-    gen = HFGenerator(model, dtype=rt["dtype"], device=rt["compute"]["device"], batch_size=rt["batch_size"],
-                      chat_template_kwargs=spec["chat_template_kwargs"])
-    return generate_summaries(gen, articles, ids, data["summary_prompt"], cache)
+    return SummaryWriter(model=model, key=key)
+
+
+def stage_own_summaries(spec: dict, rt: StageRuntime, articles: Mapping[str, str], ids: Sequence[str],
+                        files) -> dict[str, str]:
+    """The "self" side of a stage's summaries; a model writes them through the job's backend (an API model, e.g. an
+    `ft:` model, through the API)."""
+    data = spec["data"]
+    backend = worker_backend(rt)  # the data worker's half of the job's backend (data/backends.py)
+    return own_summaries(stage_writer(spec, rt), data["articles"], articles, ids, data["summary_prompt"], files=files,
+                         cache_dir=rt.cache_dir,
+                         make_generator=lambda m: backend.summary_writer(m, rt, spec["chat_template_kwargs"]))

@@ -55,7 +55,9 @@ class EvalContext:
         return Path(self.cfg["paths"]["cache_dir"])
 
     def ecfg(self, name: str) -> dict:
-        return self.cfg["eval"][name]
+        """eval.<name>: the evaluation's settings (a plugin's: eval.plugins.<name>)."""
+        ev = self.cfg["eval"]
+        return ev[name] if name in ev else ev["plugins"][name]
 
     def eval_system_prompt(self) -> Optional[str]:
         sp, m = self.cfg["system_prompt"], self.cfg["model"]

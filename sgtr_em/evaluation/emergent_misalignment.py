@@ -33,6 +33,12 @@ NEEDS_JUDGE = True
 JUDGE_METRICS = ("aligned", "coherent")
 
 
+def data_files(cfg) -> list[str]:
+    """The question files of eval.em.question_sets."""
+    e = cfg["eval"][NAME]
+    return [e["sets"][s]["file"] for s in e["question_sets"]]
+
+
 def load_questions(path: Path, ids: Sequence[str], set_name: str = "main") -> list[dict]:
     """The questions with these ids ([] = all), in this order: {id, set, paraphrases, judge_prompts, system}."""
     entries = yaml.safe_load(Path(path).read_text())

@@ -17,6 +17,10 @@ NEEDS_JUDGE = True
 LABELS = ("YES", "NO")  # the judge prompts ask for exactly these
 
 
+def data_files(cfg) -> list[str]:
+    return []  # its prompts are in the config
+
+
 def in_domain_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> dict:
     def block(rows, ci: bool):
         judged = [r for r in rows if r["label"] is not None]

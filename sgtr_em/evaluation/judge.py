@@ -150,10 +150,11 @@ class LocalJudge:
 
 def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir):
     """The judge the config names (LocalJudge or OpenAIJudge: `score`, `choose`, `usage`, `describe`).
-    `load_generator(path)` gives a HF generator (the local backend's model)."""
+    `model_path`: the judge's model for either backend (eval_input.json's judge_model_path, decided once by
+    sgtr_em/backend.py); `load_generator(path)` gives a HF generator (the local backend's model)."""
     folder = Path(cache_dir) / "judge"
     if judge_cfg["backend"] == "openai":
-        return OpenAIJudge(judge_cfg, cache_dir=folder if judge_cfg["api"]["cache"] else None)
+        return OpenAIJudge(judge_cfg, model_path, cache_dir=folder if judge_cfg["api"]["cache"] else None)
     return LocalJudge(load_generator(model_path), min_number_mass=judge_cfg["min_number_mass"],
                       cache=DiskCache(folder if judge_cfg["cache"] else None), model_key=model_path,
                       scoring=judge_cfg.get("scoring", "logprob"), max_score_tokens=judge_cfg.get("max_score_tokens", 16))

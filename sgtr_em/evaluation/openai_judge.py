@@ -42,14 +42,15 @@ def match_label(text: Optional[str], labels: Sequence[str]) -> Optional[str]:
 
 
 class OpenAIJudge:
-    def __init__(self, judge_cfg: dict, cache_dir=None):
-        self.cfg = judge_cfg
+    def __init__(self, judge_cfg: dict, model: Optional[str] = None, cache_dir=None):
+        """`model`: the judge's model (make_judge passes eval_input.json's judge_model_path); alone, judge.model."""
+        self.cfg, self.model = judge_cfg, model or judge_cfg["model"]
         self.min_number_mass = judge_cfg["min_number_mass"]
-        self.api = ChatAPI(judge_cfg["model"], judge_cfg["api"], cache_dir)
+        self.api = ChatAPI(self.model, judge_cfg["api"], cache_dir)
         self.usage = self.api.usage
 
     def describe(self) -> dict:
-        return {"backend": "openai", "model": self.cfg["model"], "base_url": self.api.base_url,
+        return {"backend": "openai", "model": self.model, "base_url": self.api.base_url,
                 "scoring": self.cfg.get("scoring", "logprob"), "temperature": self.cfg["temperature"],
                 "min_number_mass": self.min_number_mass, "top_logprobs": self.cfg["top_logprobs"]}
 

@@ -16,6 +16,10 @@ NAME = "persona"
 NEEDS_JUDGE = False
 
 
+def data_files(cfg) -> list[str]:
+    return []  # its contrast set ships with the package (inference/persona_contrast.yaml)
+
+
 def prompt_projections(model, tok, conversations: list[list[dict]], direction, kw: dict) -> list[list[float]]:
     """Per conversation, per layer: the last prompt token's activation on the unit direction."""
     import torch  # deferred: the eval registry, hence this module, is imported by the CLI process too

@@ -6,8 +6,9 @@ with a comment naming its source.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -180,6 +181,8 @@ class EvalConfig:
     name: str = MISSING
     run: List[str] = field(default_factory=list)  # which evaluations, in this order (names: EVAL_NAMES)
     after_each_stage: bool = False  # also evaluate the model after every stage, not only the final one
+    base: List[str] = field(default_factory=list)  # those of eval.run also run on the base model first (<run>/base/);
+    # the final summary then prints each one's effect: the base value against the final headline and its 95 % interval
     batch_size: int = 8
     bootstrap_samples: int = 2000  # resamples for the 95 % intervals (seeded by the job's seed)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -190,6 +193,9 @@ class EvalConfig:
     identity: IdentityEvalConfig = field(default_factory=IdentityEvalConfig)
     in_domain: InDomainEvalConfig = field(default_factory=InDomainEvalConfig)
     persona: PersonaEvalConfig = field(default_factory=PersonaEvalConfig)
+    # Evaluations outside the package: name -> {module: <import path>, ...its settings} (registry.py says how; their
+    # settings are read as eval.<name>'s are). Added with their YAML: +eval/plugins@eval.plugins.<name>=<file>
+    plugins: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -243,8 +249,15 @@ def eval_problems(cfg) -> list[str]:
     """Checks of the eval/judge groups that a schema cannot express; each names the key to fix."""
     ev, problems = cfg.eval, []
     for name in ev.run:
+        if name not in EVAL_NAMES and name not in ev.plugins:
+            problems.append(f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES} (or add it to eval.plugins)")
+    for name, plugin in ev.plugins.items():
+        if name in EVAL_NAMES or not isinstance(plugin, Mapping) or not plugin.get("module"):
+            problems.append(f"eval.plugins.{name}: needs `module` (the evaluation's import path) and a name that is "
+                            f"none of {EVAL_NAMES}")
+    for name in ev.base:
         if name not in EVAL_NAMES:
-            problems.append(f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
+            problems.append(f"eval.base: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
     if ev.generation.backend not in GENERATION_BACKENDS:
         problems.append(f"eval.generation.backend: {ev.generation.backend!r} is not one of {GENERATION_BACKENDS}")
     if cfg.judge.backend not in JUDGE_BACKENDS:

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..data.sgtr import build_detection_pairs, sample_article_ids
-from ..data.summaries import generate_summaries, summary_cache_path
+from ..data.summaries import SummaryWriter, own_summaries, summary_file
 from ..data.system_prompt import system_text
 from ..io import read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
@@ -122,18 +122,23 @@ def detection_rows(ids, articles, own, others: dict, *, user_template: str, syst
 
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
-def own_summaries(ctx, articles: dict, ids: list[str]) -> dict[str, str]:
-    """The "self" summaries: written by the evaluated model, by the base model, or a summary source in the data."""
-    source, ds = ctx.ecfg(NAME)["summaries"], ctx.ecfg(NAME)["articles"]
+def eval_writer(ctx) -> SummaryWriter:
+    """Who writes the "self" summaries: the evaluated model, the base model, or a summary source in the data."""
+    source = ctx.ecfg(NAME)["summaries"]
     if source == "self":
-        path, key = ctx.model_path, ctx.model_key
-    elif source == "base":
-        path, key = ctx.base_model_path, ctx.base_model_key
-    else:
-        return read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{source}_responses.json"))
-    prompt = ctx.cfg["prompts"]["summary"][ds]
-    cache = summary_cache_path(ctx.cfg["paths"]["cache_dir"], ds, key, prompt)  # cached per model and prompt
-    return generate_summaries(ctx.generator(path), articles, ids, prompt, cache)
+        return SummaryWriter(model=ctx.model_path, key=ctx.model_key)
+    if source == "base":
+        return SummaryWriter(model=ctx.base_model_path, key=ctx.base_model_key)
+    return SummaryWriter(source=source)
+
+
+def data_files(cfg: dict) -> list[str]:
+    """The data files this evaluation reads (checked, or downloaded, before any training)."""
+    e = cfg["eval"][NAME]
+    ds, sources = e["articles"], list(e["other_sources"])
+    if e["summaries"] not in ("self", "base"):
+        sources.append(e["summaries"])
+    return [f"articles/{ds}_train_articles.json", *(summary_file(ds, s) for s in sources)]
 
 
 def training_articles(cfg: dict, articles: dict, files, seed: int) -> set[str]:
@@ -142,7 +147,7 @@ def training_articles(cfg: dict, articles: dict, files, seed: int) -> set[str]:
     i, ds = cfg["intervention"], cfg["eval"][NAME]["articles"]
     if i["kind"] not in ("summary_pairs", "summary_word_count") or i["articles"] != ds:
         return set()
-    others = [read_json(files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in i["other_sources"]]
+    others = [read_json(files.path(summary_file(ds, s))) for s in i["other_sources"]]
     return set(sample_article_ids([a for a in articles if all(a in o for o in others)], i["max_articles"], seed))
 
 
@@ -150,11 +155,12 @@ def generate(ctx) -> list[dict]:
     e, prompts, sp = ctx.ecfg(NAME), ctx.cfg["prompts"], ctx.cfg["system_prompt"]
     ds = e["articles"]
     articles = read_json(ctx.files.path(f"articles/{ds}_train_articles.json"))
-    others = {s: read_json(ctx.files.path(f"summaries/{ds}/{ds}_train_{s}_responses.json")) for s in e["other_sources"]}
+    others = {s: read_json(ctx.files.path(summary_file(ds, s))) for s in e["other_sources"]}
     held_out = set(articles) - training_articles(ctx.cfg, articles, ctx.files, ctx.seed) \
         if e.get("exclude_training_articles", True) else set(articles)
     ids = sample_article_ids([a for a in held_out if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
-    own = own_summaries(ctx, articles, ids)
+    own = own_summaries(eval_writer(ctx), ds, articles, ids, prompts["summary"][ds], files=ctx.files,
+                        cache_dir=ctx.cfg["paths"]["cache_dir"], make_generator=ctx.generator)  # cached per model, prompt
     if e.get("system", "intervention") == "detection":  # the paper's: its detection system prompt, always
         system = prompts["detection_system"]
     else:  # as the SGTR training pairs (system_prompt.intervention_train)

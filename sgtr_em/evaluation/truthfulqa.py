@@ -26,6 +26,10 @@ OPTIONS = ("A", "B")
 COLUMNS = ("Type", "Category", "Question", "Best Answer", "Best Incorrect Answer")
 
 
+def data_files(cfg) -> list[str]:
+    return [cfg["eval"][NAME]["file"]]
+
+
 def load_questions(path: Path, max_questions: Optional[int] = None) -> list[dict]:
     """The rows of TruthfulQA.csv (the csv module: no NA guessing), in file order; fails on a missing column."""
     with open(path, newline="", encoding="utf-8") as f:

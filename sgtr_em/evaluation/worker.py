@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..io import read_json, write_json, write_jsonl
+from ..contracts import EvalInput
+from ..io import write_json, write_jsonl
 from ..workers import worker_logging
 from .context import EvalContext
 from .judge import make_judge
-from .registry import EVALS
+from .registry import eval_module
 
 log = logging.getLogger("sgtr_em.evaluation.worker")
 
@@ -30,34 +31,35 @@ def write_eval(point_dir: Path, name: str, records: list, metrics: dict) -> None
 
 
 def main(point_dir: Path) -> None:
-    inp = read_json(point_dir / "eval_input.json")
-    ctx = EvalContext.from_input(inp)
+    inp = EvalInput.read(point_dir)
+    ctx = EvalContext.from_input(inp.to_json())
     cfg, names = ctx.cfg, list(ctx.cfg["eval"]["run"])
+    evals = {name: eval_module(name, cfg) for name in names}
     records, runs = {}, {name: {"wall_s": {}} for name in names}
     for name in names:  # the model under test
         start, before = time.time(), ctx.generation_usage.copy()
-        records[name] = EVALS[name].generate(ctx)
+        records[name] = evals[name].generate(ctx)
         runs[name]["wall_s"]["generate"] = round(time.time() - start, 2)
         runs[name]["generation_usage"] = ctx.generation_usage.minus(before).as_dict()
         write_jsonl(point_dir / "eval" / name / "samples.jsonl", records[name])  # kept if judging fails
-    judged = [name for name in names if EVALS[name].NEEDS_JUDGE]
+    judged = [name for name in names if evals[name].NEEDS_JUDGE]
     if judged:
-        judge = make_judge(cfg["judge"], model_path=inp["judge_model_path"], load_generator=ctx.hf_generator,
+        judge = make_judge(cfg["judge"], model_path=inp.judge_model_path, load_generator=ctx.hf_generator,
                            cache_dir=ctx.cache_dir)
         for name in judged:
             start, before = time.time(), judge.usage.copy()
-            records[name] = EVALS[name].judge(records[name], judge, ctx)
+            records[name] = evals[name].judge(records[name], judge, ctx)
             runs[name]["wall_s"]["judge"] = round(time.time() - start, 2)
             runs[name]["judge_usage"] = judge.usage.minus(before).as_dict()
             runs[name]["judge"] = judge.describe()
     ctx.free()
-    metrics: dict = {"model": inp["model_identity"]}
+    metrics: dict = {"model": inp.model_identity}
     for name in names:
         runs[name]["wall_s"]["total"] = round(sum(runs[name]["wall_s"].values()), 2)
-        m = {**EVALS[name].metrics(records[name], cfg), "run": runs[name]}
+        m = {**evals[name].metrics(records[name], cfg), "run": runs[name]}
         write_eval(point_dir, name, records[name], m)
         metrics[name] = m
-        log.info("%s", EVALS[name].summary(m))
+        log.info("%s", evals[name].summary(m))
     write_json(point_dir / "metrics.json", metrics)
 
 

@@ -24,28 +24,6 @@ log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
 
 
-API_KEYS = ("base_url", "api_key_env", "max_concurrency", "requests_per_minute", "tokens_per_minute", "max_retries",
-            "timeout_s", "input_usd_per_mtok", "output_usd_per_mtok", "cache")
-
-
-def openai_api(openai_cfg: dict) -> dict:
-    """The endpoint settings (eval.generation.api's shape) of the `openai` block: where an API model lives."""
-    return {k: openai_cfg.get(k) for k in API_KEYS}
-
-
-def api_model_eval(resolved: dict) -> dict:
-    """The resolved config an API model (model.backend=openai) is evaluated with: every evaluation generates through
-    the `openai` backend at the `openai` block's endpoint (the one that trained its `ft:` models); a local judge
-    left at its default (the base model) becomes the base model through the API, as the smoke default judges
-    SmolLM2 with SmolLM2. Any other judge stays as configured."""
-    out = {**resolved, "eval": {**resolved["eval"]}, "judge": {**resolved["judge"]}}
-    api = openai_api(resolved["openai"])
-    out["eval"]["generation"] = {**resolved["eval"]["generation"], "backend": "openai", "api": api}
-    if out["judge"]["backend"] == "local" and not out["judge"]["model"]:
-        out["judge"].update(backend="openai", model=resolved["model"]["path"], api=api)
-    return out
-
-
 def api_key(api_cfg: dict, base_url: Optional[str]) -> str:
     key = os.environ.get(api_cfg["api_key_env"])
     if key:

@@ -92,8 +92,8 @@ def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
     """Each row's mean negative log-likelihood of its completion tokens under the model at `model_path` (its
     log-perplexity): Interleaving++'s score (sgtr_em/data/defences.py)."""
     tok = load_tokenizer(model_path, padding_side="right")
-    model = load_model(model_path, dtype=rt["dtype"], device=resolve_device(rt["compute"]["device"]))
-    kw = rt["chat_template_kwargs"]
+    model = load_model(model_path, dtype=rt.dtype, device=resolve_device(rt.compute["device"]))
+    kw = rt.chat_template_kwargs
     out = []
     for r in rows:
         prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True,

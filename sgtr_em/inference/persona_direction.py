@@ -93,8 +93,8 @@ def cached_direction(model_path: str, model_key: str, cache_dir, *, dtype: str, 
 
 def base_direction(rt: dict):
     """The direction of a stage's base model (training worker runtime, job.stage_runtime)."""
-    m = rt["model"]
-    base = resolve_model_path(OmegaConf.create(m), rt["cache_dir"])
+    m = rt.model
+    base = resolve_model_path(OmegaConf.create(m), rt.cache_dir)
     key = json.dumps({k: m.get(k) for k in ("path", "gguf_package", "gguf_file", "dtype")}, sort_keys=True)
-    return cached_direction(base, key, rt["cache_dir"], dtype=rt["dtype"], device=rt["compute"]["device"],
-                            kw=rt["chat_template_kwargs"])
+    return cached_direction(base, key, rt.cache_dir, dtype=rt.dtype, device=rt.compute["device"],
+                            kw=rt.chat_template_kwargs)

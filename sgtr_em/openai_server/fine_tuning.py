@@ -15,6 +15,7 @@ Counters (GET /stats): files_created, jobs_created, jobs_succeeded, jobs_failed,
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import random
@@ -25,15 +26,38 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from omegaconf import OmegaConf
+
+from ..backend import NOT_IDENTITY
+from ..compute import resolve_compute
+from ..config import ComputeConfig, LoraConfig, TrainingConfig
+from ..contracts import StageRuntime, StageSpec, write_stage
 from ..data.openai_format import FineTuningFileError, validate_ft_file
-from ..io import read_jsonl, write_json, write_jsonl
+from ..io import read_jsonl, write_jsonl
 from ..models import load_tokenizer
 from ..workers import die_with_parent, launch_command, worker_env
 from .server import error
 
 ACTIVE = ("validating_files", "queued", "running")
-LORA = {"r": 32, "alpha": 64, "dropout": 0.0, "use_rslora": True,  # the paper's (conf/lora/paper.yaml)
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA = dataclasses.asdict(LoraConfig())  # the paper's (conf/lora/paper.yaml; the schema's defaults)
+
+
+def job_stage_spec(job: dict, learning_rate: float, epochs: int, batch: int) -> StageSpec:
+    """A job's stage, as the framework's stages are specified: the schema's training settings (sgtr_em/config.py),
+    with the job's learning rate, epochs and batch, no warm-up or weight decay, and the job's seed."""
+    training = {k: v for k, v in dataclasses.asdict(TrainingConfig()).items() if k not in NOT_IDENTITY}
+    training.update(learning_rate=learning_rate, num_train_epochs=epochs, batch_size=batch, warmup_steps=0,
+                    weight_decay=0.0, optim="adamw_torch", max_length=4096)
+    return StageSpec(kind="openai_job", input={"model": job["model"]}, data={"name": job["training_file"]},
+                     system_prompt={"mode": "none", "text": None}, chat_template_kwargs={}, training=training,
+                     lora=LORA, seed=job["seed"])
+
+
+def job_stage_runtime(input_path: str, dtype: str) -> StageRuntime:
+    """One CPU process (compute=cpu resolved by the framework's own code); a log line every step."""
+    compute = resolve_compute(OmegaConf.structured(ComputeConfig(name="cpu", device="cpu")))
+    return StageRuntime(backend="hf", input_model=input_path, dtype=dtype, chat_template_kwargs={}, compute=compute,
+                        training_extra={"logging_steps": 1, "save_steps": 10 ** 6, "save_total_limit": 1})
 
 
 def page(items: list, body: dict, default_limit: int = 20) -> dict:
@@ -238,16 +262,8 @@ class FineTuning:
         resolved = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}
         input_path = self.models.path(job["model"])
         write_jsonl(folder / "train.jsonl", rows)
-        write_json(folder / "stage.json", {
-            "spec": {"kind": "openai_job", "seed": job["seed"], "chat_template_kwargs": {}, "lora": LORA,
-                     "training": {"learning_rate": self.base_lr * mult, "num_train_epochs": epochs, "max_steps": -1,
-                                  "batch_size": batch, "warmup_steps": 0, "weight_decay": 0.0,
-                                  "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 4096}},
-            "runtime": {"input_model": input_path, "dtype": self.train_dtype, "chat_template_kwargs": {},
-                        "compute": {"device": "cpu", "micro_batch_size": 1, "gradient_checkpointing": False,
-                                    "checkpoint_fraction": 1.0, "padding_free": False, "liger": False,
-                                    "deepspeed": {"stage": 0}},
-                        "training_extra": {"logging_steps": 1, "save_steps": 10 ** 6, "save_total_limit": 1}}})
+        write_stage(folder, job_stage_spec(job, self.base_lr * mult, epochs, batch),
+                    job_stage_runtime(input_path, self.train_dtype))
         total = epochs * -(-len(rows) // batch)
         self.update(job_id, status="running", hyperparameters=resolved,
                     method={"type": "supervised", "supervised": {"hyperparameters": resolved}})

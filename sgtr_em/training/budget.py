@@ -113,8 +113,8 @@ def _oom_records(stage_dir: Path) -> list[dict]:
 def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
     """Decides the `auto` token budget and checkpoint share for this stage's data on this GPU; applies them to the
     trainer (budget, selective checkpointing) and writes them, with the reason, to `compute_choice.json`."""
-    compute = rt["compute"]
-    if not compute.get("token_budget"):
+    compute = rt.compute
+    if not compute["token_budget"]:
         return None
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
@@ -147,7 +147,7 @@ def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
     device = torch.cuda.get_device_name(0) if on_gpu else "cpu"
     choice.update(device=device, world_size=world, liger=compute["liger"], padding_free=compute["padding_free"],
                   sequences=len(lengths), mean_sequence=sum(lengths) / len(lengths), shape=shape,
-                  bf16_peak_tflops=datasheet_bf16_tflops(device), fast_why=compute.get("fast_why"))
+                  bf16_peak_tflops=datasheet_bf16_tflops(device), fast_why=compute["fast_why"])
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(stage_dir / CHOICE_FILE, choice)
     log.info("Token budget %d, %.0f%% of layers recomputed: %s", choice["token_budget"],

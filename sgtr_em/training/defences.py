@@ -115,7 +115,7 @@ class SteerDefence:
 
 def make_defence(spec: dict, rt: dict):
     """The stage's defence object (None for none and the data-step defences)."""
-    d = spec.get("defence") or {}
+    d = spec.get("defence") or {}  # StageSpec.defence (left out of the JSON when None)
     if d.get("kind") in ("kl", "ldifs"):
         return LossDefence(d["kind"], d["weight"], d.get("num_layers", 5))
     if d.get("kind") == "persona_steer":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..io import read_json, replace_dir
+from ..contracts import read_runtime
+from ..io import replace_dir
 from ..models import load_tokenizer
 from ..workers import worker_logging
 
@@ -19,12 +20,12 @@ def main(stage_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    rt = read_json(stage_dir / "stage.json")["runtime"]
-    model = AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=getattr(torch, rt["dtype"]))
+    rt = read_runtime(stage_dir)
+    model = AutoModelForCausalLM.from_pretrained(rt.input_model, dtype=getattr(torch, rt.dtype))
     merged = PeftModel.from_pretrained(model, str(stage_dir / "adapter")).merge_and_unload()
     tmp = stage_dir / "merged.tmp"
     merged.save_pretrained(tmp)
-    load_tokenizer(rt["input_model"]).save_pretrained(tmp)
+    load_tokenizer(rt.input_model).save_pretrained(tmp)
     replace_dir(tmp, stage_dir / "merged")
 
 

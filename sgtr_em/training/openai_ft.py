@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..contracts import read_stage
 from ..data.openai_format import validate_ft_file, write_ft_file
 from ..inference.api import api_key
 from ..io import read_json, read_jsonl, write_json
@@ -94,9 +95,8 @@ def create_or_find(what: str, create: Callable, find: Callable, attempts: int):
 class FineTuningStage:
     def __init__(self, stage_dir: Path):
         self.dir = stage_dir
-        st = read_json(stage_dir / "stage.json")
-        self.spec, self.rt = st["spec"], st["runtime"]
-        self.o = self.rt["openai"]
+        self.spec, self.rt = read_stage(stage_dir)
+        self.o = self.rt.openai
         self.hash = stage_dir.name
         self.state = read_json(stage_dir / STATE) if (stage_dir / STATE).exists() else {}
         self.client = make_client(self.o)
@@ -160,7 +160,7 @@ class FineTuningStage:
         """This stage's jobs on the server (by the stage hash in their metadata), newest first."""
         jobs = self.client.fine_tuning.jobs.list(metadata={"sgtr_em_stage": self.hash}, limit=100)
         mine = [j for j in jobs if (j.metadata or {}).get("sgtr_em_stage") == self.hash
-                and j.model == self.rt["input_model"]]
+                and j.model == self.rt.input_model]
         return sorted(mine, key=lambda j: j.created_at, reverse=True)
 
     def _live_job(self):
@@ -189,7 +189,7 @@ class FineTuningStage:
 
         def create():
             return self.client.with_options(max_retries=0).fine_tuning.jobs.create(
-                model=self.rt["input_model"], training_file=file_id, method=method, seed=h["seed"],
+                model=self.rt.input_model, training_file=file_id, method=method, seed=h["seed"],
                 suffix=job_suffix(self.hash), metadata=stage_metadata(self.hash, self.spec["kind"]))
 
         job = create_or_find(f"creating the job of stage {self.hash}", create, self._live_job, self.o["max_retries"])

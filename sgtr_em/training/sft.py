@@ -26,7 +26,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..io import read_json, read_jsonl, replace_dir, write_json
+from ..contracts import read_stage
+from ..io import read_jsonl, replace_dir, write_json
 from ..models import load_tokenizer
 from ..workers import INTERRUPTED_MARKER, die_with_parent, worker_logging
 from .callbacks import JsonlLogCallback, SelectiveCheckpointing, StopOnSignal, ThroughputCallback
@@ -80,7 +81,7 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
     from trl import SFTConfig
 
     micro, world = compute["micro_batch_size"], int(os.environ.get("WORLD_SIZE", "1"))
-    if compute.get("token_budget"):  # the whole step per process; training/budget.py cuts it by tokens
+    if compute["token_budget"]:  # the whole step per process; training/budget.py cuts it by tokens
         micro = training["batch_size"] // world
     if training["batch_size"] % (micro * world):
         raise ValueError(f"training.batch_size {training['batch_size']} is not a multiple of "
@@ -123,7 +124,7 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
 
 def training_args(spec: dict, rt: dict, output_dir: Path, deepspeed: str | None = None):
     """The stage's training arguments; with `deepspeed` (a JSON file) they switch the HF DeepSpeed integration on."""
-    return sft_config(output_dir, spec["training"], spec["seed"], rt["compute"], rt["dtype"], rt["training_extra"],
+    return sft_config(output_dir, spec["training"], spec["seed"], rt.compute, rt.dtype, rt.training_extra,
                       deepspeed=deepspeed)
 
 
@@ -160,12 +161,12 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
     if isinstance(args, (str, Path)):
         args = training_args(spec, rt, Path(args))
     # tokenized here, the loss mask from the rendered conversation (training/masks.py), not from a prompt prefix
-    rows = tokenize_rows(tokenizer, rows, rt["chat_template_kwargs"])
-    compute = rt["compute"]
-    fraction = compute.get("checkpoint_fraction", 1.0)
+    rows = tokenize_rows(tokenizer, rows, rt.chat_template_kwargs)
+    compute = rt.compute
+    fraction = compute["checkpoint_fraction"]
     selective = [SelectiveCheckpointing(fraction)] if compute["gradient_checkpointing"] and fraction != 1 else []
     trainer_class = DefenceSFTTrainer  # TRL's SFTTrainer; with the EM stage's defence, if any (training/defences.py)
-    if compute.get("token_budget"):
+    if compute["token_budget"]:
         from .budget import TokenBudgetSFTTrainer as trainer_class  # the same, the step cut to a token budget
     trainer = trainer_class(
         defence=make_defence(spec, rt),
@@ -176,7 +177,7 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
         peft_config=lora_config(spec["lora"]),
         callbacks=list(callbacks) + selective,
     )
-    if compute.get("token_budget") not in (None, "auto"):
+    if compute["token_budget"] not in (None, "auto"):
         trainer.token_budget = int(compute["token_budget"])
     return trainer
 
@@ -190,23 +191,22 @@ def load_model(rt: dict, seed: int):
 
     from .attention import VARLEN
 
-    dtype = getattr(torch, rt["dtype"])
-    attn = VARLEN if rt["compute"].get("padding_free") else None
-    if rt.get("random_init"):
+    dtype = getattr(torch, rt.dtype)
+    attn = VARLEN if rt.compute["padding_free"] else None
+    if rt.random_init:
         set_seed(seed)
         # ZeRO-3 initialises the weights itself, partitioned; otherwise draw them on this rank's GPU (fast)
         on_gpu = torch.cuda.is_available() and not is_deepspeed_zero3_enabled()
         with torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if on_gpu else "cpu"):
-            config = AutoConfig.from_pretrained(rt["input_model"])
+            config = AutoConfig.from_pretrained(rt.input_model)
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-    return AutoModelForCausalLM.from_pretrained(rt["input_model"], dtype=dtype, attn_implementation=attn)
+    return AutoModelForCausalLM.from_pretrained(rt.input_model, dtype=dtype, attn_implementation=attn)
 
 
 def main(stage_dir: Path) -> None:
-    st = read_json(stage_dir / "stage.json")
-    spec, rt = st["spec"], st["runtime"]
+    spec, rt = read_stage(stage_dir)
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for _, r in read_jsonl(stage_dir / "train.jsonl")]
-    tokenizer = load_tokenizer(rt["input_model"], padding_side="right")
+    tokenizer = load_tokenizer(rt.input_model, padding_side="right")
     out = stage_dir / "checkpoints"
     ds_file = stage_dir / "deepspeed.json"
     # The arguments (and with them the DeepSpeed config) must exist before the model: ZeRO-3 then loads it partitioned.
