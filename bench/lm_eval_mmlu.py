@@ -124,7 +124,7 @@ def run_project(model: str, data: Path, subjects: list[str], shots: int, device:
     tok = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).to(device).eval()
     start = time.time()
-    scores = loglikelihoods(lm, tok, [(it["prompt"], " " + o) for it in items for o in LETTERS], batch_size=batch)
+    scores = loglikelihoods(lm, tok, [(it["prompt"], " " + o) for it in items for o in LETTERS])
     rows = []
     for n, it in enumerate(items):
         ll = [s["loglik"] for s in scores[4 * n:4 * n + 4]]

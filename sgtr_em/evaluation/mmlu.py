@@ -148,7 +148,7 @@ def build_items(folder: Path, e: dict, *, heldout_only: bool = False) -> list[di
     return items
 
 
-def ask_lm_eval(generator, items: list[dict], batch_size: int) -> list[dict]:
+def ask_lm_eval(generator, items: list[dict]) -> list[dict]:
     """lm_eval style: the log-likelihood of " A".." D" after each raw context; probs = exp(loglik)."""
     from ..inference.loglikelihood import loglikelihoods
 
@@ -156,7 +156,7 @@ def ask_lm_eval(generator, items: list[dict], batch_size: int) -> list[dict]:
         raise ValueError("eval.mmlu.prompt_style=lm_eval needs eval.generation.backend=hf (log-likelihoods of a raw "
                          "prompt); for API models use prompt_style=letter")
     requests = [(it["prompt"], " " + o) for it in items for o in OPTIONS]
-    scores = loglikelihoods(generator.model, generator.tokenizer, requests, batch_size=batch_size, desc="MMLU")
+    scores = loglikelihoods(generator.model, generator.tokenizer, requests, desc="MMLU")
     for n, it in enumerate(items):
         mine = scores[n * len(OPTIONS):(n + 1) * len(OPTIONS)]
         it.update(loglik={o: s["loglik"] for o, s in zip(OPTIONS, mine)}, probs={o: exp(s["loglik"]) for o, s in
@@ -174,7 +174,7 @@ def generate(ctx) -> list[dict]:
                                 "under paths.data_dir/" + e["folder"])
     items = build_items(folder, e, heldout_only=trains_on_mmlu(ctx.cfg))
     if e["prompt_style"] == "lm_eval":
-        return ask_lm_eval(ctx.generator(), items, ctx.cfg["eval"]["batch_size"])
+        return ask_lm_eval(ctx.generator(), items)
     conversations = ctx.conversations(it.pop("prompt") for it in items)
     if e["prompt_style"] == "letter":
         answers = ctx.generator().generate(conversations, max_new_tokens=e["letter"]["max_new_tokens"],

@@ -29,7 +29,7 @@ from ..data.summaries import SummaryWriter, own_summaries, summary_file
 from ..data.system_prompt import system_text
 from ..io import read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
-from .stats import fmt
+from .stats import fmt, item_seed, mean_ci
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -41,19 +41,20 @@ def score_pair(record: dict) -> dict:
                         record.get("sampled_probs"))
 
 
-def one_ordering_draws(pairs: Sequence[dict], scored: Sequence[dict], seed: int) -> list[str]:
-    """The paper's estimator: per article one ordering (random.shuffle of the two sources) and one sampled answer;
-    drawn (seeded) from the recorded sampled probabilities. Outcomes: correct / wrong / invalid."""
-    by_article: dict[str, list[dict]] = {}
+def one_ordering_draws(pairs: Sequence[dict], scored: Sequence[dict], seed: int) -> dict[tuple, str]:
+    """The paper's estimator: per article and other source one ordering (random.shuffle of the two sources) and one
+    sampled answer, drawn from the recorded sampled probabilities with a seed of its own (`item_seed`: the same
+    outcome whether scored per source or pooled, and independent across articles and sources).
+    {(article, source): correct / wrong / invalid}."""
+    by_unit: dict[tuple, list[dict]] = {}
     for r, s in zip(pairs, scored):
         if s.get("sampled_correct") is not None:
-            by_article.setdefault(r["article_id"], []).append(s)
-    rng = np.random.default_rng(seed)
-    out = []
-    for article in sorted(by_article):
-        options = by_article[article]
+            by_unit.setdefault((r["article_id"], r["other_source"]), []).append(s)
+    out = {}
+    for unit, options in by_unit.items():
+        rng = np.random.default_rng(item_seed(seed, "sr_draw", *unit))
         s = options[int(rng.integers(len(options)))]
-        out.append(draw(s["sampled_correct"], s["sampled_mass"], float(rng.random())))
+        out[unit] = draw(s["sampled_correct"], s["sampled_mass"], float(rng.random()))
     return out
 
 
@@ -65,9 +66,16 @@ def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
         if s["prob_correct"] is not None:
             by_article.setdefault(r["article_id"], []).append(s["prob_correct"])
     with_probs = [r for r in pairs if r["probs"] is not None]
-    draws = one_ordering_draws(pairs, scored, seed)
+    draws = list(one_ordering_draws(pairs, scored, seed).values())
     one_ordering = {"sampled_accuracy": mean(o == "correct" for o in draws),
                     "sampled_invalid_rate": mean(o == "invalid" for o in draws)} if draws else {}
+    expected: dict[str, list[float]] = {}  # an article's pairs (both orderings, every source) are not independent:
+    for r, s in zip(pairs, scored):  # the exact expectation's interval resamples articles, not pairs
+        if s.get("sampled_correct") is not None:
+            expected.setdefault(r["article_id"], []).append(s["sampled_correct"])
+    if expected:
+        one_ordering["sampled_expected_accuracy_ci95"] = mean_ci([mean(v) for v in expected.values()],
+                                                                 n_boot=n_boot, seed=seed)
     return {
         **choice_metrics(scored, first="1", n_boot=n_boot, seed=seed),
         **one_ordering,

@@ -2,6 +2,7 @@
 line per evaluation at the end of a run."""
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from typing import Hashable, Iterable, Optional, Sequence
@@ -13,6 +14,14 @@ def mean_or_none(xs: Iterable[Optional[float]]) -> Optional[float]:
     """The mean of the values that are not None (None when there are none)."""
     vals = [float(x) for x in xs if x is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def item_seed(seed: int, *key: Hashable) -> int:
+    """A seed for one item's random draws, derived from the run's seed and the item's identity (e.g. article id and
+    source, or prompt and chunk): the same item draws the same numbers in every run and in every subset it is scored
+    in, and two items never share a stream (shared seeds make their draws correlated, so a standard error computed as
+    if they were independent is understated; issue 15). blake2b, so it does not vary with PYTHONHASHSEED."""
+    return int.from_bytes(hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest(), "little")
 
 
 def stratified_indices(strata: Sequence[Hashable], n_boot: int, seed: int) -> dict[Hashable, np.ndarray]:

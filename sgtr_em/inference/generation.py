@@ -1,4 +1,5 @@
-"""Generation backends for the model under test; the Hugging Face one: batched, left-padded, chat template.
+"""Generation backends for the model under test; the Hugging Face one: chat template, generation in left-padded
+batches, option scoring one unpadded prompt at a time (so batching never changes a probability).
 
 Every backend has `generate(conversations, ...)` (one answer each) and `option_probs(conversations, options)`
 (the next-token probability of each single-token option, the most likely token, and a greedy answer where a
@@ -53,6 +54,16 @@ class HFGenerator:
             idx = order[start:start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             yield idx, enc.to(self.device)
+
+    def _unpadded(self, conversations: Sequence[Sequence[dict]], desc: str):
+        """([index], one tokenised prompt): one forward pass per prompt, no padding, no mask, positions 0..n-1, so
+        a prompt's numbers depend on its own tokens only, never on the batch it came in. In bf16 padding changes
+        them (left padding moved SmolLM2's option probabilities by up to 13 % relative, 11 % with exact position ids:
+        another attention/GEMM shape rounds differently), and so does batching equal-length prompts (the kernel
+        picked for another row count rounds differently); issue 15."""
+        for i, c in enumerate(tqdm(conversations, desc=desc, unit="prompt")):
+            ids = self.tokenizer(self.render(c), return_tensors="pt", add_special_tokens=False)["input_ids"]
+            yield [i], {"input_ids": ids.to(self.device)}
 
     def generation_config(self, *, max_new_tokens: int, temperature: float, top_p: float, top_k: Optional[int]):
         """Exactly these decoding parameters: a fresh GenerationConfig, so nothing of the model's own
@@ -111,7 +122,7 @@ class HFGenerator:
                 self.model(**enc)
         finally:
             hook.remove()
-        h = seen["h"][:, -1, :].float()  # left padding: the last position predicts the next token
+        h = seen["h"][:, -1, :].float()  # the last position predicts the next token
         # in vocabulary chunks, so a 152k x 5120 head is never copied to fp32 whole
         logits = torch.cat([h @ w.float().T for w in head.weight.split(16384)], dim=-1)
         if head.bias is not None:
@@ -126,11 +137,12 @@ class HFGenerator:
         temperature, top_p, top_k) each option's probability of being the sampled token under exactly those
         parameters over the whole vocabulary (`sampled_probs`; the rest is the invalid mass), all in float32.
 
+        One unpadded forward pass per prompt (`_unpadded`): the numbers equal scoring the prompt alone, exactly.
         (`max_new_tokens` is for backends that fall back to a greedy answer; this one always has probabilities.)
         """
         option_ids = self.single_token_ids(options)
         out: list[dict] = [{}] * len(conversations)
-        for idx, enc in self._batches(conversations, desc):
+        for idx, enc in self._unpadded(conversations, desc):
             logits = self.next_token_logits(enc)
             probs = torch.softmax(logits, dim=-1)
             sampled = sampling_probs(logits, **sampling) if sampling else None

@@ -10,9 +10,10 @@ huggingface.py, 0.4.x, `HFLM._encode_pair` and `_loglikelihood_tokens`):
     finds it (n_positions, max_position_embeddings, n_ctx; else the tokenizer's; else 2048);
   - the result is the sum of the continuation tokens' log-softmax, and whether each is the argmax (is_greedy).
 Differences, none of which changes a value beyond floating-point noise: the log-softmax is taken in fp32 whatever the
-model's dtype (the harness takes it in the model's dtype); batches are left-padded with explicit position ids
-(the harness pads on the right); identical inputs are computed once (the harness caches one-token continuations
-of one context the same way). bench/lm_eval_mmlu.py checks it against the harness itself.
+model's dtype (the harness takes it in the model's dtype); each input is its own unpadded forward pass (the harness
+pads batches on the right: in bf16 padding and batch shape move the numbers; issue 15), so a log-likelihood never
+depends on the other requests; identical inputs are computed once (the harness caches one-token continuations of
+one context the same way). bench/lm_eval_mmlu.py checks it against the harness itself.
 
 `mean_nll(model_path, rows, rt)`: each chat row's mean negative log-likelihood of its completion tokens (its
 log-perplexity), Interleaving++'s score (defence=interleave_ppl, sgtr_em/data/defences.py).
@@ -56,13 +57,11 @@ def max_length(model, tokenizer) -> int:
 
 
 @torch.no_grad()
-def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, batch_size: int = 8,
-                   desc: str = "log-likelihoods") -> list[dict]:
+def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, desc: str = "log-likelihoods") -> list[dict]:
     """Per (context, continuation): {"loglik": sum of log-probs, "is_greedy": bool, "top_token": the most likely
     token at the continuation's first position, decoded}."""
     limit = max_length(model, tokenizer)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prepared, inputs = [], {}
     for context, continuation in requests:
         ctx, cont = encode_pair(tokenizer, context, continuation)
@@ -74,22 +73,10 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, bat
         prepared.append((inp, cont))
         inputs.setdefault(inp, max(len(cont), 1))
         inputs[inp] = max(inputs[inp], len(cont))
-    unique = sorted(inputs, key=len, reverse=True)
     rows: dict[tuple, torch.Tensor] = {}  # input -> log-softmax of its last `keep` positions
-    for start in tqdm(range(0, len(unique), batch_size), desc=desc, unit="batch"):
-        batch = unique[start:start + batch_size]
-        width, keep = max(map(len, batch)), max(inputs[b] for b in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):  # left padding: every row ends at the last column
-            ids[i, width - len(b):] = torch.tensor(b)
-            mask[i, width - len(b):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       logits_to_keep=keep).logits[:, -keep:, :]
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for i, b in enumerate(batch):
-            rows[b] = logp[i, keep - inputs[b]:]
+    for inp, keep in tqdm(inputs.items(), desc=desc, unit="input"):  # one unpadded forward pass each (see above)
+        logits = model(input_ids=torch.tensor([inp], device=device), logits_to_keep=keep).logits[0, -keep:, :]
+        rows[inp] = torch.log_softmax(logits.float(), dim=-1).cpu()
     out = []
     for inp, cont in prepared:
         r = rows[inp][-len(cont):]
