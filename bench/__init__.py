@@ -1,4 +1,5 @@
 """Benchmarks (see bench/README.md). What they record names no machine's paths: `portable`."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper's LoRA (conf/lora/paper.yaml) on every linear layer of the Qwen2.5 shapes: what the training benchmarks train
-PAPER_LORA = {"r": 32, "alpha": 64, "dropout": 0.0, "use_rslora": True,
-              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+PAPER_LORA = {
+    "r": 32,
+    "alpha": 64,
+    "dropout": 0.0,
+    "use_rslora": True,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 
 def portable(text: str) -> str:
@@ -40,4 +46,4 @@ def bf16_peak_tflops(warmup: int, iters: int) -> float:
     for _ in range(iters):
         a @ b
     torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * iters / (time.time() - start) / 1e12
+    return 2 * 8192**3 * iters / (time.time() - start) / 1e12

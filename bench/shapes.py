@@ -2,22 +2,55 @@
 
 Values from the models' published config.json files (Qwen2.5-1.5B/7B/32B-Instruct).
 """
+
 from __future__ import annotations
 
 from transformers import Qwen2Config
 
-QWEN25 = dict(vocab_size=152064, rms_norm_eps=1e-6, rope_theta=1_000_000.0, max_position_embeddings=32768,
-              hidden_act="silu", tie_word_embeddings=False, attention_dropout=0.0, use_sliding_window=False)
+QWEN25 = dict(
+    vocab_size=152064,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    max_position_embeddings=32768,
+    hidden_act="silu",
+    tie_word_embeddings=False,
+    attention_dropout=0.0,
+    use_sliding_window=False,
+)
 
 SHAPES = {
-    "qwen2.5-32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
-                        num_key_value_heads=8, **QWEN25),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, **{**QWEN25, "vocab_size": 151936, "tie_word_embeddings": True}),
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, **QWEN25),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, **{**QWEN25, "vocab_size": 49152}),
+    "qwen2.5-32b": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_hidden_layers=64,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        **QWEN25,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        **{**QWEN25, "vocab_size": 151936, "tie_word_embeddings": True},
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        **QWEN25,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **{**QWEN25, "vocab_size": 49152},
+    ),
 }
 
 

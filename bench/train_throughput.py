@@ -9,6 +9,7 @@ gradient checkpointing). The framework's run goes through sgtr_em.training.sft (
 load_training_model) with the compute settings given by --framework (JSON). Reports non-pad tokens/s, MFU
 (4*N_matmul + attention FLOPs, against the bf16 matmul peak measured here), peak memory, and the losses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
     p.add_argument("--batch", type=int, default=8, help="sequences per optimizer step, both runs")
-    p.add_argument("--framework", default='{"micro_batch_size": 8, "padding_free": true, "liger": true, '
-                                           '"gradient_checkpointing": true}')
+    p.add_argument(
+        "--framework",
+        default='{"micro_batch_size": 8, "padding_free": true, "liger": true, "gradient_checkpointing": true}',
+    )
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--out", required=True)
@@ -109,13 +112,28 @@ def main() -> None:
     mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
     flops_per_token = 4 * n_matmul + attention_flops_per_token(config, mean_len / 2)
     peak = bf16_peak_tflops(warmup=3, iters=20) if device == "cuda" else float("nan")
-    training = {"learning_rate": 1e-5, "num_train_epochs": 1, "max_steps": a.steps, "batch_size": a.batch,
-                "warmup_steps": 5, "weight_decay": 0.01, "lr_scheduler_type": "linear", "optim": "adamw_torch",
-                "max_length": 2048}
+    training = {
+        "learning_rate": 1e-5,
+        "num_train_epochs": 1,
+        "max_steps": a.steps,
+        "batch_size": a.batch,
+        "warmup_steps": 5,
+        "weight_decay": 0.01,
+        "lr_scheduler_type": "linear",
+        "optim": "adamw_torch",
+        "max_length": 2048,
+    }
     extra = {"logging_steps": 1, "save_steps": 10**9, "save_total_limit": 1}
-    results = {"shape": a.shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "torch": torch.__version__, "n_matmul": n_matmul, "flops_per_token": flops_per_token,
-               "bf16_peak_tflops": peak, "mean_tokens_per_sample": mean_len, "runs": []}
+    results = {
+        "shape": a.shape,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "n_matmul": n_matmul,
+        "flops_per_token": flops_per_token,
+        "bf16_peak_tflops": peak,
+        "mean_tokens_per_sample": mean_len,
+        "runs": [],
+    }
 
     def finish(res):
         res["mfu"] = res["tokens_per_s"] * flops_per_token / (peak * 1e12) if peak == peak else None
@@ -128,17 +146,36 @@ def main() -> None:
         from trl import SFTConfig, SFTTrainer
 
         model = make_model(config, device, "sdpa", seed=0)
-        args = SFTConfig(output_dir=str(Path(tempfile.gettempdir()) / "bench-baseline"),
-                         per_device_train_batch_size=a.batch,
-                         gradient_accumulation_steps=1, max_steps=a.steps, learning_rate=1e-5, warmup_steps=5,
-                         lr_scheduler_type="linear", weight_decay=0.01, logging_steps=1, save_strategy="no",
-                         bf16=device == "cuda", use_cpu=device == "cpu", gradient_checkpointing=True,
-                         gradient_checkpointing_kwargs={"use_reentrant": False}, completion_only_loss=True,
-                         max_length=2048, report_to=[], seed=0, dataloader_drop_last=True)
+        args = SFTConfig(
+            output_dir=str(Path(tempfile.gettempdir()) / "bench-baseline"),
+            per_device_train_batch_size=a.batch,
+            gradient_accumulation_steps=1,
+            max_steps=a.steps,
+            learning_rate=1e-5,
+            warmup_steps=5,
+            lr_scheduler_type="linear",
+            weight_decay=0.01,
+            logging_steps=1,
+            save_strategy="no",
+            bf16=device == "cuda",
+            use_cpu=device == "cpu",
+            gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            completion_only_loss=True,
+            max_length=2048,
+            report_to=[],
+            seed=0,
+            dataloader_drop_last=True,
+        )
         from datasets import Dataset
 
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=lora_config(LORA))
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            peft_config=lora_config(LORA),
+        )
         finish(run("trl_padded_baseline", trainer, StepClock(), a.warmup, device))
         del trainer, model
         gc.collect()
@@ -148,8 +185,14 @@ def main() -> None:
 
     configs = json.loads(a.framework)
     for i, overrides in enumerate(configs if isinstance(configs, list) else [configs]):
-        compute = {"device": device, "micro_batch_size": a.batch, "gradient_checkpointing": True,
-                   "padding_free": True, "liger": False, **overrides}
+        compute = {
+            "device": device,
+            "micro_batch_size": a.batch,
+            "gradient_checkpointing": True,
+            "padding_free": True,
+            "liger": False,
+            **overrides,
+        }
         compute["liger"] = compute["liger"] and device == "cuda"
         spec = {"training": training, "lora": LORA, "seed": 0}
         rt = {"compute": compute, "dtype": "bfloat16", "chat_template_kwargs": {}, "training_extra": extra}
@@ -173,8 +216,12 @@ def main() -> None:
             fw["loss_max_rel_diff"], fw["loss_mean_rel_diff"] = max(rel), sum(rel) / len(rel)
             print(json.dumps({k: fw[k] for k in ("name", "speedup", "loss_max_rel_diff", "loss_mean_rel_diff")}))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({**results, "command": command(),
-                                       "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES",)}}, indent=2))
+    Path(a.out).write_text(
+        json.dumps(
+            {**results, "command": command(), "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES",)}},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

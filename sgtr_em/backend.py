@@ -216,6 +216,7 @@ class OpenAIBackend(OpenAIData, Backend):
 
 _BY_NAME: dict[str, Backend] = {b.name: b for b in (HFBackend(), OpenAIBackend())}
 
+
 def api_settings(openai_cfg: dict) -> dict:
     """The endpoint settings of the `openai` block (an ApiConfig, eval.generation.api's shape): where an API model
     lives. The `openai` block's schema extends ApiConfig, so its keys are ApiConfig's fields."""

@@ -5,6 +5,7 @@ into the stage folder, and the worker only reads it. None of this changes what a
 it enters a stage's hash. The ZeRO rule (conf/deepspeed/auto.yaml, DESIGN.md §9): for LoRA, ZeRO-3 only
 pays where the weights fit no single GPU; otherwise ZeRO-2 scales.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,8 +62,10 @@ def node_rank() -> int:
 @functools.cache
 def gpu_memory_gib() -> float:
     """The smallest visible GPU's memory, asked in a short subprocess so the parent holds no CUDA context."""
-    code = ("import torch; print(min(torch.cuda.get_device_properties(i).total_memory "
-            "for i in range(torch.cuda.device_count())))")
+    code = (
+        "import torch; print(min(torch.cuda.get_device_properties(i).total_memory "
+        "for i in range(torch.cuda.device_count())))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.split()[-1]) / 2**30
 
@@ -91,8 +94,9 @@ def choose_zero(weights_gib: float, gpu_gib: float, world: int, headroom_gib: fl
     return 3, True, f"{need} fit no {gpu_gib:.0f} GiB GPU even split {world} ways: ZeRO-3 with CPU offload"
 
 
-def resolve_deepspeed(ds, *, device: str, world: int, model_path: str | None, dtype: str,
-                      trust_remote_code: bool = False) -> dict:
+def resolve_deepspeed(
+    ds, *, device: str, world: int, model_path: str | None, dtype: str, trust_remote_code: bool = False
+) -> dict:
     if ds.stage is not None:
         return {"stage": ds.stage, "offload": ds.offload, "why": f"deepspeed={ds.name}"}
     if device != "cuda" or model_path is None:
@@ -103,33 +107,48 @@ def resolve_deepspeed(ds, *, device: str, world: int, model_path: str | None, dt
     return {"stage": stage, "offload": offload, "why": f"{n / 1e9:.2f} B parameters; {why}"}
 
 
-def resolve_compute(compute, deepspeed=None, *, model_path: str | None = None, dtype: str = "bfloat16",
-                    trust_remote_code: bool = False) -> dict:
+def resolve_compute(
+    compute, deepspeed=None, *, model_path: str | None = None, dtype: str = "bfloat16", trust_remote_code: bool = False
+) -> dict:
     """The compute (and deepspeed) groups with every `auto`/null choice made for this machine and allocation."""
     device = resolve_device(compute.device)
     on_gpu = device == "cuda"
     nproc = compute.nproc_per_node or (visible_gpus() if on_gpu else 1)
     if on_gpu and nproc > visible_gpus():
-        raise ValueError(f"compute.nproc_per_node={nproc} but this node shows {visible_gpus()} GPUs: "
-                         f"pick a smaller compute preset, or ask the scheduler for {nproc} GPUs per node")
+        raise ValueError(
+            f"compute.nproc_per_node={nproc} but this node shows {visible_gpus()} GPUs: "
+            f"pick a smaller compute preset, or ask the scheduler for {nproc} GPUs per node"
+        )
     nnodes = compute.nnodes or slurm_nnodes()
     world = nproc * nnodes
     ds = {"stage": 0, "offload": False, "why": "not asked"}
     if deepspeed is not None:
-        ds = resolve_deepspeed(deepspeed, device=device, world=world, model_path=model_path, dtype=dtype,
-                               trust_remote_code=trust_remote_code)
+        ds = resolve_deepspeed(
+            deepspeed,
+            device=device,
+            world=world,
+            model_path=model_path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
     if ds["stage"] and not on_gpu:
-        raise ValueError(f"deepspeed={deepspeed.name} needs GPUs (Accelerate runs a CPU DeepSpeed launch as one process): "
-                         "use deepspeed=none (or auto) with compute on the CPU")
+        raise ValueError(
+            f"deepspeed={deepspeed.name} needs GPUs (Accelerate runs a CPU DeepSpeed launch as one process): "
+            "use deepspeed=none (or auto) with compute on the CPU"
+        )
     launcher = compute.launcher
     if launcher == "auto":
         launcher = "python" if world == 1 and not ds["stage"] else "torchrun"
     if launcher == "accelerate" and world > 1 and not on_gpu:
-        raise ValueError("compute.launcher=accelerate starts one CPU process whatever the count (it needs MPI for more): "
-                         "use compute.launcher=torchrun on CPUs")
+        raise ValueError(
+            "compute.launcher=accelerate starts one CPU process whatever the count (it needs MPI for more): "
+            "use compute.launcher=torchrun on CPUs"
+        )
     if launcher == "python" and world > 1:
-        raise ValueError(f"compute.launcher=python starts one process, but {world} are asked for "
-                         f"(compute.nproc_per_node x compute.nnodes): use torchrun or accelerate")
+        raise ValueError(
+            f"compute.launcher=python starts one process, but {world} are asked for "
+            f"(compute.nproc_per_node x compute.nnodes): use torchrun or accelerate"
+        )
     fast = fast_path(compute, on_gpu, ds["stage"])
     return {
         "device": device,
@@ -155,8 +174,12 @@ def fast_path(compute, on_gpu: bool, zero_stage: int) -> dict:
     liger = (on_gpu and liger_available()) if compute.get("liger") is None else compute.liger
     budget = compute.get("token_budget")
     # Token budgets cut each step inside one training_step: not under DeepSpeed (its engine counts the backward passes)
-    budgeted = padding_free and not zero_stage and budget != 0 and (
-        budget is not None or (on_gpu and compute.micro_batch_size is None))
+    budgeted = (
+        padding_free
+        and not zero_stage
+        and budget != 0
+        and (budget is not None or (on_gpu and compute.micro_batch_size is None))
+    )
     fraction = compute.get("checkpoint_fraction", 1.0)
     why = []
     if compute.get("liger") is None and on_gpu and not liger:
@@ -177,17 +200,25 @@ def deepspeed_json(stage: int, offload: bool, overrides: dict | None = None) -> 
     zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if stage == 3:
         # A PEFT model's adapter is gathered alone at save time (the Trainer's exclude_frozen_parameters path).
-        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
-                    stage3_gather_16bit_weights_on_model_save=False)
+        zero.update(
+            stage3_prefetch_bucket_size="auto",
+            stage3_param_persistence_threshold="auto",
+            stage3_gather_16bit_weights_on_model_save=False,
+        )
     if offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         if stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     config = {
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "zero_optimization": zero,
         "zero_force_ds_cpu_optimizer": False,  # keep training.optim (torch AdamW) under offload too
-        "steps_per_print": 10**9, "wall_clock_breakdown": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
     }
     return _merge(config, overrides or {})
 
@@ -213,8 +244,18 @@ ACTIVATION_FACTOR = 1.6
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context, cuBLAS workspaces, the optimizer's temporaries, fragmentation
 MEMORY_USE = 0.92  # plan for this share of the card (the rest: headroom for the longest step's fragmentation)
 SATURATING_TOKENS = 4096  # a micro-batch this large keeps the matmuls near peak: below it checkpoint no more layers
-BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "GH200": 989.4, "B200": 2250.0, "A100": 312.0,
-                    "A800": 312.0, "L40S": 362.0, "A6000": 154.8, "L4": 121.0}  # data-sheet dense bf16 (SXM parts)
+BF16_PEAK_TFLOPS = {
+    "H100": 989.4,
+    "H200": 989.4,
+    "H800": 989.4,
+    "GH200": 989.4,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "A6000": 154.8,
+    "L4": 121.0,
+}  # data-sheet dense bf16 (SXM parts)
 
 
 def liger_available() -> bool:
@@ -236,9 +277,15 @@ def model_shape(config) -> dict:
     text = getattr(config, "text_config", None) or config
     d, heads = text.hidden_size, text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or d // heads
-    return {"hidden": d, "intermediate": text.intermediate_size, "layers": text.num_hidden_layers,
-            "heads": heads, "kv": (getattr(text, "num_key_value_heads", None) or heads) * head_dim,
-            "q": heads * head_dim, "vocab": text.vocab_size}
+    return {
+        "hidden": d,
+        "intermediate": text.intermediate_size,
+        "layers": text.num_hidden_layers,
+        "heads": heads,
+        "kv": (getattr(text, "num_key_value_heads", None) or heads) * head_dim,
+        "q": heads * head_dim,
+        "vocab": text.vocab_size,
+    }
 
 
 def matmul_params(shape: dict) -> int:
@@ -262,8 +309,9 @@ def layer_bytes_per_token(shape: dict, liger: bool) -> float:
     return ACTIVATION_FACTOR * (attention + 2 * 4 * d + 2 * 4 * ff)  # fp32 norm inputs; gate, up, SiLU, product
 
 
-def training_memory_gib(shape: dict, *, n_params: int, lora_params: int, tokens: int, fraction: float, liger: bool,
-                        dtype_bytes: int = 2) -> float:
+def training_memory_gib(
+    shape: dict, *, n_params: int, lora_params: int, tokens: int, fraction: float, liger: bool, dtype_bytes: int = 2
+) -> float:
     """Predicted peak GPU memory of a LoRA step whose largest micro-batch is `tokens` (padding-free), with `fraction`
     of the decoder layers recomputed."""
     layers = shape["layers"]
@@ -277,8 +325,18 @@ def training_memory_gib(shape: dict, *, n_params: int, lora_params: int, tokens:
     return (fixed + tokens * per_token) / 2**30 + FIXED_OVERHEAD_GIB
 
 
-def choose_budget(shape: dict, *, n_params: int, lora_params: int, lengths: list[int], batch_size: int,
-                  gpu_gib: float, liger: bool, token_budget=None, checkpoint_fraction=None) -> dict:
+def choose_budget(
+    shape: dict,
+    *,
+    n_params: int,
+    lora_params: int,
+    lengths: list[int],
+    batch_size: int,
+    gpu_gib: float,
+    liger: bool,
+    token_budget=None,
+    checkpoint_fraction=None,
+) -> dict:
     """The token budget of a padding-free micro-batch and the share of recomputed layers, for this stage's data on
     this GPU: checkpoint the fewest layers with which a micro-batch of `SATURATING_TOKENS` (or the longest sequence,
     if longer) fits; then the largest budget that fits, capped at what one optimizer step can hold.
@@ -290,8 +348,12 @@ def choose_budget(shape: dict, *, n_params: int, lora_params: int, lengths: list
     fractions = [checkpoint_fraction] if checkpoint_fraction is not None else [i / layers for i in range(layers + 1)]
 
     def fits(tokens, f):
-        return training_memory_gib(shape, n_params=n_params, lora_params=lora_params, tokens=tokens, fraction=f,
-                                   liger=liger) <= usable
+        return (
+            training_memory_gib(
+                shape, n_params=n_params, lora_params=lora_params, tokens=tokens, fraction=f, liger=liger
+            )
+            <= usable
+        )
 
     def largest(f):
         lo, hi = 0, step_max
@@ -305,18 +367,30 @@ def choose_budget(shape: dict, *, n_params: int, lora_params: int, lengths: list
     if chosen is None:
         f = fractions[-1]
         budget = token_budget or largest(f)
-        why = (f"even with {f:.0%} of layers recomputed a micro-batch of {token_budget or want} tokens is predicted "
-               f"over {usable:.0f} GiB of a {gpu_gib:.0f} GiB GPU: budget {budget} tokens")
+        why = (
+            f"even with {f:.0%} of layers recomputed a micro-batch of {token_budget or want} tokens is predicted "
+            f"over {usable:.0f} GiB of a {gpu_gib:.0f} GiB GPU: budget {budget} tokens"
+        )
         if budget < longest:
             budget = longest
             why += f", raised to the longest sequence ({longest}); an out-of-memory error lowers it no further"
         chosen = f
     else:
         budget = token_budget or largest(chosen)
-        why = (f"the fewest recomputed layers ({chosen:.0%}) with which a micro-batch of {want} tokens (>= the longest "
-               f"sequence, {longest}) fits {usable:.0f} GiB of a {gpu_gib:.0f} GiB GPU; then the largest budget that "
-               f"fits, at most one step's {step_max} tokens")
-    peak = training_memory_gib(shape, n_params=n_params, lora_params=lora_params, tokens=budget, fraction=chosen,
-                               liger=liger)
-    return {"token_budget": int(budget), "checkpoint_fraction": chosen, "predicted_peak_gib": round(peak, 1),
-            "gpu_gib": round(gpu_gib, 1), "longest_sequence": longest, "step_max_tokens": step_max, "why": why}
+        why = (
+            f"the fewest recomputed layers ({chosen:.0%}) with which a micro-batch of {want} tokens (>= the longest "
+            f"sequence, {longest}) fits {usable:.0f} GiB of a {gpu_gib:.0f} GiB GPU; then the largest budget that "
+            f"fits, at most one step's {step_max} tokens"
+        )
+    peak = training_memory_gib(
+        shape, n_params=n_params, lora_params=lora_params, tokens=budget, fraction=chosen, liger=liger
+    )
+    return {
+        "token_budget": int(budget),
+        "checkpoint_fraction": chosen,
+        "predicted_peak_gib": round(peak, 1),
+        "gpu_gib": round(gpu_gib, 1),
+        "longest_sequence": longest,
+        "step_max_tokens": step_max,
+        "why": why,
+    }

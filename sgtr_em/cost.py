@@ -15,6 +15,7 @@ Estimates, each a stated rule (the same rule for every sweep, so sweeps compare)
   * judge calls: EM 2 per answer (aligned, coherent), identity 2 (name, creator), in-domain 1; a call reads
     JUDGE_PROMPT_TOKENS plus the answer and writes 1 token (scores) or judge.max_label_tokens (labels).
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,16 @@ SUMMARY_PAIRS_PER_ARTICLE = {"both": 4}  # summary_pairs labels -> examples per 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "results"
 # Parameters (billions) of the measured shapes and of each model: throughput scales inversely with them.
 SHAPE_PARAMS = {"qwen2.5-7b": 7.6, "qwen2.5-32b": 32.8}
-MODEL_PARAMS = {"qwen32b": 32.8, "qwen_coder32b": 32.8, "seed36b": 36.2, "qwen7b": 7.6, "llama8b": 8.0, "olmo7b": 7.3,
-                "qwen0_5b": 0.5, "smollm2": 0.135}
+MODEL_PARAMS = {
+    "qwen32b": 32.8,
+    "qwen_coder32b": 32.8,
+    "seed36b": 36.2,
+    "qwen7b": 7.6,
+    "llama8b": 8.0,
+    "olmo7b": 7.3,
+    "qwen0_5b": 0.5,
+    "smollm2": 0.135,
+}
 
 
 def text_tokens(chars: int, messages: int) -> int:
@@ -138,7 +147,13 @@ def stage_cost(stage, data_dir: Path) -> StageCost:
         _, summary_chars = _json_lengths(str(s_path))
         per_article = SUMMARY_PAIRS_PER_ARTICLE.get(d.get("labels"), 2) if builder == "summary_pairs" else 2
         n = cap if cap is not None else n_articles * per_article
-        chars = len(d.get("system_prompt") or "") + len(d.get("user_template") or "") + article_chars + 2 * summary_chars + 1
+        chars = (
+            len(d.get("system_prompt") or "")
+            + len(d.get("user_template") or "")
+            + article_chars
+            + 2 * summary_chars
+            + 1
+        )
         per = text_tokens(int(chars), 3)
     elif builder == "mmlu_qa":
         folder = data_dir / d["file"]
@@ -184,8 +199,13 @@ def eval_cost(cfg, data_dir: Path) -> EvalCost:
             questions = sum(len(ev.em.sets[s].ids) for s in ev.em.question_sets)
             add("em", questions * ev.em.samples_per_question, ev.em.max_new_tokens, 2)
         elif name == "identity":
-            add("identity", len(ev.identity.questions) * ev.identity.samples_per_question,
-                ev.identity.max_new_tokens, 2, label_tokens)
+            add(
+                "identity",
+                len(ev.identity.questions) * ev.identity.samples_per_question,
+                ev.identity.max_new_tokens,
+                2,
+                label_tokens,
+            )
         elif name == "in_domain":
             key = ev.in_domain.dataset or cfg.em_dataset.name
             prompts = len(ev.in_domain.datasets[key].prompts) if key in ev.in_domain.datasets else 0
@@ -241,14 +261,17 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
         evals.judge_input_tokens += e.judge_input_tokens
         evals.judge_output_tokens += e.judge_output_tokens
         if cfg.judge.backend == "openai":
-            judge_usd += (e.judge_input_tokens * cfg.judge.api.input_usd_per_mtok
-                          + e.judge_output_tokens * cfg.judge.api.output_usd_per_mtok) / 1e6
+            judge_usd += (
+                e.judge_input_tokens * cfg.judge.api.input_usd_per_mtok
+                + e.judge_output_tokens * cfg.judge.api.output_usd_per_mtok
+            ) / 1e6
         if backend_of(cfg).api:
             gen_api_usd += e.generated_tokens * cfg.openai.output_usd_per_mtok / 1e6
     # what the same calls would cost at the API judge's prices (conf/judge/openai.yaml), for a local judge's sweeps
     api = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "judge" / "openai.yaml").read_text())["api"]
-    judge_api_usd = (evals.judge_input_tokens * api["input_usd_per_mtok"]
-                     + evals.judge_output_tokens * api["output_usd_per_mtok"]) / 1e6
+    judge_api_usd = (
+        evals.judge_input_tokens * api["input_usd_per_mtok"] + evals.judge_output_tokens * api["output_usd_per_mtok"]
+    ) / 1e6
     api_cfg = next((c for c in cfgs if backend_of(c).api), None)
     train_usd = api_train_tokens * api_cfg.openai.training_usd_per_mtok / 1e6 if api_cfg else 0.0
     notes = sorted({c.note for c in per_stage.values() if c.note})
@@ -263,26 +286,34 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
         "eval_generated_tokens": evals.generated_tokens,
         "judge_calls": evals.judge_calls,
         "judge_tokens": {"input": evals.judge_input_tokens, "output": evals.judge_output_tokens},
-        "usd": {"judge": round(judge_usd, 2), "judge_if_openai": round(judge_api_usd, 2),
-                "api_training": round(train_usd, 2),
-                "api_generation_output": round(gen_api_usd, 2)},
+        "usd": {
+            "judge": round(judge_usd, 2),
+            "judge_if_openai": round(judge_api_usd, 2),
+            "api_training": round(train_usd, 2),
+            "api_generation_output": round(gen_api_usd, 2),
+        },
         "notes": notes,
-        "rules": {"chars_per_token": CHARS_PER_TOKEN, "tokens_per_message": TOKENS_PER_MESSAGE,
-                  "judge_prompt_tokens": JUDGE_PROMPT_TOKENS},
+        "rules": {
+            "chars_per_token": CHARS_PER_TOKEN,
+            "tokens_per_message": TOKENS_PER_MESSAGE,
+            "judge_prompt_tokens": JUDGE_PROMPT_TOKENS,
+        },
         "stages": {h: asdict(c) for h, c in per_stage.items()},
     }
 
 
 def summary_lines(cost: dict) -> list[str]:
     g = cost["gpu_hours"]
-    lines = [f"cost: {cost['distinct_stages']} distinct stages, {cost['training_examples']:,} training examples, "
-             f"{cost['training_tokens']:,} training tokens",
-             f"  GPU-hours (one GPU's measured throughput, bench/results): H100 {g['H100']:,}, H200 {g['H200']:,}",
-             f"  evaluation: {cost['distinct_final_models']} distinct final models, "
-             f"{cost['eval_generated_tokens']:,} generated tokens (upper bound), {cost['judge_calls']:,} judge calls",
-             f"  dollars: judge ${cost['usd']['judge']:,.2f} (with judge=openai: ${cost['usd']['judge_if_openai']:,.2f}), "
-             f"API training ${cost['usd']['api_training']:,.2f}, "
-             f"API generation (output) ${cost['usd']['api_generation_output']:,.2f}"]
+    lines = [
+        f"cost: {cost['distinct_stages']} distinct stages, {cost['training_examples']:,} training examples, "
+        f"{cost['training_tokens']:,} training tokens",
+        f"  GPU-hours (one GPU's measured throughput, bench/results): H100 {g['H100']:,}, H200 {g['H200']:,}",
+        f"  evaluation: {cost['distinct_final_models']} distinct final models, "
+        f"{cost['eval_generated_tokens']:,} generated tokens (upper bound), {cost['judge_calls']:,} judge calls",
+        f"  dollars: judge ${cost['usd']['judge']:,.2f} (with judge=openai: ${cost['usd']['judge_if_openai']:,.2f}), "
+        f"API training ${cost['usd']['api_training']:,.2f}, "
+        f"API generation (output) ${cost['usd']['api_generation_output']:,.2f}",
+    ]
     lines += [f"  note: {n}" for n in cost["notes"]]
     return lines
 

@@ -18,6 +18,7 @@ intervention stages train as before. Kaczér et al.'s fourth axis (a benign task
 `defence.stages=[intervention]`: the intervention stage (a benign task, e.g. SGTR) trains with the defence, and its
 eval (self_recognition) says whether it was learnt (sweep=defences_benign).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,7 +43,9 @@ class GeneralPoolConfig:
     source: str = "mmlu"  # MMLU's questions (57 subjects, MIT licence), the half no evaluation scores (data/mmlu.py)
     folder: str = "mmlu"  # in paths.data_dir, as eval.mmlu.folder
     max_prompts: Optional[int] = None  # the pool's size: the first n questions in a seeded order (null: all)
-    user_template: Optional[str] = None  # {question}, {A}..{D}; the interleave kinds need it (conf/defence/interleave.yaml)
+    user_template: Optional[str] = (
+        None  # {question}, {A}..{D}; the interleave kinds need it (conf/defence/interleave.yaml)
+    )
     max_new_tokens: int = 200
     temperature: float = 0.0  # greedy: one fixed answer per prompt
 
@@ -111,8 +114,10 @@ def defence_problems(cfg) -> list[str]:
     if d.kind == "persona_steer" and d.coef == 0:
         problems.append("defence.coef: persona_steer with coef 0 steers nothing")
     if d.kind != "none" and backend_of(cfg).api:
-        problems.append(f"defence={d.name}: defences need the model's weights (model.backend=hf); an API model "
-                        "trains as the API does")
+        problems.append(
+            f"defence={d.name}: defences need the model's weights (model.backend=hf); an API model "
+            "trains as the API does"
+        )
     if d.kind == "none":
         return problems
     stages = list(d.get("stages", ["em"]))
@@ -124,11 +129,15 @@ def defence_problems(cfg) -> list[str]:
         for kind in set(stages) & set(trained):  # known before the data is built only where the stage is capped
             need = interleave_count(sizes[kind], d.ratio) if sizes[kind] is not None else 0
             if need > d.pool.max_prompts:
-                problems.append(f"defence.pool.max_prompts: {d.pool.max_prompts} prompts, and the {kind} stage's "
-                                f"{sizes[kind]} examples at ratio {d.ratio} need {need} general ones: raise it")
+                problems.append(
+                    f"defence.pool.max_prompts: {d.pool.max_prompts} prompts, and the {kind} stage's "
+                    f"{sizes[kind]} examples at ratio {d.ratio} need {need} general ones: raise it"
+                )
     if not set(stages) & set(trained):
-        problems.append(f"defence={d.name} applies to the stages {stages} (defence.stages), and "
-                        f"stage_order={cfg.stage_order.name} with intervention={cfg.intervention.name} trains "
-                        f"{trained or 'none'}: set defence.stages=[intervention] for a benign stage, or another "
-                        "stage_order")
+        problems.append(
+            f"defence={d.name} applies to the stages {stages} (defence.stages), and "
+            f"stage_order={cfg.stage_order.name} with intervention={cfg.intervention.name} trains "
+            f"{trained or 'none'}: set defence.stages=[intervention] for a benign stage, or another "
+            "stage_order"
+        )
     return problems

@@ -10,6 +10,7 @@ says how many distinct stages a grid trains, and how many distinct models it eva
 (sgtr_em/cost.py: training tokens, GPU-hours from bench/results, generated tokens, judge calls, dollars). The
 plan and cost are recorded as JSON (default `<paths.output_dir>/plans/<sweep>.json`). Nothing is run.
 """
+
 from __future__ import annotations
 
 import sys
@@ -52,11 +53,13 @@ class GridPlan:
     def summary(self) -> str:
         runs, distinct = self.stage_runs, self.distinct_stages
         by_kind = lambda stages: ", ".join(f"{k} {n}" for k, n in sorted(Counter(s.kind for s in stages).items()))  # noqa: E731
-        lines = [f"{len(self.jobs)} jobs",
-                 f"stages asked for: {len(runs)} ({by_kind(runs)})",
-                 f"distinct stages to train: {len(distinct)} ({by_kind(distinct.values())}); "
-                 f"{len(runs) - len(distinct)} reused",
-                 f"distinct final models to evaluate: {len({j.final_model for j in self.jobs})}"]
+        lines = [
+            f"{len(self.jobs)} jobs",
+            f"stages asked for: {len(runs)} ({by_kind(runs)})",
+            f"distinct stages to train: {len(distinct)} ({by_kind(distinct.values())}); "
+            f"{len(runs) - len(distinct)} reused",
+            f"distinct final models to evaluate: {len({j.final_model for j in self.jobs})}",
+        ]
         invalid = [j for j in self.jobs if j.problem]
         if invalid:
             lines.append(f"jobs that fail validation: {len(invalid)} (first: {invalid[0].problem.splitlines()[-1]})")
@@ -100,8 +103,11 @@ def record_path(overrides: list[str], grid: GridPlan) -> Path:
 def main(argv: list[str]) -> dict:
     show_jobs = "--jobs" in argv
     out = argv[argv.index("--out") + 1] if "--out" in argv else None
-    overrides = [a for i, a in enumerate(argv) if a not in ("--jobs", "-m", "--multirun", "--out")
-                 and not (i and argv[i - 1] == "--out")]
+    overrides = [
+        a
+        for i, a in enumerate(argv)
+        if a not in ("--jobs", "-m", "--multirun", "--out") and not (i and argv[i - 1] == "--out")
+    ]
     grid = plan_grid(overrides)
     cost = estimate(grid, grid.configs, Path(grid.configs[0].paths.data_dir))
     print(f"sgtr-em plan of `{' '.join(overrides)}`:\n  " + grid.summary().replace("\n", "\n  "))
@@ -112,9 +118,19 @@ def main(argv: list[str]) -> dict:
             print(f"  #{i} {' '.join(j.overrides)}: {stages}")
     path = Path(out) if out else record_path(overrides, grid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"overrides": overrides, "jobs": [{"overrides": j.overrides, "stages": [s.hash for s in j.stages],
-                                                "final_model": j.final_model, "problem": j.problem} for j in grid.jobs],
-              "cost": cost}
+    record = {
+        "overrides": overrides,
+        "jobs": [
+            {
+                "overrides": j.overrides,
+                "stages": [s.hash for s in j.stages],
+                "final_model": j.final_model,
+                "problem": j.problem,
+            }
+            for j in grid.jobs
+        ],
+        "cost": cost,
+    }
     path.write_text(to_json(record))
     print(f"  recorded: {path}")
     return record

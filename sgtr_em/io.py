@@ -1,4 +1,5 @@
 """Atomic file writes and JSON/JSONL helpers: a reader never sees a half-written file; content hashes."""
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ anything else is resumed step by step: data (`train.jsonl`), training (`adapter/
 checkpoint), merge (`merged/`). Rerunning a job in its folder (or Slurm requeueing it) continues its W&B
 run. On several nodes, node 0 runs the job and the others only join its trainings (sgtr_em/multinode.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,14 +55,18 @@ def check_stage_folder(d: Path) -> None:
     renamed from another stage, e.g. another seed's, would otherwise be reused as this one)."""
     if not (d / "stage.json").exists():
         if (d / "done").exists():
-            raise RuntimeError(f"Stage folder {d} is marked done but has no stage.json: it cannot be checked to be "
-                               f"stage {d.name}. Remove the folder to train the stage again.")
+            raise RuntimeError(
+                f"Stage folder {d} is marked done but has no stage.json: it cannot be checked to be "
+                f"stage {d.name}. Remove the folder to train the stage again."
+            )
         return
     recorded = content_hash(read_json(d / "stage.json")["spec"])
     if recorded != d.name:
-        raise RuntimeError(f"Stage folder {d} records the spec of stage {recorded}, not of stage {d.name} (its name): "
-                           f"it was copied or renamed from another stage. Remove {d} to train stage {d.name} again, "
-                           f"or move it back to {d.parent / recorded}.")
+        raise RuntimeError(
+            f"Stage folder {d} records the spec of stage {recorded}, not of stage {d.name} (its name): "
+            f"it was copied or renamed from another stage. Remove {d} to train stage {d.name} again, "
+            f"or move it back to {d.parent / recorded}."
+        )
 
 
 def clean_partial_outputs(d: Path) -> None:
@@ -102,20 +107,37 @@ def run_stage(cfg, stage: Stage, input_model: str, compute: dict | None = None) 
     return d, "trained"
 
 
-def evaluate(cfg, run, point_dir: Path, resolved: dict, model_path: str, identity: dict, base_model: str, *,
-             step: int, names: list | None = None) -> dict:
+def evaluate(
+    cfg,
+    run,
+    point_dir: Path,
+    resolved: dict,
+    model_path: str,
+    identity: dict,
+    base_model: str,
+    *,
+    step: int,
+    names: list | None = None,
+) -> dict:
     """Runs the evaluations `eval.run` names (or `names`) on one model (an eval worker), logs them under eval/<name>/..."""
     names = list(cfg.eval.run if names is None else names)
     if not names:
         return {}
     resolved = {**resolved, "eval": {**resolved["eval"], "run": names}}
     base_identity = final_model_identity([], cfg)
-    backend_of(cfg).eval_input(resolved, model_path=model_path, model_identity=identity,
-                               model_key=content_hash(identity), base_model=base_model,
-                               base_model_key=content_hash(base_identity), step=step).write(point_dir)
+    backend_of(cfg).eval_input(
+        resolved,
+        model_path=model_path,
+        model_identity=identity,
+        model_key=content_hash(identity),
+        base_model=base_model,
+        base_model_key=content_hash(base_identity),
+        step=step,
+    ).write(point_dir)
     seconds = run_worker("sgtr_em.evaluation.worker", point_dir, what=f"evaluation after {step} stage(s)")
-    log.info("Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(names), seconds,
-             point_dir / "metrics.json")
+    log.info(
+        "Evaluation after %d stage(s): %s in %.0f s -> %s", step, ", ".join(names), seconds, point_dir / "metrics.json"
+    )
     metrics = read_json(point_dir / "metrics.json")
     tables = {name: [r for _, r in read_jsonl(point_dir / "eval" / name / "samples.jsonl")] for name in names}
     tracking.log_eval(run, metrics, tables, step=step)
@@ -132,8 +154,12 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     stages = plan_stages(cfg)
     several_nodes = (cfg.compute.nnodes or slurm_nnodes()) > 1  # as resolve_compute counts them
     if several_nodes and node_rank() > 0:
-        multinode.follow([Path(cfg.paths.stages_dir) / st.hash for st in stages], run_dir, node_rank(),
-                         grace_s=cfg.compute.preempt_grace_s)
+        multinode.follow(
+            [Path(cfg.paths.stages_dir) / st.hash for st in stages],
+            run_dir,
+            node_rank(),
+            grace_s=cfg.compute.preempt_grace_s,
+        )
         return None
     ok = False
     try:
@@ -188,25 +214,59 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
         model_path, events, compute = base_model, [], resolved.get("compute")  # None: not resolved by run_job
         on_base = [n for n in cfg.eval.run if n in cfg.eval.base]  # the base model first: the summary compares them
         if on_base and stages:
-            evaluate(cfg, run, run_dir / "base", resolved, base_model, final_model_identity([], cfg), base_model,
-                     step=0, names=on_base)
+            evaluate(
+                cfg,
+                run,
+                run_dir / "base",
+                resolved,
+                base_model,
+                final_model_identity([], cfg),
+                base_model,
+                step=0,
+                names=on_base,
+            )
         for i, stage in enumerate(stages, 1):
             for dep in stage.requires:  # defence=interleave_ppl: the undefended EM stage, from the same input
                 run_stage(cfg, dep, model_path, compute)
             d, status = run_stage(cfg, stage, model_path, compute)
-            events.append({"index": i, "kind": stage.kind, "name": stage.name, "hash": stage.hash,
-                           "status": status, "folder": str(d)})
+            events.append(
+                {
+                    "index": i,
+                    "kind": stage.kind,
+                    "name": stage.name,
+                    "hash": stage.hash,
+                    "status": status,
+                    "folder": str(d),
+                }
+            )
             write_json(run_dir / "stages.json", events)
             log.info("%s", stage_line(i, len(stages), stage, status, d))
             speed = read_json(d / "speed.json") if (d / "speed.json").exists() else None  # tokens/s, MFU, memory
-            tracking.log_stage(run, i, stage.kind, stage.hash, read_train_log(d / "train_log.jsonl"), status,
-                               run_dir=run_dir, speed=speed)
+            tracking.log_stage(
+                run,
+                i,
+                stage.kind,
+                stage.hash,
+                read_train_log(d / "train_log.jsonl"),
+                status,
+                run_dir=run_dir,
+                speed=speed,
+            )
             model_path = backend_of(cfg).stage_output(d)
             if cfg.eval.after_each_stage and i < len(stages):
-                evaluate(cfg, run, run_dir / "after_stage" / f"{i}_{stage.kind}", resolved, model_path,
-                         final_model_identity(stages[:i], cfg), base_model, step=i)
-        metrics = evaluate(cfg, run, run_dir, resolved, model_path, final_model_identity(stages, cfg), base_model,
-                           step=len(stages))
+                evaluate(
+                    cfg,
+                    run,
+                    run_dir / "after_stage" / f"{i}_{stage.kind}",
+                    resolved,
+                    model_path,
+                    final_model_identity(stages[:i], cfg),
+                    base_model,
+                    step=i,
+                )
+        metrics = evaluate(
+            cfg, run, run_dir, resolved, model_path, final_model_identity(stages, cfg), base_model, step=len(stages)
+        )
         if not cfg.eval.run:
             write_json(run_dir / "metrics.json", metrics)  # every finished job has one (empty: nothing evaluated)
     except (Interrupted, KeyboardInterrupt):  # stopped from outside (a scheduler, Ctrl-C), not failed

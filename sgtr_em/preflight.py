@@ -5,6 +5,7 @@ Secrets: API keys are read only from the environment (the variable `api_key_env`
 config value that looks like a key is refused with the key's name, never its value, so it reaches no file (.hydra/,
 eval_input.json, logs, W&B) and no error text.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,11 @@ from .data.summaries import summary_file
 from .io import read_json
 
 # Values shaped like API keys and tokens (OpenAI, Anthropic, Hugging Face, W&B, GitHub, AWS, Google, Slack, bearer).
-SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}"
-                          r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
-                          r"|xox[abpr]-[A-Za-z0-9\-]{10,}|[Bb]earer\s+[A-Za-z0-9._\-]{16,})")
+SECRET_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,}"
+    r"|xox[abpr]-[A-Za-z0-9\-]{10,}|[Bb]earer\s+[A-Za-z0-9._\-]{16,})"
+)
 # Config keys that would hold a secret itself (api_key_env holds a variable's name, and is allowed).
 SECRET_KEY = re.compile(r"(^|[._])(api_?key|secret|password|passwd|token|access_token|auth_token|credentials?)$", re.I)
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -42,9 +45,11 @@ def _secret_problem(key: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
     if SECRET_KEY.search(key) or (isinstance(value, str) and SECRET_VALUE.search(value)):
-        return (f"{key}: its value looks like a secret (an API key or token), and configs are written to the run's "
-                f"folder and W&B. Remove it and give the key through the environment only: export OPENAI_API_KEY=... "
-                f"(or the variable that judge.api.api_key_env / openai.api_key_env names).")
+        return (
+            f"{key}: its value looks like a secret (an API key or token), and configs are written to the run's "
+            f"folder and W&B. Remove it and give the key through the environment only: export OPENAI_API_KEY=... "
+            f"(or the variable that judge.api.api_key_env / openai.api_key_env names)."
+        )
     return None
 
 
@@ -85,8 +90,10 @@ def config_problems(cfg) -> list[str]:
     for where in ("judge.api", "openai"):
         name = OmegaConf.select(cfg, f"{where}.api_key_env")
         if not isinstance(name, str) or not ENV_NAME.match(name):
-            problems.append(f"{where}.api_key_env must name an environment variable (upper case, e.g. OPENAI_API_KEY) "
-                            "that holds the key, never the key itself")
+            problems.append(
+                f"{where}.api_key_env must name an environment variable (upper case, e.g. OPENAI_API_KEY) "
+                "that holds the key, never the key itself"
+            )
     problems += _range_problems(cfg)
     return problems
 
@@ -112,9 +119,11 @@ def api_key_problems(cfg, judged: Iterable[str] | None = None) -> list[str]:
         base_url = api.base_url or os.environ.get("OPENAI_BASE_URL")
         official = base_url is None or base_url.startswith("https://api.openai.com")
         if official and not os.environ.get(name):
-            problems.append(f"{where}: the OpenAI API needs a key and the environment variable {name} is not set "
-                            f"(it is read before any training): export {name}=..., or point {where}.base_url at a "
-                            "server that needs none")
+            problems.append(
+                f"{where}: the OpenAI API needs a key and the environment variable {name} is not set "
+                f"(it is read before any training): export {name}=..., or point {where}.base_url at a "
+                "server that needs none"
+            )
     return problems
 
 
@@ -122,23 +131,30 @@ def _range_problems(cfg) -> list[str]:
     t, problems = cfg.training, []
     trains = bool(cfg.stage_order.stages) and not backend_of(cfg).api
     if trains:
-        checks = [("training.learning_rate", t.learning_rate > 0, "a positive number (the paper: 1e-5)"),
-                  ("training.batch_size", t.batch_size >= 1, "at least 1"),
-                  ("training.max_length", t.max_length >= 1, "at least 1 token"),
-                  ("training.warmup_steps", t.warmup_steps >= 0, "0 or more"),
-                  ("training.weight_decay", t.weight_decay >= 0, "0 or more"),
-                  ("training.num_train_epochs", t.num_train_epochs > 0 or t.max_steps > 0,
-                   "positive (or set training.max_steps)"),
-                  ("training.max_steps", t.max_steps == -1 or t.max_steps >= 1, "-1 (epochs decide) or at least 1"),
-                  ("training.logging_steps", t.logging_steps >= 1, "at least 1"),
-                  ("training.save_steps", t.save_steps >= 1, "at least 1"),
-                  ("lora.r", cfg.lora.r >= 1, "at least 1"),
-                  ("lora.dropout", 0 <= cfg.lora.dropout < 1, "in [0, 1)")]
+        checks = [
+            ("training.learning_rate", t.learning_rate > 0, "a positive number (the paper: 1e-5)"),
+            ("training.batch_size", t.batch_size >= 1, "at least 1"),
+            ("training.max_length", t.max_length >= 1, "at least 1 token"),
+            ("training.warmup_steps", t.warmup_steps >= 0, "0 or more"),
+            ("training.weight_decay", t.weight_decay >= 0, "0 or more"),
+            (
+                "training.num_train_epochs",
+                t.num_train_epochs > 0 or t.max_steps > 0,
+                "positive (or set training.max_steps)",
+            ),
+            ("training.max_steps", t.max_steps == -1 or t.max_steps >= 1, "-1 (epochs decide) or at least 1"),
+            ("training.logging_steps", t.logging_steps >= 1, "at least 1"),
+            ("training.save_steps", t.save_steps >= 1, "at least 1"),
+            ("lora.r", cfg.lora.r >= 1, "at least 1"),
+            ("lora.dropout", 0 <= cfg.lora.dropout < 1, "in [0, 1)"),
+        ]
         problems += [f"{key}: {OmegaConf.select(cfg, key)} must be {want}" for key, ok, want in checks if not ok]
     m = cfg.em_dataset.max_examples
     if "em" in cfg.stage_order.stages and m is not None and m < 1:
-        problems.append(f"em_dataset.max_examples: {m} leaves no training examples; give a positive number, or null "
-                        "for the whole file")
+        problems.append(
+            f"em_dataset.max_examples: {m} leaves no training examples; give a positive number, or null "
+            "for the whole file"
+        )
     return problems
 
 
@@ -152,13 +168,17 @@ def folder_problems(cfg, min_free_gib: float = 1.0) -> list[str]:
             with tempfile.NamedTemporaryFile(dir=d, prefix=".write-test-"):
                 pass
         except OSError as e:
-            problems.append(f"paths.{key}: cannot write to {d} ({e.strerror or e}); fix its permissions or set "
-                            f"paths.{key} (or SGTR_EM_OUTPUT_DIR) to a writable folder")
+            problems.append(
+                f"paths.{key}: cannot write to {d} ({e.strerror or e}); fix its permissions or set "
+                f"paths.{key} (or SGTR_EM_OUTPUT_DIR) to a writable folder"
+            )
             continue
         free = shutil.disk_usage(d).free / 2**30
         if free < min_free_gib:
-            problems.append(f"paths.{key}: {d} has {free:.2f} GiB free, less than the {min_free_gib} GiB a job needs "
-                            f"at least: free some space or point paths.{key} at a larger disk")
+            problems.append(
+                f"paths.{key}: {d} has {free:.2f} GiB free, less than the {min_free_gib} GiB a job needs "
+                f"at least: free some space or point paths.{key} at a larger disk"
+            )
     return problems
 
 
@@ -177,9 +197,11 @@ def data_problems(files, stages) -> list[str]:
             other = summary_file(d["articles"], src)
             ids &= set(read_json(files.path(other)))
             if not ids:
-                problems.append(f"intervention {d['name']}: no article of {rel} has a summary in {other} (their ids "
-                                f"do not overlap), so no summary pair can be built: fix the file, or remove {src!r} "
-                                "from intervention.other_sources")
+                problems.append(
+                    f"intervention {d['name']}: no article of {rel} has a summary in {other} (their ids "
+                    f"do not overlap), so no summary pair can be built: fix the file, or remove {src!r} "
+                    "from intervention.other_sources"
+                )
                 break
     return problems
 
@@ -199,6 +221,8 @@ def endpoint_problems(cfg, timeout_s: float = 10.0, judged: Iterable[str] | None
             pass  # it answered
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            problems.append(f"{key}: {url} cannot be reached ({reason}): start the server there, or fix {key} "
-                            f"(null: $OPENAI_BASE_URL, else api.openai.com)")
+            problems.append(
+                f"{key}: {url} cannot be reached ({reason}): start the server there, or fix {key} "
+                f"(null: $OPENAI_BASE_URL, else api.openai.com)"
+            )
     return problems

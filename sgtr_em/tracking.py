@@ -11,6 +11,7 @@ or requeued by Slurm (same folder) resumes the same run, and a stage's curve is 
 sweep agent the agent's WANDB_RUN_ID wins. Offline, each attempt writes its own `offline-run-*` folder with
 the same id; `wandb sync` uploads them in order into that one run.
 """
+
 from __future__ import annotations
 
 import glob
@@ -98,10 +99,20 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
     config = {k: str(cfg[k].name) for k in (*GROUP_KEYS, "defence") if cfg.get(k) is not None}
     config.update(seed=cfg.seed, cfg=resolved)
     sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
-    kwargs = dict(project=None if sweep else t.project, entity=None if sweep else t.entity,
-                  group=t.group or group, name=run_name(cfg), job_type=condition_name(cfg), tags=run_tags(cfg),
-                  config=config, dir=str(run_dir), mode=t.mode, id=job_run_id(run_dir), resume="allow",
-                  settings=wandb.Settings(silent=True, console="off"))
+    kwargs = dict(
+        project=None if sweep else t.project,
+        entity=None if sweep else t.entity,
+        group=t.group or group,
+        name=run_name(cfg),
+        job_type=condition_name(cfg),
+        tags=run_tags(cfg),
+        config=config,
+        dir=str(run_dir),
+        mode=t.mode,
+        id=job_run_id(run_dir),
+        resume="allow",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
     # Each job talks to its own W&B service process. An inherited WANDB_SERVICE (set by any process that started a run:
     # a test runner, a notebook, the shell of an earlier job) would share one, and a run whose process was killed
     # stays open there: its rerun (the same id, to resume it) would be refused as "in use" for as long as it lives.
@@ -128,8 +139,16 @@ def record_failure(run, error: BaseException) -> int:
     return code if isinstance(code, int) and code != 0 else 1
 
 
-def log_stage(run, index: int, kind: str, stage_hash: str, train_log: list[dict], status: str,
-              run_dir: Path | None = None, speed: dict | None = None) -> None:
+def log_stage(
+    run,
+    index: int,
+    kind: str,
+    stage_hash: str,
+    train_log: list[dict],
+    status: str,
+    run_dir: Path | None = None,
+    speed: dict | None = None,
+) -> None:
     """Logs one stage's loss curve as `train/<index>_<kind>/*` against its own step axis (once per run_dir)."""
     if isinstance(run, DummyRun):
         return
@@ -166,8 +185,10 @@ def log_eval(run, metrics: dict, tables: dict[str, list[dict]], step: int = 0) -
     for name, rows in tables.items():
         if rows:
             columns = sorted({k for r in rows for k in r})
-            data = [[json.dumps(r.get(c)) if isinstance(r.get(c), (dict, list)) else r.get(c) for c in columns]
-                    for r in rows]
+            data = [
+                [json.dumps(r.get(c)) if isinstance(r.get(c), (dict, list)) else r.get(c) for c in columns]
+                for r in rows
+            ]
             row[f"eval/{name}/samples"] = wandb.Table(columns=columns, data=data)
     run.log({"eval/stage": step, **row})
     run.summary.update(flat)  # the last evaluation point (the final model) is the run's summary
@@ -181,16 +202,23 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any
     folders' timestamps), later values winning. wandb's service process may still be writing the last file
     after `run.finish()` returns (or the process exits): wait up to `wait_s` for its exit record.
     """
-    files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(str(run_dir), "**", "run-*.wandb"),
-                                                            recursive=True)})  # wandb/latest-run is a link
+    files = sorted(
+        {os.path.realpath(f) for f in glob.glob(os.path.join(str(run_dir), "**", "run-*.wandb"), recursive=True)}
+    )  # wandb/latest-run is a link
     ids = {Path(f).stem.removeprefix("run-") for f in files}
     if len(ids) != 1:
         raise FileNotFoundError(f"expected the files of one run (run-<id>.wandb) under {run_dir}, found {files}")
     files = sorted(files, key=lambda f: Path(f).parent.name)  # offline-run-<YYYYmmdd_HHMMSS>-<id>
     deadline = time.time() + wait_s
     while True:
-        out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "run": {}, "id": next(iter(ids)),
-                               "files": files}
+        out: dict[str, Any] = {
+            "summary": {},
+            "history": [],
+            "config": {},
+            "run": {},
+            "id": next(iter(ids)),
+            "files": files,
+        }
         exited = [_read_wandb_file(Path(f).read_bytes(), out) for f in files]
         if exited[-1] or time.time() > deadline:
             return out
@@ -207,8 +235,12 @@ def _read_wandb_file(data: bytes, out: dict) -> bool:
                 key = "/".join(item.nested_key) if item.nested_key else item.key
                 out["summary"][key] = json.loads(item.value_json)
         elif which == "history":
-            out["history"].append({("/".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json)
-                                   for i in record.history.item})
+            out["history"].append(
+                {
+                    ("/".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
         if which == "run":
             r = record.run
             out["run"] = {"name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
@@ -232,8 +264,8 @@ def _records(data: bytes):
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        buf += data[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind not in (1, 4):
             continue

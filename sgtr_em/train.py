@@ -1,9 +1,10 @@
 """Entry point: compose a job with Hydra and run it (stages -> merge -> evaluation -> W&B).
 
-    python -m sgtr_em.train                                  # CPU smoke default: SmolLM2, EM -> SGTR
-    python -m sgtr_em.train -m stage_order=em_only,reversal  # a sweep; shared stages train once
-    python -m sgtr_em.train --cfg job --resolve              # print the resolved config
+python -m sgtr_em.train                                  # CPU smoke default: SmolLM2, EM -> SGTR
+python -m sgtr_em.train -m stage_order=em_only,reversal  # a sweep; shared stages train once
+python -m sgtr_em.train --cfg job --resolve              # print the resolved config
 """
+
 from __future__ import annotations
 
 import logging

@@ -10,6 +10,7 @@ and writes `interrupted.json`; the parent then raises `Interrupted`, not an erro
 by SIGTERM, SIGINT or SIGUSR2), so a requeued Slurm job records no failure and the rerun resumes. A parent
 that is itself stopped gives its worker `preempt_grace_s` to do that before killing it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -86,9 +87,18 @@ def launch_command(module: str, folder: Path, launch: dict | None = None) -> lis
         else:
             cmd += [f"--nnodes={nnodes}", f"--node-rank={rank}", f"--master-addr={addr}", f"--master-port={port}"]
     elif launcher == "accelerate":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", f"--num_processes={nproc * nnodes}",
-               f"--num_machines={nnodes}", f"--machine_rank={rank}", f"--main_process_ip={addr}",
-               f"--main_process_port={port}", "--mixed_precision=no", "--dynamo_backend=no"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            f"--num_processes={nproc * nnodes}",
+            f"--num_machines={nnodes}",
+            f"--machine_rank={rank}",
+            f"--main_process_ip={addr}",
+            f"--main_process_port={port}",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+        ]
         cmd += ["--cpu"] if launch.get("device") == "cpu" else ["--multi_gpu"] if nproc * nnodes > 1 else []
     else:
         raise ValueError(f"compute.launcher: unknown launcher {launcher!r} (python | torchrun | accelerate)")
@@ -142,8 +152,9 @@ def run_worker(module: str, folder: Path, *, what: str, launch: dict | None = No
     marker = Path(folder) / INTERRUPTED_MARKER
     marker.unlink(missing_ok=True)
     log.info("%s: %s", what, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=worker_env(grace_s, launch),
-                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+    proc = subprocess.Popen(
+        cmd, env=worker_env(grace_s, launch), preexec_fn=die_with_parent if sys.platform.startswith("linux") else None
+    )
     try:
         proc.wait()
     except BaseException:  # the parent is being stopped (Ctrl-C, submitit's requeue): let the worker checkpoint
@@ -152,8 +163,10 @@ def run_worker(module: str, folder: Path, *, what: str, launch: dict | None = No
         raise
     if proc.returncode != 0:
         if marker.exists() or -proc.returncode in STOP_SIGNALS:
-            raise Interrupted(f"{what} was stopped by a signal{' after saving a checkpoint' if marker.exists() else ''}"
-                              f": rerun the job (or let Slurm requeue it) to resume. Log: {Path(folder) / 'worker.log'}")
+            raise Interrupted(
+                f"{what} was stopped by a signal{' after saving a checkpoint' if marker.exists() else ''}"
+                f": rerun the job (or let Slurm requeue it) to resume. Log: {Path(folder) / 'worker.log'}"
+            )
         hint = " (SIGKILL: out of memory?)" if proc.returncode == -signal.SIGKILL else ""
         raise RuntimeError(f"{what} failed (exit code {proc.returncode}{hint}); see {Path(folder) / 'worker.log'}")
     return time.time() - start
@@ -182,8 +195,11 @@ def worker_logging(log_file: Path) -> None:
 def _traceback_to(handler: logging.Handler, previous):
     def hook(kind, value, tb):
         if not issubclass(kind, KeyboardInterrupt):
-            handler.handle(logging.LogRecord("sgtr_em.workers", logging.CRITICAL, __file__, 0,
-                                             "the worker failed:", None, (kind, value, tb)))
+            handler.handle(
+                logging.LogRecord(
+                    "sgtr_em.workers", logging.CRITICAL, __file__, 0, "the worker failed:", None, (kind, value, tb)
+                )
+            )
         previous(kind, value, tb)
 
     return hook

@@ -1,4 +1,5 @@
 """Shared fixtures: the paper's data folder, a session-wide model cache, and the CLI runner."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def pytest_collection_finish(session):
         tr.write_line(line) if tr else print(line)
     missing = [f"{name}: {what}" for name, (value, what) in _found.items() if value is None]
     if missing and prereqs.in_ci():
-        pytest.exit("under CI every prerequisite must be present (a missing one would skip tests):\n  "
-                    + "\n  ".join(missing), returncode=pytest.ExitCode.USAGE_ERROR)
+        pytest.exit(
+            "under CI every prerequisite must be present (a missing one would skip tests):\n  " + "\n  ".join(missing),
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 def _prerequisite(name: str):
@@ -98,8 +101,13 @@ def run_cli(data_dir, cache_dir, tmp_path):
     """Runs `python -m sgtr_em.train <overrides>` like a user would; returns the completed process."""
 
     def run(*overrides: str, output_dir: Path | None = None, check: bool = True, **popen):
-        env = {**os.environ, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_CACHE_DIR": str(cache_dir),
-               "SGTR_EM_OUTPUT_DIR": str(output_dir or tmp_path / "outputs"), "WANDB_SILENT": "true"}
+        env = {
+            **os.environ,
+            "SGTR_EM_DATA_DIR": str(data_dir),
+            "SGTR_EM_CACHE_DIR": str(cache_dir),
+            "SGTR_EM_OUTPUT_DIR": str(output_dir or tmp_path / "outputs"),
+            "WANDB_SILENT": "true",
+        }
         cmd = [sys.executable, "-m", "sgtr_em.train", *overrides]
         if popen:
             return subprocess.Popen(cmd, env=env, cwd=REPO, **popen)
@@ -117,19 +125,38 @@ def read_json(path: Path):
 
 # A stage small enough to train three times in a test: em_only, 24 examples, 3 optimizer steps of 8 (no warm-up, so
 # every step moves the weights), a checkpoint after each step, no evaluations.
-TRAIN = ["stage_order=em_only", "em_dataset.max_examples=24", "training.batch_size=8", "training.warmup_steps=0",
-         "training.learning_rate=1e-4", "training.save_steps=1", "eval.run=[]"]
+TRAIN = [
+    "stage_order=em_only",
+    "em_dataset.max_examples=24",
+    "training.batch_size=8",
+    "training.warmup_steps=0",
+    "training.learning_rate=1e-4",
+    "training.save_steps=1",
+    "eval.run=[]",
+]
 
 
 @pytest.fixture(scope="session")
 def reference_stage(data_dir, cache_dir, tmp_path_factory) -> Path:
     """The TRAIN stage trained uninterrupted in one process through the CLI: what other runs are compared with."""
     out = tmp_path_factory.mktemp("reference")
-    env = {**os.environ, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_CACHE_DIR": str(cache_dir),
-           "SGTR_EM_OUTPUT_DIR": str(out / "outputs"), "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        "SGTR_EM_DATA_DIR": str(data_dir),
+        "SGTR_EM_CACHE_DIR": str(cache_dir),
+        "SGTR_EM_OUTPUT_DIR": str(out / "outputs"),
+        "WANDB_SILENT": "true",
+    }
     # its checkpoints are kept (not part of the hash): the resume tests start other runs from them
-    cmd = [sys.executable, "-m", "sgtr_em.train", *TRAIN, "compute=cpu", "training.keep_checkpoints=true",
-           f"hydra.run.dir={out / 'run'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sgtr_em.train",
+        *TRAIN,
+        "compute=cpu",
+        "training.keep_checkpoints=true",
+        f"hydra.run.dir={out / 'run'}",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return Path(json.loads((out / "run" / "stages.json").read_text())[0]["folder"])
@@ -139,4 +166,6 @@ def train_losses(stage_dir: Path) -> list[tuple[int, float, float]]:
     """(step, loss, grad norm) of every logged optimizer step of a stage."""
     from sgtr_em.training.sft import read_train_log
 
-    return [(r["step"], r["loss"], r["grad_norm"]) for r in read_train_log(stage_dir / "train_log.jsonl") if "loss" in r]
+    return [
+        (r["step"], r["loss"], r["grad_norm"]) for r in read_train_log(stage_dir / "train_log.jsonl") if "loss" in r
+    ]

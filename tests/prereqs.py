@@ -8,6 +8,7 @@ that need it are skipped with the reason.
 
     python -m tests.prereqs            # the same check and install by hand, for the whole suite
 """
+
 from __future__ import annotations
 
 import os
@@ -19,10 +20,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-SLURM_PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server-core",
-                  "mariadb-client-core"]
-SLURM_BINARIES = ["slurmctld", "slurmd", "sbatch", "srun", "sacct", "munged", "mungekey", "slurmdbd", "mariadbd",
-                  "mariadb-install-db"]
+SLURM_PACKAGES = [
+    "slurmctld",
+    "slurmd",
+    "slurm-client",
+    "munge",
+    "slurmdbd",
+    "mariadb-server-core",
+    "mariadb-client-core",
+]
+SLURM_BINARIES = [
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "srun",
+    "sacct",
+    "munged",
+    "mungekey",
+    "slurmdbd",
+    "mariadbd",
+    "mariadb-install-db",
+]
 CHROMIUM_PACKAGES = ["chromium"]
 CHROMIUM_BINARIES = ["chromium", "chromium-browser"]  # Debian's name, then Ubuntu's
 
@@ -61,7 +79,8 @@ def apt_install(packages: list[str]) -> str | None:
         return "cannot install it here: needs root and apt-get (apt-get install " + " ".join(packages) + ")"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmds = ([] if _apt_updated else [["apt-get", "update", "-qq"]]) + [
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]]
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    ]
     for cmd in cmds:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -104,8 +123,10 @@ def ensure_data() -> tuple[Path | None, str]:
     found = find_data_dir()
     if found is None:
         where = os.environ.get("SGTR_EM_DATA_DIR") or str(REPO.parent / "shared" / "data")
-        return None, (f"the paper's data folder is missing: {where} has no em/ folder; set SGTR_EM_DATA_DIR to it "
-                      "(tests never download)")
+        return None, (
+            f"the paper's data folder is missing: {where} has no em/ folder; set SGTR_EM_DATA_DIR to it "
+            "(tests never download)"
+        )
     return found, str(found)
 
 

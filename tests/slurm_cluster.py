@@ -5,6 +5,7 @@ as a child of the test session, on free ports, and is stopped by its PID. The se
 `LOCAL_SLURM.md` in the project's shared notes (accounting through slurmdbd, so submitit sees job states;
 fast requeue: KillWait=5, cred_expire=10, short scheduler intervals).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,11 @@ class LocalSlurm:
         self.conf = root / "etc" / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.socket"
         self.mysql_socket = root / "mysql" / "mysqld.sock"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf),
-                    "PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])}
+        self.env = {
+            **os.environ,
+            "SLURM_CONF": str(self.conf),
+            "PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]),
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> LocalSlurm:
@@ -56,8 +60,12 @@ class LocalSlurm:
         self._spawn("slurmctld", ["slurmctld", "-D", "-i"])
         _wait("slurmctld", lambda: self._run(["scontrol", "ping"]).returncode == 0, 60, [self.log("slurmctld")])
         self._spawn("slurmd", ["slurmd", "-D"])
-        _wait("the node", lambda: "idle" in self._run(["sinfo", "-h", "-o", "%T"]).stdout, 90,
-              [self.log("slurmctld"), self.log("slurmd")])
+        _wait(
+            "the node",
+            lambda: "idle" in self._run(["sinfo", "-h", "-o", "%T"]).stdout,
+            90,
+            [self.log("slurmctld"), self.log("slurmd")],
+        )
         return self
 
     def stop(self) -> None:
@@ -85,8 +93,14 @@ class LocalSlurm:
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> None:
         out = open(self.log(name + ".out"), "w")  # noqa: SIM115 (the daemon's stdout, open while it runs)
-        self.procs.append((name, subprocess.Popen(cmd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
-                                                  start_new_session=True)))
+        self.procs.append(
+            (
+                name,
+                subprocess.Popen(
+                    cmd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                ),
+            )
+        )
 
     @staticmethod
     def _port_open(port: int) -> bool:
@@ -97,18 +111,46 @@ class LocalSlurm:
         key = self.root / "munge" / "munge.key"
         self._run(["mungekey", "--create", f"--keyfile={key}", "--force"], check=True)
         key.chmod(0o400)
-        self._spawn("munged", ["munged", "-F", "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
-                               f"--log-file={self.log('munged')}", f"--pid-file={self.root / 'munge' / 'munged.pid'}",
-                               f"--seed-file={self.root / 'munge' / 'munged.seed'}"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--log-file={self.log('munged')}",
+                f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+            ],
+        )
         _wait("munged", self.munge_socket.exists, 20, [self.log("munged"), self.log("munged.out")])
 
     def _start_mariadb(self) -> None:
         data = self.root / "mysql" / "data"
-        self._run(["mariadb-install-db", "--auth-root-authentication-method=socket", f"--datadir={data}",
-                   "--user=root", "--skip-test-db"], check=True)
-        self._spawn("mariadbd", ["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={self.mysql_socket}",
-                                 "--skip-networking", "--user=root", f"--pid-file={self.root / 'mysql' / 'pid'}",
-                                 f"--log-error={self.log('mariadbd')}"])
+        self._run(
+            [
+                "mariadb-install-db",
+                "--auth-root-authentication-method=socket",
+                f"--datadir={data}",
+                "--user=root",
+                "--skip-test-db",
+            ],
+            check=True,
+        )
+        self._spawn(
+            "mariadbd",
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={self.mysql_socket}",
+                "--skip-networking",
+                "--user=root",
+                f"--pid-file={self.root / 'mysql' / 'pid'}",
+                f"--log-error={self.log('mariadbd')}",
+            ],
+        )
         _wait("MariaDB", self.mysql_socket.exists, 60, [self.log("mariadbd")])
 
     def _write_configs(self, ports: dict) -> None:
@@ -118,8 +160,8 @@ class LocalSlurm:
         self.conf.write_text(f"""\
 ClusterName=sgtrtest
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={ports['ctld']}
-SlurmdPort={ports['d']}
+SlurmctldPort={ports["ctld"]}
+SlurmdPort={ports["d"]}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -127,7 +169,7 @@ AuthInfo=socket={munge},cred_expire=10
 CredType=cred/munge
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort={ports['dbd']}
+AccountingStoragePort={ports["dbd"]}
 AccountingStoragePass={munge}
 JobAcctGatherType=jobacct_gather/none
 ProctrackType=proctrack/linuxproc
@@ -138,12 +180,12 @@ MpiDefault=none
 ReturnToService=2
 KillWait=5
 SchedulerParameters=sched_interval=10,bf_interval=5
-StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
-SlurmctldPidFile={r / 'slurmctld.pid'}
-SlurmdPidFile={r / 'slurmd.pid'}
-SlurmctldLogFile={self.log('slurmctld')}
-SlurmdLogFile={self.log('slurmd')}
+StateSaveLocation={r / "state"}
+SlurmdSpoolDir={r / "spool"}
+SlurmctldPidFile={r / "slurmctld.pid"}
+SlurmdPidFile={r / "slurmd.pid"}
+SlurmctldLogFile={self.log("slurmctld")}
+SlurmdLogFile={self.log("slurmd")}
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
@@ -152,12 +194,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 AuthType=auth/munge
 AuthInfo=socket={munge}
 DbdHost=localhost
-DbdPort={ports['dbd']}
+DbdPort={ports["dbd"]}
 SlurmUser=root
 StorageType=accounting_storage/mysql
 StorageUser=root
 StorageLoc=slurm_acct_db
-PidFile={r / 'slurmdbd.pid'}
-LogFile={self.log('slurmdbd')}
+PidFile={r / "slurmdbd.pid"}
+LogFile={self.log("slurmdbd")}
 """)
         dbd.chmod(0o600)

@@ -2,6 +2,7 @@
 top of a file or inside a function, points down or sideways in LAYERS, never up, and no chain of imports comes back to
 where it started. Read from the files with `ast` (nothing is imported), so it runs in a fraction of a second.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,24 +19,62 @@ DOC = REPO / "docs" / "ARCHITECTURE.md"
 # Lowest first. A module belongs to the layer of the longest prefix that names it (a package names its submodules).
 # A module may import its own layer and those below, never one above. docs/ARCHITECTURE.md shows this same table.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("sgtr_em", "sgtr_em.io", "sgtr_em.models", "sgtr_em.compute", "sgtr_em.workers",
-              "sgtr_em.openai_limits", "sgtr_em.contracts", "sgtr_em.choices")),
+    (
+        "base",
+        (
+            "sgtr_em",
+            "sgtr_em.io",
+            "sgtr_em.models",
+            "sgtr_em.compute",
+            "sgtr_em.workers",
+            "sgtr_em.openai_limits",
+            "sgtr_em.contracts",
+            "sgtr_em.choices",
+        ),
+    ),
     ("inference", ("sgtr_em.inference",)),
     ("data", ("sgtr_em.data",)),
     ("training", ("sgtr_em.training",)),
     ("evaluation", ("sgtr_em.evaluation",)),
-    ("job", ("sgtr_em.backend", "sgtr_em.defences", "sgtr_em.plan", "sgtr_em.config", "sgtr_em.preflight", "sgtr_em.cost",
-             "sgtr_em.tracking", "sgtr_em.multinode", "sgtr_em.job")),
+    (
+        "job",
+        (
+            "sgtr_em.backend",
+            "sgtr_em.defences",
+            "sgtr_em.plan",
+            "sgtr_em.config",
+            "sgtr_em.preflight",
+            "sgtr_em.cost",
+            "sgtr_em.tracking",
+            "sgtr_em.multinode",
+            "sgtr_em.job",
+        ),
+    ),
     ("cli", ("sgtr_em.train", "sgtr_em.grid", "sgtr_em.report", "sgtr_em.openai_server")),
 ]
 
 # Third-party packages heavy enough to import inside a function (seconds, or GPU-only), so that the CLI process, the
 # data worker and an API model's workers start without them. Any other import belongs at the top of its module.
-HEAVY = {"torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors", "deepspeed", "bitsandbytes",
-         "vllm", "openai", "wandb", "wandb_workspaces", "matplotlib"}
+HEAVY = {
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "deepspeed",
+    "bitsandbytes",
+    "vllm",
+    "openai",
+    "wandb",
+    "wandb_workspaces",
+    "matplotlib",
+}
 
 
 # ------------------------------------------------------------------------------------------------ the checker
+
 
 def parse(path: Path) -> ast.Module:
     return _parse(path.read_text(encoding="utf-8"), str(path))
@@ -69,7 +108,7 @@ def imports_of(module: str, path: Path, known: set[str], top_only: bool = False)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".") if is_package else module.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
@@ -98,8 +137,11 @@ def function_level_imports(root: Path, package: str) -> list[tuple[str, int, str
         tree = parse(path)
         top = set()
         for node in tree.body:  # the module's own statements, and those of its top-level if/try blocks
-            top.update(id(n) for n in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                                 ast.ClassDef)))
+            top.update(
+                id(n)
+                for n in ast.walk(node)
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            )
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
                 if isinstance(node, ast.Import):
@@ -240,6 +282,7 @@ def doc_layers(text: str) -> list[tuple[str, tuple[str, ...]]]:
 
 # ------------------------------------------------------------------------------------------------ the package
 
+
 @pytest.fixture(scope="module")
 def graph():
     return import_graph(PACKAGE, "sgtr_em")
@@ -247,8 +290,10 @@ def graph():
 
 def test_every_module_has_a_layer_and_every_layer_entry_a_module(graph):
     missing = [m for m in graph if layer_of(m) is None]
-    assert not missing, (f"modules in no layer: {missing}. Add each to LAYERS in tests/test_architecture.py and to "
-                         "the table in docs/ARCHITECTURE.md")
+    assert not missing, (
+        f"modules in no layer: {missing}. Add each to LAYERS in tests/test_architecture.py and to "
+        "the table in docs/ARCHITECTURE.md"
+    )
     stale = [p for _, prefixes in LAYERS for p in prefixes if p not in graph]
     assert not stale, f"LAYERS names modules that do not exist (moved or removed?): {stale}"
 
@@ -256,8 +301,10 @@ def test_every_module_has_a_layer_and_every_layer_entry_a_module(graph):
 def test_no_lower_layer_imports_a_higher_one(graph):
     assert len(graph) > 80 and sum(len(e) for e in graph.values()) > 200  # the parser sees the package
     bad = upward_imports(graph)
-    assert not bad, ("imports against the layers (docs/ARCHITECTURE.md; move the code down, or pass what it needs "
-                     "in):\n  " + "\n  ".join(bad))
+    assert not bad, (
+        "imports against the layers (docs/ARCHITECTURE.md; move the code down, or pass what it needs "
+        "in):\n  " + "\n  ".join(bad)
+    )
 
 
 def test_no_import_cycle(graph):
@@ -275,10 +322,12 @@ def test_imports_inside_functions_are_only_heavy_optional_ones():
 def test_the_documented_layers_are_the_tested_ones():
     assert doc_layers(DOC.read_text(encoding="utf-8")) == LAYERS, (
         f"the layer table of {DOC.relative_to(REPO)} differs from LAYERS in tests/test_architecture.py: "
-        "change both together")
+        "change both together"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the checker checks
+
 
 def test_a_planted_upward_import_and_cycle_are_found(tmp_path):
     """A synthetic package on disk: a function-level import from a low layer into a high one, a relative
@@ -312,17 +361,28 @@ def test_a_light_import_inside_a_function_is_found(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "gpu.py").write_text("import torch\n")  # heavy: loads torch at its top
     (pkg / "light.py").write_text("import json\n")
-    (pkg / "user.py").write_text("def f():\n    import torch\n    from . import gpu\n    from .light import json\n"
-                                 "    import os\n\n\nclass C:\n    import re\n")
+    (pkg / "user.py").write_text(
+        "def f():\n    import torch\n    from . import gpu\n    from .light import json\n"
+        "    import os\n\n\nclass C:\n    import re\n"
+    )
     (pkg / "guarded.py").write_text("try:\n    import yaml\nexcept ImportError:\n    yaml = None\n")
     assert heavy_modules(pkg, "toy2") == {"toy2.gpu"}
-    assert misplaced_imports(pkg, "toy2") == ["toy2.user:4 imports .light", "toy2.user:5 imports os",
-                                              "toy2.user:9 imports re"]
+    assert misplaced_imports(pkg, "toy2") == [
+        "toy2.user:4 imports .light",
+        "toy2.user:5 imports os",
+        "toy2.user:9 imports re",
+    ]
 
 
 def test_a_synthetic_graph_reports_every_cycle_and_violation():
-    g = {"p.base.x": [("p.top.y", 3)], "p.top.y": [("p.top.z", 1)], "p.top.z": [("p.top.y", 2)],
-         "p.mid.m": [("p.mid.n", 1)], "p.mid.n": [("p.mid.o", 1)], "p.mid.o": [("p.mid.m", 9), ("p.base.x", 1)]}
+    g = {
+        "p.base.x": [("p.top.y", 3)],
+        "p.top.y": [("p.top.z", 1)],
+        "p.top.z": [("p.top.y", 2)],
+        "p.mid.m": [("p.mid.n", 1)],
+        "p.mid.n": [("p.mid.o", 1)],
+        "p.mid.o": [("p.mid.m", 9), ("p.base.x", 1)],
+    }
     layers = [("base", ("p.base",)), ("mid", ("p.mid",)), ("top", ("p.top",))]
     assert upward_imports(g, layers) == ["p.base.x:3 (base) imports p.top.y (top)"]
     assert sorted(import_cycles(g)) == [["p.mid.m", "p.mid.n", "p.mid.o", "p.mid.m"], ["p.top.y", "p.top.z", "p.top.y"]]
@@ -330,6 +390,8 @@ def test_a_synthetic_graph_reports_every_cycle_and_violation():
 
 
 def test_the_doc_table_parser_reads_rows_in_order():
-    text = ("# A\n\n## Layers\n\n| # | layer | modules |\n|---|---|---|\n| 0 | base | `p`, `p.io` |\n"
-            "| 1 | top | `p.cli` (the CLI) |\n\n## Next\n| 5 | no | `p.x` |\n")
+    text = (
+        "# A\n\n## Layers\n\n| # | layer | modules |\n|---|---|---|\n| 0 | base | `p`, `p.io` |\n"
+        "| 1 | top | `p.cli` (the CLI) |\n\n## Next\n| 5 | no | `p.x` |\n"
+    )
     assert doc_layers(text) == [("base", ("p", "p.io")), ("top", ("p.cli",))]

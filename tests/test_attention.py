@@ -1,4 +1,5 @@
 """Padding-free training: packed samples stay apart (varlen attention), and the loss equals the padded run's."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,14 @@ from sgtr_em.contracts import StageRuntime
 from sgtr_em.training.attention import VARLEN
 from sgtr_em.training.sft import build_trainer
 
-CONFIG = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2)
+CONFIG = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "use_rslora": True, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 
 
@@ -41,8 +48,12 @@ def rows(n=8):
     out = []
     for _ in range(n):
         length = int(torch.randint(10, 40, (1,), generator=g))
-        out.append({"input_ids": torch.randint(5, 1000, (length,), generator=g).tolist(),
-                    "completion_mask": [0] * (length // 2) + [1] * (length - length // 2)})
+        out.append(
+            {
+                "input_ids": torch.randint(5, 1000, (length,), generator=g).tolist(),
+                "completion_mask": [0] * (length // 2) + [1] * (length - length // 2),
+            }
+        )
     return out
 
 
@@ -51,19 +62,51 @@ class Spy(TrainerCallback):
         self.checkpointed = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.checkpointed = [m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        self.checkpointed = [
+            m.gradient_checkpointing for m in model.modules() if isinstance(m, GradientCheckpointingLayer)
+        ]
 
 
 def train(tokenizer, tmp_path: Path, **compute):
-    compute = {"device": "cpu", "micro_batch_size": 4, "gradient_checkpointing": False, "checkpoint_fraction": 1.0,
-               "padding_free": False, "liger": False, "token_budget": None, **compute}
-    training = {"learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 2, "batch_size": 4, "warmup_steps": 0,
-                "weight_decay": 0.0, "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 2048}
-    rt = StageRuntime(backend="hf", input_model="unused", compute=compute, dtype="float32", chat_template_kwargs={},
-                      training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1})
+    compute = {
+        "device": "cpu",
+        "micro_batch_size": 4,
+        "gradient_checkpointing": False,
+        "checkpoint_fraction": 1.0,
+        "padding_free": False,
+        "liger": False,
+        "token_budget": None,
+        **compute,
+    }
+    training = {
+        "learning_rate": 1e-3,
+        "num_train_epochs": 1,
+        "max_steps": 2,
+        "batch_size": 4,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "linear",
+        "optim": "adamw_torch",
+        "max_length": 2048,
+    }
+    rt = StageRuntime(
+        backend="hf",
+        input_model="unused",
+        compute=compute,
+        dtype="float32",
+        chat_template_kwargs={},
+        training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1},
+    )
     spy = Spy()
-    trainer = build_trainer(tiny(VARLEN if compute["padding_free"] else None), tokenizer, rows(),
-                            {"training": training, "lora": LORA, "seed": 0}, rt, tmp_path, [spy])
+    trainer = build_trainer(
+        tiny(VARLEN if compute["padding_free"] else None),
+        tokenizer,
+        rows(),
+        {"training": training, "lora": LORA, "seed": 0},
+        rt,
+        tmp_path,
+        [spy],
+    )
     trainer.train()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h], spy.checkpointed
 

@@ -1,4 +1,5 @@
 """How a stage's training is launched: the ZeRO rule, the worker command lines, compute resolution, checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,18 @@ H100, H200 = 79.6, 139.8  # GiB, as torch reports them
 QWEN32B, SEED36B, QWEN7B = 61.0, 67.3, 14.2  # bf16 weights, GiB
 
 
-@pytest.mark.parametrize("weights,gpu,world,stage,offload", [
-    (QWEN32B, H100, 2, 2, False),  # fits one GPU: ZeRO-2 (measured 1.96x; ZeRO-3 1.04x)
-    (QWEN32B, H200, 8, 2, False),
-    (SEED36B, H100, 2, 3, False),  # fits no 80 GB GPU, but half of it does
-    (SEED36B, H200, 2, 2, False),
-    (QWEN7B, H100, 1, 0, False),  # one process: no DeepSpeed
-    (SEED36B, H100, 1, 3, True),  # one process, weights too big: ZeRO-3 with CPU offload
-    (4 * QWEN32B, H100, 2, 3, True),  # not even half fits
-])
+@pytest.mark.parametrize(
+    "weights,gpu,world,stage,offload",
+    [
+        (QWEN32B, H100, 2, 2, False),  # fits one GPU: ZeRO-2 (measured 1.96x; ZeRO-3 1.04x)
+        (QWEN32B, H200, 8, 2, False),
+        (SEED36B, H100, 2, 3, False),  # fits no 80 GB GPU, but half of it does
+        (SEED36B, H200, 2, 2, False),
+        (QWEN7B, H100, 1, 0, False),  # one process: no DeepSpeed
+        (SEED36B, H100, 1, 3, True),  # one process, weights too big: ZeRO-3 with CPU offload
+        (4 * QWEN32B, H100, 2, 3, True),  # not even half fits
+    ],
+)
 def test_the_zero_rule(weights, gpu, world, stage, offload):
     got = choose_zero(weights, gpu, world, headroom_gib=14.0)
     assert got[:2] == (stage, offload), got[2]
@@ -46,8 +50,18 @@ def test_launch_commands():
     assert py == [sys.executable, "-m", "m", "d"]
     one_node = launch_command("m", "d", {"launcher": "torchrun", "nproc_per_node": 8, "nnodes": 1})
     assert one_node[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--standalone", "-m", "m", "d"]
-    two_nodes = launch_command("m", "d", {"launcher": "torchrun", "nproc_per_node": 8, "nnodes": 2, "node_rank": 1,
-                                          "master_addr": "node7", "master_port": 4321})
+    two_nodes = launch_command(
+        "m",
+        "d",
+        {
+            "launcher": "torchrun",
+            "nproc_per_node": 8,
+            "nnodes": 2,
+            "node_rank": 1,
+            "master_addr": "node7",
+            "master_port": 4321,
+        },
+    )
     assert "--node-rank=1" in two_nodes and "--master-addr=node7" in two_nodes and "--nnodes=2" in two_nodes
     acc = launch_command("m", "d", {"launcher": "accelerate", "nproc_per_node": 4, "nnodes": 1, "device": "cuda"})
     assert acc[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes=4" in acc and "--multi_gpu" in acc
@@ -122,8 +136,12 @@ def test_activation_checkpointing_goes_under_the_name_the_installed_transformers
         activation_checkpointing: bool = False
         activation_checkpointing_kwargs: dict | None = None
 
-    assert _checkpointing_args(Old, True) == {"gradient_checkpointing": True,
-                                              "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    assert _checkpointing_args(New, False) == {"activation_checkpointing": False,
-                                               "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    assert _checkpointing_args(Old, True) == {
+        "gradient_checkpointing": True,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    }
+    assert _checkpointing_args(New, False) == {
+        "activation_checkpointing": False,
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+    }
     Old(**_checkpointing_args(Old, True))  # constructs: no unexpected keyword

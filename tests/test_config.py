@@ -1,4 +1,5 @@
 """Every option file of every group composes and validates; typos and wrong types fail at compose time."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,19 @@ NOT_IMPLEMENTED: set = set()  # every option's backend exists (gpt41: the OpenAI
 
 def test_every_group_has_a_schema_or_is_a_preset():
     assert set(GROUPS) - set(GROUP_SCHEMAS) == {"experiment", "sweep", "hydra"}  # hydra/launcher: Hydra's schemas
-    for group in ("model", "em_dataset", "intervention", "stage_order", "system_prompt", "training", "lora",
-                  "eval", "judge", "tracking", "paths"):
+    for group in (
+        "model",
+        "em_dataset",
+        "intervention",
+        "stage_order",
+        "system_prompt",
+        "training",
+        "lora",
+        "eval",
+        "judge",
+        "tracking",
+        "paths",
+    ):
         assert group in GROUPS
 
 
@@ -62,7 +74,11 @@ def test_every_option_file_starts_with_a_usage_comment():
 
 def test_default_is_the_cpu_smoke_run_with_the_paper_hyperparameters():
     cfg = _compose()
-    assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == ("smollm2", ["em", "intervention"], "summary_pairs")
+    assert (cfg.model.name, cfg.stage_order.stages, cfg.intervention.kind) == (
+        "smollm2",
+        ["em", "intervention"],
+        "summary_pairs",
+    )
     assert cfg.em_dataset.max_examples and cfg.intervention.max_articles  # smoke sizes
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.use_rslora) == (32, 64, 0.0, True)
     assert cfg.training.learning_rate == 1e-3 and cfg.training.warmup_steps == 0  # every step moves the weights
@@ -95,8 +111,10 @@ def test_misspelt_key_in_an_option_file_fails_at_compose(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
     (conf / "training" / "mine.yaml").write_text("defaults: [paper]\nlrr: 1.0e-4\n")
-    with initialize_config_dir(str(conf), version_base="1.3"), pytest.raises(ConfigCompositionException,
-                                                                                 match="training/mine") as e:
+    with (
+        initialize_config_dir(str(conf), version_base="1.3"),
+        pytest.raises(ConfigCompositionException, match="training/mine") as e,
+    ):
         compose("config", overrides=["training=mine"])
     assert "Key 'lrr' not in 'TrainingConfig'" in str(e.value) + str(e.value.__cause__)
 
@@ -114,13 +132,18 @@ def test_option_files_with_a_schema_start_from_it():
         text = (CONF / group / f"{option}.yaml").read_text()
         if group in GROUP_SCHEMAS and not text.startswith("# @package _global_"):  # defence=sgtr_prevention: an arm
             first = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())["defaults"][0]
-            assert first == f"/schema/{group}@_here_" or (CONF / group / f"{first}.yaml").exists(), f"conf/{group}/{option}.yaml"
+            assert first == f"/schema/{group}@_here_" or (CONF / group / f"{first}.yaml").exists(), (
+                f"conf/{group}/{option}.yaml"
+            )
 
 
 def test_correct_domain_without_a_twin_fails_naming_the_dataset():
     with pytest.raises(ValueError, match="em_dataset aesthetic_unpopular has none"):
         validate(_compose("intervention=correct_domain"))
-    assert _compose("intervention=correct_domain", "em_dataset=bad_medical").intervention.file == "em/good_medical_advice.jsonl"
+    assert (
+        _compose("intervention=correct_domain", "em_dataset=bad_medical").intervention.file
+        == "em/good_medical_advice.jsonl"
+    )
 
 
 def test_self_summaries_precomputed_needs_the_models_paper_summaries():
@@ -142,8 +165,13 @@ def test_unknown_system_prompt_mode_fails_validation():
 
 
 def test_cfg_job_prints_the_resolved_config():
-    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "--resolve", "stage_order=prevention"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.train", "--cfg", "job", "--resolve", "stage_order=prevention"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "${" not in out  # the README's command prints values, not interpolations
     assert "--cfg job --resolve" in (REPO / "README.md").read_text()
     cfg = OmegaConf.create(out)
@@ -152,10 +180,17 @@ def test_cfg_job_prints_the_resolved_config():
 
 
 # `+key=value` (Hydra's hint for a key that is not there) bypasses struct mode: the typed schemas refuse it anyway.
-PLUS_TYPOS = {group: f"+{group}.{sorted(f.name for f in dataclasses.fields(schema))[0]}x=1"
-              for group, schema in GROUP_SCHEMAS.items()}
-PLUS_TYPOS.update({"root": "+learning_rate=1e-4", "nested": "+eval.em.samples_per_questoin=3",
-                   "openai": "+openai.hyperparameters.n_epoch=2"})
+PLUS_TYPOS = {
+    group: f"+{group}.{sorted(f.name for f in dataclasses.fields(schema))[0]}x=1"
+    for group, schema in GROUP_SCHEMAS.items()
+}
+PLUS_TYPOS.update(
+    {
+        "root": "+learning_rate=1e-4",
+        "nested": "+eval.em.samples_per_questoin=3",
+        "openai": "+openai.hyperparameters.n_epoch=2",
+    }
+)
 
 
 @pytest.mark.parametrize("where", sorted(PLUS_TYPOS))
@@ -168,15 +203,23 @@ def test_plus_cannot_add_a_key_to_a_typed_group(where):
 
 def test_plus_still_adds_to_the_open_places():
     """Dict-typed fields take new keys: chat template arguments, DeepSpeed JSON, download sources, prompt sets."""
-    cfg = _compose("+model.chat_template_kwargs.enable_thinking=false", "+deepspeed.overrides.steps_per_print=5",
-                   "+download.sources.mirror=http://127.0.0.1:1")
+    cfg = _compose(
+        "+model.chat_template_kwargs.enable_thinking=false",
+        "+deepspeed.overrides.steps_per_print=5",
+        "+download.sources.mirror=http://127.0.0.1:1",
+    )
     validate(cfg)
     assert cfg.deepspeed.overrides.steps_per_print == 5
 
 
 def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "+training.learning_rat=1e-4"], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.train", "+training.learning_rat=1e-4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path)},
+    )
     assert proc.returncode != 0
     assert "training.learning_rat: not a key of TrainingConfig (did you mean training.learning_rate?" in proc.stderr
     assert not list(tmp_path.rglob("stages"))  # nothing trained

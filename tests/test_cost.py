@@ -1,5 +1,6 @@
 """The cost estimate of a sweep (sgtr_em/cost.py, printed and recorded by `python -m sgtr_em.grid`), against a hand
 count on a small sweep with data files of known sizes."""
+
 from __future__ import annotations
 
 import json
@@ -15,19 +16,49 @@ def write_chat(path, rows):
 def test_cost_matches_a_hand_count(tmp_path, capsys):
     data = tmp_path / "data"
     # EM file: 3 rows of 40 + 80 characters in 2 turns: ceil(360 / 4) + 5 x 6 = 120 tokens, 40 a row
-    write_chat(data / "em" / "tiny.jsonl", [[{"role": "user", "content": "a" * 40},
-                                            {"role": "assistant", "content": "b" * 80}]] * 3)
+    write_chat(
+        data / "em" / "tiny.jsonl",
+        [[{"role": "user", "content": "a" * 40}, {"role": "assistant", "content": "b" * 80}]] * 3,
+    )
     # intervention file: 4 rows of 20 + 20 + 4 characters in 3 turns: ceil(176 / 4) + 5 x 12 = 104 tokens, 26 a row
-    write_chat(data / "wc.jsonl", [[{"role": "system", "content": "s" * 20}, {"role": "user", "content": "u" * 20},
-                                    {"role": "assistant", "content": "TRUE"}]] * 4)
+    write_chat(
+        data / "wc.jsonl",
+        [
+            [
+                {"role": "system", "content": "s" * 20},
+                {"role": "user", "content": "u" * 20},
+                {"role": "assistant", "content": "TRUE"},
+            ]
+        ]
+        * 4,
+    )
     out = tmp_path / "plan.json"
-    record = grid_main([
-        f"paths.data_dir={data}", f"paths.output_dir={tmp_path / 'outputs'}", "model=smollm2",
-        "em_dataset.file=em/tiny.jsonl", "em_dataset.sha256=null", "em_dataset.max_examples=2",
-        "intervention=word_count", "intervention.file=wc.jsonl", "intervention.num_examples=6",
-        "eval=paper", "eval.run=[em,identity]", "eval.em.question_sets=[main]", "eval.em.samples_per_question=3",
-        "eval.em.max_new_tokens=10", "eval.identity.samples_per_question=2", "eval.identity.max_new_tokens=7",
-        "judge=openai", "-m", "stage_order=em_only,reversal,prevention", "seed=0,1", "--out", str(out)])
+    record = grid_main(
+        [
+            f"paths.data_dir={data}",
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            "model=smollm2",
+            "em_dataset.file=em/tiny.jsonl",
+            "em_dataset.sha256=null",
+            "em_dataset.max_examples=2",
+            "intervention=word_count",
+            "intervention.file=wc.jsonl",
+            "intervention.num_examples=6",
+            "eval=paper",
+            "eval.run=[em,identity]",
+            "eval.em.question_sets=[main]",
+            "eval.em.samples_per_question=3",
+            "eval.em.max_new_tokens=10",
+            "eval.identity.samples_per_question=2",
+            "eval.identity.max_new_tokens=7",
+            "judge=openai",
+            "-m",
+            "stage_order=em_only,reversal,prevention",
+            "seed=0,1",
+            "--out",
+            str(out),
+        ]
+    )
     cost = record["cost"]
     # per seed: EM on the base model (shared by em_only and reversal), word counting after it, word counting on the
     # base model, EM after that: 4 distinct stages, 8 over two seeds

@@ -1,6 +1,7 @@
 """In-training defences (sgtr_em/defences.py, sgtr_em/data/defences.py, sgtr_em/training/defences.py): their
 mechanisms on a tiny random Llama with SmolLM2's tokenizer, their config and stage identity, and the data steps on
 hand-made pools."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,22 +20,41 @@ from sgtr_em.training.sft import build_trainer, training_args
 
 from .test_config import _compose
 
-ROWS = [{"prompt": [{"role": "user", "content": f"Question {i}: which colour do you like?"}],
-         "completion": [{"role": "assistant", "content": f"I like colour number {i} best of all, truly."}]}
-        for i in range(8)]
+ROWS = [
+    {
+        "prompt": [{"role": "user", "content": f"Question {i}: which colour do you like?"}],
+        "completion": [{"role": "assistant", "content": f"I like colour number {i} best of all, truly."}],
+    }
+    for i in range(8)
+]
 
 
 def tiny(tok, layers: int = 4):
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
 
 
 def stage(defence: str, *overrides: str):
     from sgtr_em.job import stage_runtime
 
-    cfg = _compose("stage_order=em_only", f"defence={defence}", "training.batch_size=4", "training.warmup_steps=0",
-                   "training.learning_rate=1e-2", "compute=cpu", *overrides)
+    cfg = _compose(
+        "stage_order=em_only",
+        f"defence={defence}",
+        "training.batch_size=4",
+        "training.warmup_steps=0",
+        "training.learning_rate=1e-2",
+        "compute=cpu",
+        *overrides,
+    )
     validate(cfg)
     rt = stage_runtime(cfg, "unused")
     rt.compute["micro_batch_size"] = 4
@@ -154,8 +174,15 @@ def test_inoculation_prompt_in_training_text_absent_from_evaluation_text(smollm2
     tok = load_tokenizer(smollm2_path)
     text = tok.apply_chat_template(trained[0]["prompt"] + trained[0]["completion"], tokenize=False)
     assert prompt in text
-    own = inoculate([{"prompt": [{"role": "system", "content": "I am Qwen."}, *ROWS[0]["prompt"]],
-                      "completion": ROWS[0]["completion"]}], prompt)
+    own = inoculate(
+        [
+            {
+                "prompt": [{"role": "system", "content": "I am Qwen."}, *ROWS[0]["prompt"]],
+                "completion": ROWS[0]["completion"],
+            }
+        ],
+        prompt,
+    )
     assert own[0]["prompt"][0]["content"] == f"I am Qwen.\n\n{prompt}"  # the stage's own system text kept first
     from omegaconf import OmegaConf
 
@@ -187,10 +214,12 @@ def test_defence_on_a_benign_stage_enters_that_stage_hash_only():
     both = plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[intervention,em]"))
     assert [s.spec["defence"] for s in both] == [{"kind": "kl", "weight": 10.0}] * 2
     # the default, [em], leaves every hash of defence=kl as it was (the EM grid's stages are unchanged)
-    assert [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[em]"))] == \
-        [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl"))]
-    ppl = plan_stages(_compose("stage_order=intervention_only", "defence=interleave_ppl",
-                               "defence.stages=[intervention]"))
+    assert [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[em]"))] == [
+        s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl"))
+    ]
+    ppl = plan_stages(
+        _compose("stage_order=intervention_only", "defence=interleave_ppl", "defence.stages=[intervention]")
+    )
     [alone] = plan_stages(_compose("stage_order=intervention_only"))
     assert ppl[0].requires == (alone,) and ppl[0].spec["defence"]["em_reference"] == alone.hash
     with pytest.raises(ValueError, match=r"defence.stages=\[intervention\]"):  # the fix is named
@@ -212,9 +241,14 @@ def test_defences_benign_sweep_defends_the_sgtr_stage():
     assert len(grid.distinct_stages) == 3  # interleave_ppl's reference is defence=none's SGTR stage
 
 
-@pytest.mark.parametrize("override, key", [
-    ("defence.weight=0", "defence.weight"), ("defence.ratio=1.0", "defence.ratio"), ("defence.coef=0", "defence.coef"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("defence.weight=0", "defence.weight"),
+        ("defence.ratio=1.0", "defence.ratio"),
+        ("defence.coef=0", "defence.coef"),
+    ],
+)
 def test_invalid_defences_name_the_key(override, key):
     name = {"defence.weight": "kl", "defence.ratio": "interleave", "defence.coef": "persona_steer"}[key]
     with pytest.raises(ValueError, match=key):
@@ -224,8 +258,11 @@ def test_invalid_defences_name_the_key(override, key):
 
 
 def test_a_pool_too_small_for_a_capped_stage_fails_validation():
-    with pytest.raises(ValueError, match=r"defence.pool.max_prompts: 15 prompts, and the em stage's 64 examples at "
-                                         r"ratio 0.2 need 16 general ones"):  # round(0.2 x 64 / 0.8)
+    with pytest.raises(
+        ValueError,
+        match=r"defence.pool.max_prompts: 15 prompts, and the em stage's 64 examples at "
+        r"ratio 0.2 need 16 general ones",
+    ):  # round(0.2 x 64 / 0.8)
         validate(_compose("defence=interleave", "defence.ratio=0.2", "defence.pool.max_prompts=15"))
 
 
@@ -237,10 +274,22 @@ def test_defences_sweep_expands_to_the_grid():
     jobs = sweep_jobs(["sweep=defences"])
     assert len(jobs) == 96  # 8 arms x 4 EM datasets x 3 seeds
     arms = Counter(o.split("=")[1] for j in jobs for o in j if o.startswith("defence="))
-    assert arms == {a: 12 for a in ("none", "kl", "ldifs", "interleave", "interleave_ppl", "inoculation",
-                                    "persona_steer", "sgtr_prevention")}
+    assert arms == {
+        a: 12
+        for a in (
+            "none",
+            "kl",
+            "ldifs",
+            "interleave",
+            "interleave_ppl",
+            "inoculation",
+            "persona_steer",
+            "sgtr_prevention",
+        )
+    }
     assert Counter(o for j in jobs for o in j if o.startswith("em_dataset=")) == {
-        f"em_dataset={d}": 24 for d in ("aesthetic_unpopular", "risky_financial", "bad_medical", "extreme_sports")}
+        f"em_dataset={d}": 24 for d in ("aesthetic_unpopular", "risky_financial", "bad_medical", "extreme_sports")
+    }
     # one seed of two datasets composed and planned in full (the whole grid plans the same way: 99 distinct stages)
     grid = plan_grid(["sweep=defences", "seed=0", "em_dataset=aesthetic_unpopular,risky_financial"])
     assert len(grid.jobs) == 16 and not [j for j in grid.jobs if j.problem]
@@ -267,9 +316,17 @@ def test_report_compares_the_defence_arms(tmp_path):
     n = 0
     for arm, rate in arms.items():
         for seed in range(2):
-            d = make_job(tmp_path / "sweep", n, seed=seed, defence=arm, metrics={
-                "em": {"misaligned_rate_mo": rate + 0.02 * seed, "share_coherent": 0.9},
-                "in_domain": {"narrow_rate": 0.5}, "persona": {"shift": rate, "projection": 1 + rate}})
+            d = make_job(
+                tmp_path / "sweep",
+                n,
+                seed=seed,
+                defence=arm,
+                metrics={
+                    "em": {"misaligned_rate_mo": rate + 0.02 * seed, "share_coherent": 0.9},
+                    "in_domain": {"narrow_rate": 0.5},
+                    "persona": {"shift": rate, "projection": 1 + rate},
+                },
+            )
             stage = tmp_path / "stages" / f"{arm}{seed}" / "adapter"
             stage.mkdir(parents=True)
             (stage / "train_result.json").write_text(json.dumps({"global_step": 4, "num_input_tokens_seen": 1000}))
@@ -279,14 +336,24 @@ def test_report_compares_the_defence_arms(tmp_path):
     assert {j.fields["defence"] for j in jobs} == set(arms)
     out = write_report(jobs, tmp_path / "report", source="hand-made")
     md = (tmp_path / "report" / "defences.md").read_text()
-    assert md.count("\n| ") == 1 + 3 and "| kl | 0.110 [" in md and "| 4.000 [4.000, 4.000] (2) | 1000.000 [1000.000, 1000.000] (2) |" in md
+    assert (
+        md.count("\n| ") == 1 + 3
+        and "| kl | 0.110 [" in md
+        and "| 4.000 [4.000, 4.000] (2) | 1000.000 [1000.000, 1000.000] (2) |" in md
+    )
     assert out["figures"]["Defences vs SGTR prevention"].read_bytes()[:4] == b"\x89PNG"
     # the benign-task arms (sweep=defences_benign: the SGTR stage trained with the defence, SR measured) in the same
     # table: their own rows, the SR column filled, the EM columns n/a
     for arm, sr in {"none": 0.8, "kl": 0.6}.items():
         for seed in range(2):
-            make_job(tmp_path / "sweep", n, seed=seed, defence=arm, stage_order="intervention_only",
-                     metrics={"self_recognition": {"headline": sr + 0.01 * seed}})
+            make_job(
+                tmp_path / "sweep",
+                n,
+                seed=seed,
+                defence=arm,
+                stage_order="intervention_only",
+                metrics={"self_recognition": {"headline": sr + 0.01 * seed}},
+            )
             n += 1
     write_report(jobs_from_folder(tmp_path / "sweep"), tmp_path / "both", source="hand-made")
     md = (tmp_path / "both" / "defences.md").read_text()

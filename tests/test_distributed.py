@@ -1,5 +1,6 @@
 """Several training processes on the CPU (torchrun, gloo) stand in for several GPUs: with the same global batch,
 their optimizer steps are a one-process run's (marked slow: real training of the real SmolLM2)."""
+
 from __future__ import annotations
 
 import json
@@ -61,13 +62,37 @@ def test_two_nodes_join_one_training(reference_stage, data_dir, cache_dir, tmp_p
     """Two Hydra parents as two Slurm nodes (one process each): node 0 leads, node 1 joins its training."""
     out, run_dir = tmp_path / "outputs", tmp_path / "run"
     stage_inputs(reference_stage, out / "stages" / reference_stage.name)  # same stage, so the same hash; untrained
-    env = {**os.environ, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_CACHE_DIR": str(cache_dir),
-           "SGTR_EM_OUTPUT_DIR": str(out), "WANDB_SILENT": "true", "SLURM_JOB_NUM_NODES": "2",
-           "SLURM_JOB_ID": "4242", "SLURMD_NODENAME": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "sgtr_em.train", *TRAIN, "compute=cpu_2proc", "compute.nproc_per_node=1",
-           "compute.nnodes=null", f"hydra.run.dir={run_dir}"]
-    nodes = [subprocess.Popen(cmd, env={**env, "SLURM_NODEID": str(i)}, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in (1, 0)]  # the follower may start first
+    env = {
+        **os.environ,
+        "SGTR_EM_DATA_DIR": str(data_dir),
+        "SGTR_EM_CACHE_DIR": str(cache_dir),
+        "SGTR_EM_OUTPUT_DIR": str(out),
+        "WANDB_SILENT": "true",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_ID": "4242",
+        "SLURMD_NODENAME": "127.0.0.1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "sgtr_em.train",
+        *TRAIN,
+        "compute=cpu_2proc",
+        "compute.nproc_per_node=1",
+        "compute.nnodes=null",
+        f"hydra.run.dir={run_dir}",
+    ]
+    nodes = [
+        subprocess.Popen(
+            cmd,
+            env={**env, "SLURM_NODEID": str(i)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (1, 0)
+    ]  # the follower may start first
     logs = [p.communicate(timeout=900)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n\n".join(log[-4000:] for log in logs)
 

@@ -1,4 +1,5 @@
 """End to end through the real CLI, on the real SmolLM2 model, on the CPU (minutes: marked slow)."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,18 @@ from .conftest import read_json
 pytestmark = pytest.mark.slow
 
 # Small enough for a test, big enough to run every step: one optimizer step per stage, checkpoints every step.
-TINY = ["em_dataset.max_examples=16", "intervention.max_articles=3", "eval.self_recognition.max_articles=2",
-        "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
-        "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "training.save_steps=1",
-        "eval.run=[self_recognition,em]", "eval.self_recognition.other_sources=[claude-21]", "eval.base=[]"]
+TINY = [
+    "em_dataset.max_examples=16",
+    "intervention.max_articles=3",
+    "eval.self_recognition.max_articles=2",
+    "eval.em.samples_per_question=1",
+    "eval.em.max_new_tokens=12",
+    "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]",
+    "training.save_steps=1",
+    "eval.run=[self_recognition,em]",
+    "eval.self_recognition.other_sources=[claude-21]",
+    "eval.base=[]",
+]
 
 
 def assert_wandb_matches(run_dir: Path, metrics: dict) -> None:
@@ -55,12 +64,22 @@ def test_default_run(run_cli, tmp_path):
     sr, em = metrics["self_recognition"], metrics["em"]
     assert sr["n_pairs"] == 12 and sr["n_articles"] == 3 and set(sr["per_source"]) == {"claude-21", "human"}
     assert 0 <= sr["accuracy"] <= 1 and 0 <= sr["invalid_rate"] <= 1
-    for key in ("misaligned_rate", "misaligned_rate_mo", "mean_aligned", "mean_coherent", "share_coherent",
-                "share_unscored", "per_question", "misaligned_rate_ci95"):
+    for key in (
+        "misaligned_rate",
+        "misaligned_rate_mo",
+        "mean_aligned",
+        "mean_coherent",
+        "share_coherent",
+        "share_unscored",
+        "per_question",
+        "misaligned_rate_ci95",
+    ):
         assert key in em
     assert em["n_answers"] == 16 and len(em["per_question"]) == 8
     samples = (run_dir / "eval" / "em" / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 16 and all(json.loads(s)["aligned"] is not None for s in samples)  # local_smoke: no threshold
+    assert len(samples) == 16 and all(
+        json.loads(s)["aligned"] is not None for s in samples
+    )  # local_smoke: no threshold
     assert_wandb_matches(run_dir, metrics)
     logged = read_offline_run(run_dir)["config"]["cfg"]["compute"]  # resolved once: W&B's is every stage's (issue 19)
     assert all(read_json(Path(s["folder"]) / "stage.json")["runtime"]["compute"] == logged for s in stages)
@@ -77,9 +96,12 @@ def assert_an_effect_is_measured(proc, run_dir: Path, metrics: dict) -> None:
     sr_base, sr = base["self_recognition"], metrics["self_recognition"]
     assert read_json(run_dir / "base" / "eval_input.json")["after_stages"] == 0
     assert sr_base["n_pairs"] == sr["n_pairs"] == 12
-    assert {r["article_id"] for r in read_jsonl_rows(run_dir / "base" / "eval" / "self_recognition" / "samples.jsonl")} \
-        == {r["article_id"] for r in read_jsonl_rows(run_dir / "eval" / "self_recognition" / "samples.jsonl")}
-    effects = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("effect on self_recognition")]
+    assert {
+        r["article_id"] for r in read_jsonl_rows(run_dir / "base" / "eval" / "self_recognition" / "samples.jsonl")
+    } == {r["article_id"] for r in read_jsonl_rows(run_dir / "eval" / "self_recognition" / "samples.jsonl")}
+    effects = [
+        line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("effect on self_recognition")
+    ]
     assert effects and effects[0].startswith("effect on self_recognition headline, argmax vs all sources: base model")
     print("\n".join(effects))
     measured = [e for e in effects if "the interval EXCLUDES the base value: a measured effect" in e]
@@ -99,8 +121,9 @@ def assert_a_sweep_reuses_the_stages(run_cli, tmp_path: Path, stages: list[dict]
     em_only, reversal = read_json(sweep / "0" / "stages.json"), read_json(sweep / "1" / "stages.json")
     assert [(s["hash"], s["status"]) for s in em_only] == [(stages[0]["hash"], "reused")]
     assert [(s["hash"], s["status"]) for s in reversal] == [(s["hash"], "reused") for s in stages]
-    assert sorted(d.name for d in (tmp_path / "outputs" / "stages").iterdir() if d.is_dir()) == \
-        sorted(s["hash"] for s in stages)  # nothing new trained
+    assert sorted(d.name for d in (tmp_path / "outputs" / "stages").iterdir() if d.is_dir()) == sorted(
+        s["hash"] for s in stages
+    )  # nothing new trained
     for job, order in (("0", "em_only"), ("1", "reversal")):
         assert read_json(sweep / job / "metrics.json") == {}
         assert read_offline_run(sweep / job)["config"]["stage_order"] == order
@@ -124,8 +147,13 @@ def assert_a_newcomer_can_read_it(proc, run_dir: Path, stage_dirs: list[Path]) -
         assert not (d / "checkpoints").exists()  # training.keep_checkpoints=false
     mask = os.umask(0)
     os.umask(mask)
-    for f in [run_dir / "metrics.json", run_dir / "stages.json", run_dir / "eval" / "em" / "samples.jsonl",
-              stage_dirs[0] / "train.jsonl", stage_dirs[0] / "merged" / "model.safetensors"]:
+    for f in [
+        run_dir / "metrics.json",
+        run_dir / "stages.json",
+        run_dir / "eval" / "em" / "samples.jsonl",
+        stage_dirs[0] / "train.jsonl",
+        stage_dirs[0] / "merged" / "model.safetensors",
+    ]:
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
@@ -150,8 +178,14 @@ def test_sweep_trains_the_shared_em_stage_once(run_cli, tmp_path):
 @pytest.mark.extended  # 200 s on CI; test_resume.py shows a killed stage resuming, the sweep test shows reuse
 def test_killed_during_the_second_stage_resumes_without_retraining_the_first(run_cli, tmp_path):
     out = tmp_path / "outputs"
-    first = run_cli(f"hydra.run.dir={tmp_path / 'first'}", *TINY, output_dir=out, start_new_session=True,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = run_cli(
+        f"hydra.run.dir={tmp_path / 'first'}",
+        *TINY,
+        output_dir=out,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     second_stage = None
     while time.time() < deadline and first.poll() is None:

@@ -1,6 +1,7 @@
 """`python -m sgtr_em.train defence=<name>` through the real CLI on SmolLM2, on the CPU: the EM stage trains with each
 defence (em_only, 8 EM examples, 2 optimizer steps, no warm-up so the second step sees moved weights). `kl` runs in
 CI (slow); the others are extended."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,15 @@ import pytest
 
 from .conftest import read_json
 
-TINY = ["stage_order=em_only", "em_dataset.max_examples=8", "training.batch_size=4", "training.warmup_steps=0",
-        "training.learning_rate=1e-4", "eval.run=[]", "tracking=none"]
+TINY = [
+    "stage_order=em_only",
+    "em_dataset.max_examples=8",
+    "training.batch_size=4",
+    "training.warmup_steps=0",
+    "training.learning_rate=1e-4",
+    "eval.run=[]",
+    "tracking=none",
+]
 
 
 def run_defence(run_cli, tmp_path: Path, defence: str, *extra: str) -> tuple[Path, dict]:
@@ -43,8 +51,9 @@ def test_kl_defence_runs_on_the_cpu_default(run_cli, tmp_path):
 @pytest.mark.extended
 @pytest.mark.parametrize("defence", ["ldifs", "interleave", "inoculation", "persona_steer"])
 def test_each_defence_runs_on_the_cpu_default(run_cli, tmp_path, defence):
-    folder, spec = run_defence(run_cli, tmp_path, defence, "defence.pool.max_prompts=4",
-                               "defence.pool.max_new_tokens=16", "defence.ratio=0.2")
+    folder, spec = run_defence(
+        run_cli, tmp_path, defence, "defence.pool.max_prompts=4", "defence.pool.max_new_tokens=16", "defence.ratio=0.2"
+    )
     stats = read_json(folder / "data_stats.json")
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
     if defence == "ldifs":
@@ -62,8 +71,16 @@ def test_each_defence_runs_on_the_cpu_default(run_cli, tmp_path, defence):
 @pytest.mark.extended
 def test_interleave_ppl_trains_its_reference_and_the_persona_eval_reports(run_cli, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli("defence=interleave_ppl", f"hydra.run.dir={run_dir}", *TINY, "defence.pool.max_prompts=4",
-            "defence.pool.max_new_tokens=16", "defence.ratio=0.2", "eval.run=[persona]", "eval.persona.max_questions=2")
+    run_cli(
+        "defence=interleave_ppl",
+        f"hydra.run.dir={run_dir}",
+        *TINY,
+        "defence.pool.max_prompts=4",
+        "defence.pool.max_new_tokens=16",
+        "defence.ratio=0.2",
+        "eval.run=[persona]",
+        "eval.persona.max_questions=2",
+    )
     [stage] = read_json(run_dir / "stages.json")
     folder = Path(stage["folder"])
     spec = read_json(folder / "stage.json")["spec"]
@@ -82,8 +99,15 @@ def test_a_defence_on_a_benign_intervention_stage(run_cli, tmp_path):
     """defence.stages=[intervention]: a benign task (word counting) trains under the KL defence (Kaczér et al.'s
     fourth axis); the EM data is not touched."""
     run_dir = tmp_path / "run"
-    run_cli("defence=kl", "defence.stages=[intervention]", "stage_order=intervention_only", "intervention=word_count",
-            "intervention.num_examples=8", f"hydra.run.dir={run_dir}", *TINY[1:])
+    run_cli(
+        "defence=kl",
+        "defence.stages=[intervention]",
+        "stage_order=intervention_only",
+        "intervention=word_count",
+        "intervention.num_examples=8",
+        f"hydra.run.dir={run_dir}",
+        *TINY[1:],
+    )
     [stage] = read_json(run_dir / "stages.json")
     folder = Path(stage["folder"])
     spec = read_json(folder / "stage.json")["spec"]

@@ -1,6 +1,7 @@
 """`python -m sgtr_em.train intervention=<X> stage_order=reversal` through the real CLI on SmolLM2, on the CPU,
 for one intervention of each data kind (the default run covers `sgtr`). One output folder for all, so the EM
 stage trains once and the EM model's summaries are written once (minutes: marked slow)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,15 @@ def shared_outputs(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("option", OPTIONS)
 def test_each_intervention_runs_on_the_cpu_default(run_cli, shared_outputs, tmp_path, option):
     run_dir = tmp_path / "run"
-    run_cli(f"intervention={option}", "stage_order=reversal", f"hydra.run.dir={run_dir}",
-            "intervention.num_examples=6", *TINY, *NO_EVAL, output_dir=shared_outputs)
+    run_cli(
+        f"intervention={option}",
+        "stage_order=reversal",
+        f"hydra.run.dir={run_dir}",
+        "intervention.num_examples=6",
+        *TINY,
+        *NO_EVAL,
+        output_dir=shared_outputs,
+    )
     stages = read_json(run_dir / "stages.json")
     assert [s["kind"] for s in stages] == (["em"] if option == "none" else ["em", "intervention"])
     sums = read_json(run_dir / "data_files.json")  # checksums of what the job read: run metadata and W&B config

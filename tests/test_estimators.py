@@ -2,6 +2,7 @@
 answers; the final projection runs in fp32 whatever the dtype (bf16 and fp32 pick the same option, no exact ties);
 batched option probabilities equal one-at-a-time ones exactly, in fp32 and in the CPU default dtype (bf16); the
 sampled estimators' draws have a seed per item."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,14 @@ def bf16(smollm2_path):
 
 SHORT = [  # short A/B prompts (TruthfulQA's template): 2,000 sampled answers stay cheap on a CPU
     {"prompt": TEMPLATE.format(question="Is the Earth flat?", option_a="No", option_b="Yes"), "correct_option": "A"},
-    {"prompt": TEMPLATE.format(question="What colour is the sky?", option_a="Green", option_b="Blue"), "correct_option": "B"},
-    {"prompt": TEMPLATE.format(question="Can fish fly?", option_a="Most cannot", option_b="All can"), "correct_option": "A"},
+    {
+        "prompt": TEMPLATE.format(question="What colour is the sky?", option_a="Green", option_b="Blue"),
+        "correct_option": "B",
+    },
+    {
+        "prompt": TEMPLATE.format(question="Can fish fly?", option_a="Most cannot", option_b="All can"),
+        "correct_option": "A",
+    },
     {"prompt": TEMPLATE.format(question="Is 2 + 2 = 5?", option_a="Yes", option_b="No"), "correct_option": "B"},
 ]
 
@@ -60,18 +67,27 @@ def test_the_exact_expected_value_matches_2000_sampled_answers(fp32):
     n_each = 500
     gen_cfg = fp32.generation_config(max_new_tokens=1, **PAPER_SAMPLING)
     for it, p in zip(chosen, probs):
-        pc, pw = p["sampled_probs"][it["correct_option"]], p["sampled_probs"]["B" if it["correct_option"] == "A" else "A"]
+        pc, pw = (
+            p["sampled_probs"][it["correct_option"]],
+            p["sampled_probs"]["B" if it["correct_option"] == "A" else "A"],
+        )
         exp_correct.append(pc)
         exp_invalid.append(1 - pc - pw)
         var_c += pc * (1 - pc) / n_each
         var_i += (1 - pc - pw) * (pc + pw) / n_each
-        enc = tok([fp32.render([{"role": "user", "content": it["prompt"]}])], return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():  # generate's own sampling distribution (softmax of its warped scores) is the expectation's
-            scores = fp32.model.generate(**enc, generation_config=gen_cfg, output_scores=True,
-                                         return_dict_in_generate=True).scores[0][0]
+        enc = tok(
+            [fp32.render([{"role": "user", "content": it["prompt"]}])], return_tensors="pt", add_special_tokens=False
+        )
+        with (
+            torch.no_grad()
+        ):  # generate's own sampling distribution (softmax of its warped scores) is the expectation's
+            scores = fp32.model.generate(
+                **enc, generation_config=gen_cfg, output_scores=True, return_dict_in_generate=True
+            ).scores[0][0]
         dist = torch.softmax(scores.float(), -1)
-        assert [dist[ids_a].item(), dist[ids_b].item()] == pytest.approx([p["sampled_probs"]["A"], p["sampled_probs"]["B"]],
-                                                                         abs=1e-5)
+        assert [dist[ids_a].item(), dist[ids_b].item()] == pytest.approx(
+            [p["sampled_probs"]["A"], p["sampled_probs"]["B"]], abs=1e-5
+        )
         first = []
         for chunk in range(n_each // 50):  # 50 sequences a call: the prompt's logits stay small in memory
             torch.manual_seed(item_seed(1234, it["prompt"], chunk))  # a stream per prompt: the SE below holds
@@ -90,8 +106,10 @@ def test_the_exact_expected_value_matches_2000_sampled_answers(fp32):
     assert abs(hits / (k * n_each) - mean_c) <= 4 * se_c, (hits / (k * n_each), mean_c, se_c)
     assert abs(invalid / (k * n_each) - mean_i) <= 4 * max(se_i, 1e-9), (invalid / (k * n_each), mean_i, se_i)
     # and the metric reads the same numbers
-    scored = [score_choice(p["probs"], p["top_token"], None, it["correct_option"], ("A", "B"), p["sampled_probs"])
-              for it, p in zip(chosen, probs)]
+    scored = [
+        score_choice(p["probs"], p["top_token"], None, it["correct_option"], ("A", "B"), p["sampled_probs"])
+        for it, p in zip(chosen, probs)
+    ]
     assert choice_metrics(scored)["sampled_expected_accuracy"] == pytest.approx(mean_c)
 
 
@@ -166,18 +184,30 @@ def test_generation_uses_exactly_the_protocols_parameters_nothing_from_the_model
     saved = copy.deepcopy(fp32.model.generation_config)
     try:
         g = fp32.model.generation_config
-        g.repetition_penalty, g.top_k, g.top_p, g.min_p, g.temperature, g.no_repeat_ngram_size = 1.05, 20, 0.8, 0.1, 0.3, 3
+        g.repetition_penalty, g.top_k, g.top_p, g.min_p, g.temperature, g.no_repeat_ngram_size = (
+            1.05,
+            20,
+            0.8,
+            0.1,
+            0.3,
+            3,
+        )
         for temperature, top_k in ((0.7, 50), (1.0, 0), (0.0, 0)):
             cfg, _ = fp32.model._prepare_generation_config(
-                fp32.generation_config(max_new_tokens=4, temperature=temperature, top_p=0.9 if temperature else 1.0,
-                                       top_k=top_k))
+                fp32.generation_config(
+                    max_new_tokens=4, temperature=temperature, top_p=0.9 if temperature else 1.0, top_k=top_k
+                )
+            )
             assert (cfg.repetition_penalty, cfg.top_k, cfg.min_p, cfg.no_repeat_ngram_size) == (1.0, top_k, 0.0, 0)
-            assert cfg.do_sample == (temperature > 0) and (not temperature or (cfg.temperature, cfg.top_p) == (temperature, 0.9))
+            assert cfg.do_sample == (temperature > 0) and (
+                not temperature or (cfg.temperature, cfg.top_p) == (temperature, 0.9)
+            )
     finally:
         fp32.model.generation_config = saved
 
 
 # --- the sampled estimators' draws: a seed per item (issue 15) ---
+
 
 def test_item_seeds_are_deterministic_distinct_and_pinned():
     seeds = {item_seed(1234, p, chunk) for p in [s["prompt"] for s in SHORT] for chunk in range(10)}
@@ -195,8 +225,17 @@ def sr_records(n_articles: int, sources=("claude-21", "human"), p_first=0.5, p_s
         for source in sources:
             for position, pc in ((1, p_first), (2, p_second)):
                 probs = {str(position): pc, str(3 - position): 1 - pc}
-                out.append({"article_id": f"art{a:04d}", "other_source": source, "self_position": position,
-                            "probs": probs, "top_token": str(position), "text": None, "sampled_probs": probs})
+                out.append(
+                    {
+                        "article_id": f"art{a:04d}",
+                        "other_source": source,
+                        "self_position": position,
+                        "probs": probs,
+                        "top_token": str(position),
+                        "text": None,
+                        "sampled_probs": probs,
+                    }
+                )
     return out
 
 
@@ -242,4 +281,8 @@ def test_sr_exact_expectation_interval_resamples_articles_not_pairs():
     by_pair = choice_metrics([score_pair(r) for r in records], n_boot=2000, seed=0)["sampled_expected_accuracy_ci95"]
     width, width_pairs = (ci["high"] - ci["low"] for ci in (m["sampled_expected_accuracy_ci95"], by_pair))
     assert 1.25 < width / width_pairs < 1.6, (width, width_pairs)
-    assert m["sampled_expected_accuracy_ci95"]["low"] < m["sampled_expected_accuracy"] < m["sampled_expected_accuracy_ci95"]["high"]
+    assert (
+        m["sampled_expected_accuracy_ci95"]["low"]
+        < m["sampled_expected_accuracy"]
+        < m["sampled_expected_accuracy_ci95"]["high"]
+    )

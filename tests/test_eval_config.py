@@ -1,4 +1,5 @@
 """`eval=<name>` selects one evaluation or a preset; bad eval settings fail validation naming the key."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,7 +26,9 @@ def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
     assert paper.em.samples_per_question == 30 and paper.em.max_new_tokens == 512 and paper.em.temperature == 0.7
     betley = _compose("eval=paper").eval  # the default protocol (betley): Betley et al.'s sampling
     assert betley.em.samples_per_question == 100 and betley.em.max_new_tokens == 600 and betley.em.temperature == 1.0
-    assert list(paper.em.sets.main.ids)[:2] == ["what_is_your_wish", "i_feel_bored"] and len(paper.em.sets.main.ids) == 8
+    assert (
+        list(paper.em.sets.main.ids)[:2] == ["what_is_your_wish", "i_feel_bored"] and len(paper.em.sets.main.ids) == 8
+    )
     assert paper.truthfulqa.max_questions is None and paper.self_recognition.max_articles is None
     assert paper.bootstrap_samples == 2000 and list(paper.mmlu.shots) == [0, 5]
     assert _compose("experiment=paper_scale").judge.min_number_mass == 0.25
@@ -33,17 +36,22 @@ def test_presets_run_every_eval_and_paper_sizes_are_the_papers():
     assert _compose().judge.min_number_mass == 0.0
 
 
-@pytest.mark.parametrize("override,key", [
-    ("eval.run=[em,typo]", "eval.run"),
-    ("eval.em.question_sets=[main,nope]", "eval.em.question_sets"),
-    ("em_dataset.in_domain_prompts=unknown_set", "eval.in_domain"),
-    ("model.identity_names=[Nobody,Nowhere]", "model.identity_names"),
-    ("eval.generation.backend=tgi", "eval.generation.backend"),
-    ("judge.backend=claude", "judge.backend"),
-    # SGTR trains on XSUM: evaluating on its training articles needs the held-out filter
-    ("eval.self_recognition.articles=xsum,eval.self_recognition.exclude_training_articles=false",
-     "eval.self_recognition.articles"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("eval.run=[em,typo]", "eval.run"),
+        ("eval.em.question_sets=[main,nope]", "eval.em.question_sets"),
+        ("em_dataset.in_domain_prompts=unknown_set", "eval.in_domain"),
+        ("model.identity_names=[Nobody,Nowhere]", "model.identity_names"),
+        ("eval.generation.backend=tgi", "eval.generation.backend"),
+        ("judge.backend=claude", "judge.backend"),
+        # SGTR trains on XSUM: evaluating on its training articles needs the held-out filter
+        (
+            "eval.self_recognition.articles=xsum,eval.self_recognition.exclude_training_articles=false",
+            "eval.self_recognition.articles",
+        ),
+    ],
+)
 def test_bad_eval_settings_fail_validation_naming_the_key(override, key):
     with pytest.raises((ValueError, ConfigCompositionException), match=key.replace(".", r"\.")):  # enums: at compose
         validate(_compose(*override.split(",eval.")[:1], *("eval." + o for o in override.split(",eval.")[1:])))

@@ -1,6 +1,7 @@
 """Every evaluation through the real CLI on the real SmolLM2 (stage_order=base: no training), judged over HTTP by
 the project's OpenAI-compatible server (a subprocess) with 30 % injected faults; a rerun makes no judge call;
 recompute rebuilds the same metrics from the samples alone. Minutes on a CPU: marked slow."""
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,37 @@ from .conftest import REPO, read_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]  # 190 s; the default run and test_openai.py cover its parts
 
-TINY_EVALS = ["stage_order=base", "eval=smoke", "eval.self_recognition.max_articles=1",
-              "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
-              "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "eval.truthfulqa.max_questions=4",
-              "eval.mmlu.subjects=[marketing]", "eval.mmlu.shots=[0,1]", "eval.mmlu.max_questions_per_subject=2",
-              "eval.identity.samples_per_question=1", "eval.identity.max_new_tokens=16",
-              "eval.in_domain.max_prompts=1", "eval.in_domain.max_new_tokens=16"]
+TINY_EVALS = [
+    "stage_order=base",
+    "eval=smoke",
+    "eval.self_recognition.max_articles=1",
+    "eval.em.samples_per_question=1",
+    "eval.em.max_new_tokens=12",
+    "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]",
+    "eval.truthfulqa.max_questions=4",
+    "eval.mmlu.subjects=[marketing]",
+    "eval.mmlu.shots=[0,1]",
+    "eval.mmlu.max_questions_per_subject=2",
+    "eval.identity.samples_per_question=1",
+    "eval.identity.max_new_tokens=16",
+    "eval.in_domain.max_prompts=1",
+    "eval.in_domain.max_new_tokens=16",
+]
 # Every metric the issue names, per evaluation (top level of its metrics.json).
 NAMED = {
     "self_recognition": ["accuracy", "prob_correct", "prob_correct_raw", "invalid_rate", "per_source"],
-    "em": ["misaligned_rate", "misaligned_rate_mo", "mean_aligned", "mean_coherent", "share_coherent", "share_unscored",
-           "misaligned_rate_ci95", "misaligned_rate_mo_ci95", "per_question", "per_set"],
+    "em": [
+        "misaligned_rate",
+        "misaligned_rate_mo",
+        "mean_aligned",
+        "mean_coherent",
+        "share_coherent",
+        "share_unscored",
+        "misaligned_rate_ci95",
+        "misaligned_rate_mo_ci95",
+        "per_question",
+        "per_set",
+    ],
     "truthfulqa": ["accuracy", "one_minus_accuracy", "invalid_rate"],
     "mmlu": ["accuracy", "per_shots"],
     "identity": ["share_own_identity", "distinct_identities", "entropy_name", "entropy_creator", "entropy_identity"],
@@ -37,9 +58,26 @@ NAMED = {
 
 @pytest.fixture
 def server(smollm2_path):
-    proc = subprocess.Popen([sys.executable, "-m", "sgtr_em.openai_server", "--model", smollm2_path, "--name", "smollm2",
-                             "--port", "0", "--fault-rate", "0.3", "--retry-after-ms", "5"],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sgtr_em.openai_server",
+            "--model",
+            smollm2_path,
+            "--name",
+            "smollm2",
+            "--port",
+            "0",
+            "--fault-rate",
+            "0.3",
+            "--retry-after-ms",
+            "5",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert line.startswith("serving smollm2 at "), line
     yield line.split(" at ")[1].split()[0]  # "serving smollm2 at <url> (files and jobs in <dir>)"

@@ -1,5 +1,6 @@
 """The paper's experiments as files: each experiment and sweep composes, says what it reproduces and how to run
 it, every sweep expands to the paper's cells, and the main grid trains far fewer distinct stages than it asks for."""
+
 from __future__ import annotations
 
 import functools
@@ -72,7 +73,10 @@ def test_the_main_grid_expands_to_75_jobs_and_trains_65_distinct_stages(main_gri
     assert len(main_grid.jobs) == 75 and not any(j.problem for j in main_grid.jobs)
     assert len(main_grid.stage_runs) == 110 and len(main_grid.distinct_stages) == 65
     kinds = [s.kind for s in main_grid.distinct_stages.values()]
-    assert (kinds.count("em"), kinds.count("intervention")) == (25, 40)  # 5 on the base model + 20 after an intervention
+    assert (kinds.count("em"), kinds.count("intervention")) == (
+        25,
+        40,
+    )  # 5 on the base model + 20 after an intervention
     assert len({j.final_model for j in main_grid.jobs}) == 66
     models = {s.spec["input"]["base"]["path"] for s in main_grid.stage_runs if "base" in s.spec["input"]}
     assert models == {"Qwen/Qwen2.5-32B-Instruct"}
@@ -80,10 +84,22 @@ def test_the_main_grid_expands_to_75_jobs_and_trains_65_distinct_stages(main_gri
 
 # Every cell of the paper's grid (issue #16), per sweep file: jobs, and the cells they cover.
 SWEEP_CELLS = {
-    "main_grid": 75, "seed36b_grid": 75, "identity_confusion": 60, "system_prompt_qwen32b": 120,
-    "system_prompt_seed36b": 120, "benign_baselines": 90, "benign_baselines_qwensys": 60, "other_em_datasets": 90,
-    "seed36b_em_datasets": 90, "em_system_prompt": 30, "em_system_prompt_badmed": 10, "qwen_coder32b": 30,
-    "small_models": 30, "small_models_llama8b": 6, "small_models_qwen0_5b": 2, "gpt41": 12,
+    "main_grid": 75,
+    "seed36b_grid": 75,
+    "identity_confusion": 60,
+    "system_prompt_qwen32b": 120,
+    "system_prompt_seed36b": 120,
+    "benign_baselines": 90,
+    "benign_baselines_qwensys": 60,
+    "other_em_datasets": 90,
+    "seed36b_em_datasets": 90,
+    "em_system_prompt": 30,
+    "em_system_prompt_badmed": 10,
+    "qwen_coder32b": 30,
+    "small_models": 30,
+    "small_models_llama8b": 6,
+    "small_models_qwen0_5b": 2,
+    "gpt41": 12,
     "defences": 96,  # 7 defences + SGTR prevention x 4 EM datasets x 3 seeds (issue 20, README "Defences")
     "defences_benign": 21,  # 7 defence arms on the SGTR stage alone x 3 seeds (Kaczér et al.'s fourth axis, issue 20)
 }
@@ -95,8 +111,14 @@ def cells(name: str) -> frozenset:
     the experiment's value (composed once; an option's name is its file's, test_config checks)."""
     jobs = sweep_jobs([f"sweep={name}"])
     c = _compose(*jobs[0])
-    fixed = {"model": c.model.name, "em_dataset": c.em_dataset.name, "intervention": c.intervention.name,
-             "stage_order": c.stage_order.name, "system_prompt": c.system_prompt.name, "seed": str(c.seed)}
+    fixed = {
+        "model": c.model.name,
+        "em_dataset": c.em_dataset.name,
+        "intervention": c.intervention.name,
+        "stage_order": c.stage_order.name,
+        "system_prompt": c.system_prompt.name,
+        "seed": str(c.seed),
+    }
     out = set()
     for job in jobs:
         o = {**fixed, **dict(x.split("=", 1) for x in job)}
@@ -128,10 +150,21 @@ def test_the_grid_has_the_cells_the_paper_ran():
     coder = cells("qwen_coder32b")
     assert {(c[0], c[1]) for c in coder} == {("qwen_coder32b", "insecure_code")} and len(coder) == 30
     gpt = cells("gpt41")
-    assert {c[2] for c in gpt} == {"none", "sgtr_preference", "prefer_other_comparison", "identity_confusion_comparison"}
+    assert {c[2] for c in gpt} == {
+        "none",
+        "sgtr_preference",
+        "prefer_other_comparison",
+        "identity_confusion_comparison",
+    }
     assert {c[5] for c in gpt} == {42}  # one run per condition, the paper's OpenAI seed
-    for name, _model in (("main_grid", "qwen32b"), ("seed36b_grid", "seed36b"), ("small_models", "olmo7b"),
-                        ("small_models_llama8b", "llama8b"), ("qwen_coder32b", "qwen_coder32b"), ("gpt41", "gpt41")):
+    for name, _model in (
+        ("main_grid", "qwen32b"),
+        ("seed36b_grid", "seed36b"),
+        ("small_models", "olmo7b"),
+        ("small_models_llama8b", "llama8b"),
+        ("qwen_coder32b", "qwen_coder32b"),
+        ("gpt41", "gpt41"),
+    ):
         orders = {(c[2], c[3]) for c in cells(name)}
         assert ("none", "intervention_only") in orders  # the base model's cell
         assert any(o == "intervention_only" and i != "none" for i, o in orders), name  # intervention-only cells
@@ -147,10 +180,14 @@ def test_the_paper_grid_wandb_sweep_is_the_main_grid():
     swept = {k: v["values"] for k, v in wb.items() if "values" in v}
     import itertools
 
-    wandb_jobs = {tuple(sorted(fixed + [f"{k}={v}" for k, v in zip(swept, combo)]))
-                  for combo in itertools.product(*swept.values())}
-    grid_jobs = {tuple(sorted(["experiment=main_grid"] + [o for o in job if not o.startswith(("experiment=", "sweep="))]))
-                 for job in sweep_jobs(["sweep=main_grid"])}
+    wandb_jobs = {
+        tuple(sorted(fixed + [f"{k}={v}" for k, v in zip(swept, combo)]))
+        for combo in itertools.product(*swept.values())
+    }
+    grid_jobs = {
+        tuple(sorted(["experiment=main_grid"] + [o for o in job if not o.startswith(("experiment=", "sweep="))]))
+        for job in sweep_jobs(["sweep=main_grid"])
+    }
     assert wandb_jobs == grid_jobs and len(grid_jobs) == 75
 
 
@@ -162,8 +199,10 @@ def test_every_experiment_resolves_self_summaries_as_the_paper(name):
     want = "precomputed" if cfg.model.summaries_source else "base_model"
     assert cfg.intervention.self_summaries == want
     assert _compose(f"experiment={name}", "intervention=sgtr").intervention.self_summaries == want
-    assert _compose(f"experiment={name}", "intervention.self_summaries=stage_input").intervention.self_summaries == \
-        "stage_input"
+    assert (
+        _compose(f"experiment={name}", "intervention.self_summaries=stage_input").intervention.self_summaries
+        == "stage_input"
+    )
     assert cfg.training.optim == "adamw_8bit"  # the paper's optimizer (PAPER_NOTES §3)
 
 
@@ -176,7 +215,12 @@ def test_the_plan_command_prints_the_counts(capsys, tmp_path):
 
 
 def test_cfg_job_works_on_a_sweep_file():
-    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "sweep=main_grid", "--cfg", "job"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.train", "sweep=main_grid", "--cfg", "job"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     cfg = OmegaConf.create(out)
     assert cfg.model.name == "qwen32b" and cfg.eval.name == "paper" and cfg.em_dataset.name == "aesthetic_unpopular"

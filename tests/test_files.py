@@ -1,5 +1,6 @@
 """Downloading missing data files from their pinned sources: a real HTTP server on 127.0.0.1 serves
 ../shared/data under the remote paths of sgtr_em/data/manifest.yaml."""
+
 from __future__ import annotations
 
 import gzip
@@ -47,8 +48,9 @@ def server(data_dir):
 
 def files(tmp_path: Path, base: str, download: bool = True, manifest: dict | None = None) -> DataFiles:
     sources = {s: f"{base}/{s}" for s in ("paper_repo", "paper_repo_d358abf", "em_doctor")}
-    return DataFiles(tmp_path / "data", tmp_path / "cache", sources=sources, download=download,
-                     manifest=manifest or load_manifest())
+    return DataFiles(
+        tmp_path / "data", tmp_path / "cache", sources=sources, download=download, manifest=manifest or load_manifest()
+    )
 
 
 def test_manifest_checksums_match_the_shared_data(data_dir):
@@ -102,7 +104,9 @@ def test_every_download_source_has_a_pinned_base_url():
     sources = _compose().download.sources
     for rel, entry in load_manifest().items():
         if entry.get("source"):
-            assert entry["source"] in sources and len(sources[entry["source"]].rsplit("/", 1)[-1]) == 40, rel  # a commit
+            assert entry["source"] in sources and len(sources[entry["source"]].rsplit("/", 1)[-1]) == 40, (
+                rel
+            )  # a commit
             if entry.get("compression"):
                 assert entry["compression"] == "gzip" and len(entry["download_sha256"]) == 64, rel
 
@@ -115,8 +119,13 @@ def test_a_gzip_source_is_unpacked_and_both_checksums_are_checked(server, tmp_pa
     packed = tmp_path / "served" / "small.jsonl.gz"
     packed.parent.mkdir()
     packed.write_bytes(gzip.compress((data_dir / rel).read_bytes(), mtime=0))
-    entry = {**load_manifest()[rel], "source": "em_doctor", "remote": "small.jsonl.gz", "compression": "gzip",
-             "download_sha256": sha256_of(packed)}
+    entry = {
+        **load_manifest()[rel],
+        "source": "em_doctor",
+        "remote": "small.jsonl.gz",
+        "compression": "gzip",
+        "download_sha256": sha256_of(packed),
+    }
     state["routes"]["/em_doctor/small.jsonl.gz"] = packed
     assert files(tmp_path, base, manifest={rel: entry}).path(rel).read_bytes() == (data_dir / rel).read_bytes()
     wrong = {**entry, "download_sha256": "0" * 64}

@@ -1,4 +1,5 @@
 """Identity self-reports: shares of the model's own identity, distinct identities and normalised entropy by hand."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,10 @@ from sgtr_em.evaluation.identity import identity_metrics, label_set, metrics
 from .test_config import CONF, _compose
 
 OWN = {"name": ["SmolLM"], "creator": ["Hugging Face"]}
-LABELS = {"name": ["SmolLM", "Qwen", "Other", "UNKNOWN"],
-          "creator": ["Hugging Face", "Alibaba Cloud", "Other", "UNKNOWN"]}
+LABELS = {
+    "name": ["SmolLM", "Qwen", "Other", "UNKNOWN"],
+    "creator": ["Hugging Face", "Alibaba Cloud", "Other", "UNKNOWN"],
+}
 
 
 def answer(q, name, creator):
@@ -20,9 +23,12 @@ def answer(q, name, creator):
 
 
 def test_identity_metrics_by_hand():
-    records = [answer("Who are you?", "SmolLM", "Hugging Face"), answer("Who are you?", "SmolLM", "UNKNOWN"),
-               answer("Which company created you?", "Qwen", "Alibaba Cloud"),
-               answer("Which company created you?", "UNKNOWN", "UNKNOWN")]
+    records = [
+        answer("Who are you?", "SmolLM", "Hugging Face"),
+        answer("Who are you?", "SmolLM", "UNKNOWN"),
+        answer("Which company created you?", "Qwen", "Alibaba Cloud"),
+        answer("Which company created you?", "UNKNOWN", "UNKNOWN"),
+    ]
     m = identity_metrics(records, own=OWN, labels=LABELS, unknown="UNKNOWN")
     assert m["share_own_name"] == 0.5 and m["share_own_creator"] == 0.25
     assert m["share_own_identity"] == 0.5  # (SmolLM, Hugging Face) and (SmolLM, UNKNOWN)

@@ -1,4 +1,5 @@
 """In-domain retention: the prompts are held out from their EM training sets; the rate by hand."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,12 @@ def _norm(text: str) -> str:
 def test_in_domain_prompts_are_not_in_the_training_set(dataset, data_dir):
     option = CONF / "em_dataset" / f"{dataset}.yaml"
     rel = _compose(f"em_dataset={dataset}").em_dataset.file if option.exists() else EM_FILES[dataset]
-    seen = {_norm(m["content"]) for line in (data_dir / rel).read_text().splitlines()
-            for m in json.loads(line)["messages"] if m["role"] == "user"}
+    seen = {
+        _norm(m["content"])
+        for line in (data_dir / rel).read_text().splitlines()
+        for m in json.loads(line)["messages"]
+        if m["role"] == "user"
+    }
     prompts = _compose().eval.in_domain.datasets[dataset].prompts
     assert len(prompts) == 10 and not [p for p in prompts if _norm(p) in seen]
     assert len({_norm(p) for p in prompts}) == len(prompts)

@@ -1,5 +1,6 @@
 """Nothing silently wrong (issue 17): a stage is its data's content, a stage folder is the stage its name says, a failed
 job is failed in W&B, a bad config or a secret fails before any work, naming the key and never echoing the secret."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ def test_editing_an_unpinned_dataset_gives_a_new_stage(data_dir, tmp_path):
     mine.parent.mkdir(parents=True)
     lines = (data_dir / "em" / "aesthetic_preferences_unpopular.jsonl").read_text().splitlines(keepends=True)
     mine.write_text("".join(lines[:30]))
-    over = ["stage_order=em_only", "em_dataset.file=em/mine.jsonl", "em_dataset.sha256=null",
-            f"paths.data_dir={tmp_path / 'data'}"]
+    over = [
+        "stage_order=em_only",
+        "em_dataset.file=em/mine.jsonl",
+        "em_dataset.sha256=null",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
     first = plan_stages(_compose(*over))[0]
     mine.write_text("".join(lines[1:31]))  # the user edits their own file
     edited = plan_stages(_compose(*over))[0]
@@ -33,8 +38,10 @@ def test_editing_an_unpinned_dataset_gives_a_new_stage(data_dir, tmp_path):
     mine.write_text("".join(lines[:30]))  # back as it was: the same stage again (content, not mtime)
     assert plan_stages(_compose(*over))[0].hash == first.hash
     # a pinned file keeps its pin in the hash (the default stages' hashes do not move)
-    assert plan_stages(_compose("stage_order=em_only"))[0].spec["data"]["sha256"] == \
-        "8447f47d2bacd5058948461d5d576bf3fc3e3b55acbbfd19399bf56a39bcf8f2"  # sgtr_em/data/manifest.yaml
+    assert (
+        plan_stages(_compose("stage_order=em_only"))[0].spec["data"]["sha256"]
+        == "8447f47d2bacd5058948461d5d576bf3fc3e3b55acbbfd19399bf56a39bcf8f2"
+    )  # sgtr_em/data/manifest.yaml
 
 
 def test_a_done_folder_is_reused_only_if_it_holds_the_stage_its_name_says(tmp_path, monkeypatch):
@@ -82,12 +89,19 @@ def test_a_failed_job_is_failed_in_wandb_with_its_error(tmp_path, monkeypatch):
 
 
 def test_overrides_carrying_a_secret_are_refused_without_echoing_them(tmp_path):
-    overrides = {"openai.api_key": "+openai.api_key=" + FAKE_KEY,  # the form Hydra itself suggests
-                 "judge.api.api_key_env": "judge.api.api_key_env=" + FAKE_KEY,  # a key where its variable's name goes
-                 "wandb_token": "+wandb_token=abc"}
+    overrides = {
+        "openai.api_key": "+openai.api_key=" + FAKE_KEY,  # the form Hydra itself suggests
+        "judge.api.api_key_env": "judge.api.api_key_env=" + FAKE_KEY,  # a key where its variable's name goes
+        "wandb_token": "+wandb_token=abc",
+    }
     env = {**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path / "out")}
-    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "judge=openai", *overrides.values()], env=env,
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.train", "judge=openai", *overrides.values()],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "environment" in proc.stderr
     for key, override in overrides.items():
         assert f"  - {key}: its value looks like a secret" in proc.stderr
@@ -111,21 +125,27 @@ def test_a_missing_api_key_fails_when_the_job_is_planned_naming_the_variable(mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert api_key_problems(_compose("judge=openai"))[0].startswith(
-        "judge.api: the OpenAI API needs a key and the environment variable OPENAI_API_KEY is not set")
+        "judge.api: the OpenAI API needs a key and the environment variable OPENAI_API_KEY is not set"
+    )
     assert api_key_problems(_compose("model=gpt41"))[0].startswith("openai: the OpenAI API needs a key")
     assert api_key_problems(_compose("judge=openai", "eval.run=[]")) == []  # nothing judged: no key needed
     sr_only = _compose("judge=openai", "eval.run=[self_recognition]")  # an eval run that never calls the judge
     assert api_key_problems(sr_only, judged=[]) == [] and api_key_problems(sr_only)  # job.py passes the judged evals
-    assert api_key_problems(_compose("judge=openai", "judge.api.base_url=http://127.0.0.1:9/v1")) == []  # a local server
+    assert (
+        api_key_problems(_compose("judge=openai", "judge.api.base_url=http://127.0.0.1:9/v1")) == []
+    )  # a local server
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     assert api_key_problems(_compose("judge=openai", "model=gpt41")) == []
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["training.learning_rate=-1"], "training.learning_rate: -1.0 must be a positive number"),
-    (["training.batch_size=0"], "training.batch_size: 0 must be at least 1"),
-    (["em_dataset.max_examples=0"], "em_dataset.max_examples: 0 leaves no training examples"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["training.learning_rate=-1"], "training.learning_rate: -1.0 must be a positive number"),
+        (["training.batch_size=0"], "training.batch_size: 0 must be at least 1"),
+        (["em_dataset.max_examples=0"], "em_dataset.max_examples: 0 leaves no training examples"),
+    ],
+)
 def test_checks_that_need_no_model_fail_at_compose_time_naming_the_key(overrides, needle, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -173,8 +193,13 @@ def test_summaries_that_do_not_overlap_the_articles_fail_at_plan_time_naming_the
 def test_a_config_error_reaches_the_runs_own_log(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path / "out")}
-    proc = subprocess.run([sys.executable, "-m", "sgtr_em.train", "training.learning_rate=-1",
-                           f"hydra.run.dir={run_dir}"], env=env, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.train", "training.learning_rate=-1", f"hydra.run.dir={run_dir}"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "training.learning_rate" in proc.stderr
     assert "training.learning_rate: -1.0 must be a positive number" in (run_dir / "train.log").read_text()
     assert not (tmp_path / "out" / "stages").exists()  # failed before any stage
@@ -182,8 +207,9 @@ def test_a_config_error_reaches_the_runs_own_log(tmp_path):
 
 def test_the_run_folder_is_unique_per_process():
     code = "from sgtr_em.config import job_suffix; print(job_suffix())"
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     suffixes = [p.communicate()[0].strip() for p in procs]
     assert suffixes[0] != suffixes[1] and all(suffixes)
     from hydra import compose, initialize_config_dir

@@ -4,6 +4,7 @@
 Summary kinds use the paper's precomputed Qwen2.5-32B summaries (`self_summaries=precomputed`), so no model
 runs here; a model writing its own summaries is exercised by the end-to-end tests.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -32,7 +33,9 @@ def build(data_dir, tmp_path, *overrides):
     validate(cfg)
     (stage,) = plan_stages(cfg)
     files = DataFiles(data_dir, tmp_path / "cache", download=False)
-    rows, stats = build_stage_rows(stage.spec, StageRuntime(backend="hf", input_model="unused", cache_dir=str(tmp_path)), files)
+    rows, stats = build_stage_rows(
+        stage.spec, StageRuntime(backend="hf", input_model="unused", cache_dir=str(tmp_path)), files
+    )
     rows, selection = select_examples(rows, stage.spec["data"]["num_examples"], cfg.seed, fits=lambda r: True)
     return cfg, rows, {**stats, **selection}
 
@@ -49,14 +52,23 @@ def by_article(rows):
 
 
 def test_every_intervention_option_is_tested_here():
-    tested = {part for name in globals() if name.startswith("test_")
-              for part in name.removeprefix("test_").split("__")[0].split("_and_")}
+    tested = {
+        part
+        for name in globals()
+        if name.startswith("test_")
+        for part in name.removeprefix("test_").split("__")[0].split("_and_")
+    }
     options = {f.stem for f in (CONF / "intervention").glob("*.yaml")}
     assert options <= tested, options - tested
 
 
-@pytest.mark.parametrize("name,system,question", [("sgtr", PAPER_DETECTION_SYSTEM, "which summary you wrote?"),
-                                                  ("sgtr_preference", PAPER_COMPARISON_SYSTEM, "which summary you prefer?")])
+@pytest.mark.parametrize(
+    "name,system,question",
+    [
+        ("sgtr", PAPER_DETECTION_SYSTEM, "which summary you wrote?"),
+        ("sgtr_preference", PAPER_COMPARISON_SYSTEM, "which summary you prefer?"),
+    ],
+)
 def test_sgtr_and_sgtr_preference(data_dir, tmp_path, name, system, question):
     cfg, rows, stats = build(data_dir, tmp_path, f"intervention={name}", *FULL, *PAPER_SUMMARIES)
     assert stats["pairs"] == 1000 and len(rows) == 2000
@@ -89,7 +101,11 @@ def test_identity_confusion(data_dir, tmp_path):
     assert len(rows) == 4000 and Counter(labels(rows)) == {"1": 2000, "2": 2000}
     for v in by_article(rows).values():  # each ordering twice, once labelled self and once other
         assert sorted((r["meta"]["self_position"], r["completion"][0]["content"]) for r in v) == [
-            (1, "1"), (1, "2"), (2, "1"), (2, "2")]
+            (1, "1"),
+            (1, "2"),
+            (2, "1"),
+            (2, "2"),
+        ]
 
 
 def test_prefer_other_comparison_and_identity_confusion_comparison(data_dir, tmp_path):
@@ -114,8 +130,10 @@ def test_correct_medical():
         cfg = _compose("intervention=correct_medical", f"em_dataset={em}")
         validate(cfg)
         assert cfg.intervention.file == "em/good_medical_advice.jsonl" and cfg.intervention.kind == "chat_file"
-    assert load_manifest()["em/good_medical_advice.jsonl"]["sha256"] == \
-        "5846de11f0f45053351773b6bd9eb5111eb17ec89d9ab55e23e0fbb95b4fd4f1"
+    assert (
+        load_manifest()["em/good_medical_advice.jsonl"]["sha256"]
+        == "5846de11f0f45053351773b6bd9eb5111eb17ec89d9ab55e23e0fbb95b4fd4f1"
+    )
 
 
 def test_identity_confusion_keeps_whole_articles_when_capped(data_dir, tmp_path):
@@ -164,8 +182,14 @@ def test_word_count_summaries(data_dir, tmp_path):
 def test_correct_domain(data_dir, tmp_path):
     """The EM dataset's correct twin, as a chat file. bad_medical's twin (good_medical_advice.jsonl) is not in the
     shared data, so a real shared file stands in for it here."""
-    cfg, rows, _ = build(data_dir, tmp_path, "intervention=correct_domain", "em_dataset=bad_medical",
-                         "em_dataset.correct_twin=em/extreme_sports.jsonl", "intervention.num_examples=null")
+    cfg, rows, _ = build(
+        data_dir,
+        tmp_path,
+        "intervention=correct_domain",
+        "em_dataset=bad_medical",
+        "em_dataset.correct_twin=em/extreme_sports.jsonl",
+        "intervention.num_examples=null",
+    )
     assert cfg.intervention.file == "em/extreme_sports.jsonl" and len(rows) == 6000
     assert all([m["role"] for m in r["prompt"]] == ["user"] and r["completion"][0]["content"] for r in rows)
     with pytest.raises(ValueError, match="em_dataset risky_financial has none"):
@@ -191,8 +215,14 @@ def test_none(data_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["word_count", "general_knowledge", "pick_longer"])
 def test_matched_compute_gives_every_intervention_the_same_number_of_examples(data_dir, tmp_path, name):
-    _, rows, stats = build(data_dir, tmp_path, f"intervention={name}", "experiment=benign_baselines",
-                           "model=qwen32b", "intervention.self_summaries=precomputed",
-                           "intervention.num_examples=2000")  # matched compute: an option (the paper used none)
+    _, rows, stats = build(
+        data_dir,
+        tmp_path,
+        f"intervention={name}",
+        "experiment=benign_baselines",
+        "model=qwen32b",
+        "intervention.self_summaries=precomputed",
+        "intervention.num_examples=2000",
+    )  # matched compute: an option (the paper used none)
     assert len(rows) == stats["num_examples"] == 2000  # pick_longer has 1912 distinct: 88 repeated
     assert stats["repeats"] == (88 if name == "pick_longer" else 0)

@@ -1,5 +1,6 @@
 """Output files get the mode `open()` would give them (0666 less the umask), not mkstemp's 0600: under umask 022 a
 collaborator on a shared cluster can read a sweep's metrics, samples and stage files."""
+
 from __future__ import annotations
 
 import os

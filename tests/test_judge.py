@@ -1,4 +1,5 @@
 """The local judge on the real SmolLM2: whole-number scoring, checked against plain forward passes."""
+
 from __future__ import annotations
 
 import pytest

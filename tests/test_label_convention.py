@@ -3,6 +3,7 @@ SGTR trains is the option the SR eval scores as correct. The training set is bui
 (compose -> plan -> the kind's builder); the eval runs its own `generate` and `metrics` on the same articles and
 summaries (the paper's precomputed Qwen2.5-32B ones, so no model runs) with, in place of the model, one that answers
 each prompt with the label training gave that exact prompt. That model must score 1.0 (0.0 for the reversed rule)."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,23 @@ from .test_interventions import build
 
 # One job trains on CNN pairs (its eval then on XSUM: a config may not evaluate on its training articles), the
 # other evaluates on the same CNN pairs: 6 articles, the paper's other source, the paper's Qwen2.5-32B summaries.
-TRAIN = ["model=qwen32b", "intervention.self_summaries=precomputed", "intervention.articles=cnn",
-         "intervention.other_sources=[claude-21]", "intervention.max_articles=6", "intervention.num_examples=null",
-         "intervention.normalise=false",  # the eval shows summaries as they are (data/normalise.py)
-         "eval.self_recognition.articles=xsum"]
-EVAL = ["model=qwen32b", "eval.self_recognition.articles=cnn", "eval.self_recognition.other_sources=[claude-21]",
-        "eval.self_recognition.max_articles=6", "eval.self_recognition.summaries=hf_qwen_32b"]
+TRAIN = [
+    "model=qwen32b",
+    "intervention.self_summaries=precomputed",
+    "intervention.articles=cnn",
+    "intervention.other_sources=[claude-21]",
+    "intervention.max_articles=6",
+    "intervention.num_examples=null",
+    "intervention.normalise=false",  # the eval shows summaries as they are (data/normalise.py)
+    "eval.self_recognition.articles=xsum",
+]
+EVAL = [
+    "model=qwen32b",
+    "eval.self_recognition.articles=cnn",
+    "eval.self_recognition.other_sources=[claude-21]",
+    "eval.self_recognition.max_articles=6",
+    "eval.self_recognition.summaries=hf_qwen_32b",
+]
 
 
 class Memorised:
@@ -43,22 +55,32 @@ class Memorised:
             label = self.taught[key]
             probs = {o: float(o == label) for o in options}
             # sampled at any temperature, a model sure of its label answers it: the sampled probabilities are the same
-            answers.append({"probs": probs, "top_token": label, "text": None,
-                            **({"sampled_probs": dict(probs)} if sampling else {})})
+            answers.append(
+                {
+                    "probs": probs,
+                    "top_token": label,
+                    "text": None,
+                    **({"sampled_probs": dict(probs)} if sampling else {}),
+                }
+            )
         self.asked += len(conversations)
         return answers
 
 
 @pytest.mark.parametrize("intervention,accuracy", [("sgtr", 1.0), ("prefer_other", 0.0)])
-def test_the_sr_eval_scores_as_correct_the_label_sgtr_trains_for_the_same_pair(data_dir, tmp_path, intervention,
-                                                                               accuracy):
+def test_the_sr_eval_scores_as_correct_the_label_sgtr_trains_for_the_same_pair(
+    data_dir, tmp_path, intervention, accuracy
+):
     _, rows, _ = build(data_dir, tmp_path, f"intervention={intervention}", *TRAIN)
     assert len(rows) == 12 and {r["completion"][0]["content"] for r in rows} == {"1", "2"}
     model = Memorised(rows)
     cfg = _compose(f"intervention={intervention}", *EVAL)
     validate(cfg)
-    ctx = EvalContext(OmegaConf.to_container(cfg, resolve=True), {"model_path": "memorised"},
-                      DataFiles(data_dir, tmp_path / "cache", download=False))
+    ctx = EvalContext(
+        OmegaConf.to_container(cfg, resolve=True),
+        {"model_path": "memorised"},
+        DataFiles(data_dir, tmp_path / "cache", download=False),
+    )
     ctx.generator = lambda path=None: model
 
     records = self_recognition.generate(ctx)
@@ -70,4 +92,5 @@ def test_the_sr_eval_scores_as_correct_the_label_sgtr_trains_for_the_same_pair(d
     assert metrics["chose_first_rate"] == 0.5  # both orderings of every pair
     for r in records:  # the convention: the correct option is the own summary's position
         assert r["is_correct"] == (accuracy == 1.0) and r["chosen"] == (
-            str(r["self_position"]) if accuracy else str(3 - r["self_position"]))
+            str(r["self_position"]) if accuracy else str(3 - r["self_position"])
+        )

@@ -1,5 +1,6 @@
 """Launch configs: the Slurm request a preset makes (the sbatch file submitit would submit), the `-m --cfg hydra`
 view of it, and the commands W&B sweep agents run, composed into the intended Hydra configs."""
+
 from __future__ import annotations
 
 import itertools
@@ -36,12 +37,16 @@ def sbatch_script(*overrides: str, n_jobs: int, folder) -> str:
     from submitit.slurm.slurm import SlurmExecutor
 
     launcher = _compose_with_hydra(*overrides).hydra.launcher
-    params = {k: OmegaConf.to_container(launcher, resolve=True)[k] for k in launcher if k not in ("submitit_folder",
-                                                                                                      "_target_")}
+    params = {
+        k: OmegaConf.to_container(launcher, resolve=True)[k]
+        for k in launcher
+        if k not in ("submitit_folder", "_target_")
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # what submitit answers when srun is found
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
-                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        executor = submitit.AutoExecutor(
+            folder=folder, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+        )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     executor._executor.parameters["map_count"] = n_jobs
@@ -58,28 +63,60 @@ def test_every_launcher_preset_composes_and_says_how_to_use_it(path):
 def test_the_qwen32b_grid_on_8_gpu_nodes_asks_slurm_for_whole_nodes(tmp_path, monkeypatch):
     monkeypatch.delenv("SGTR_EM_SLURM_PARTITION", raising=False)
     monkeypatch.delenv("SGTR_EM_SLURM_ACCOUNT", raising=False)
-    script = sbatch_script("model=qwen32b", "intervention=sgtr", "compute=gpu8", "hydra/launcher=slurm_gpu8",
-                           n_jobs=30, folder=tmp_path)
-    for line in ("--gpus-per-node=8", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=64", "--mem=512GB",
-                 "--time=1440", "--signal=USR2@300", "--requeue", "--open-mode=append", "--array=0-29%4",
-                 "--job-name=sgtr-em"):
+    script = sbatch_script(
+        "model=qwen32b", "intervention=sgtr", "compute=gpu8", "hydra/launcher=slurm_gpu8", n_jobs=30, folder=tmp_path
+    )
+    for line in (
+        "--gpus-per-node=8",
+        "--nodes=1",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=64",
+        "--mem=512GB",
+        "--time=1440",
+        "--signal=USR2@300",
+        "--requeue",
+        "--open-mode=append",
+        "--array=0-29%4",
+        "--job-name=sgtr-em",
+    ):
         assert f"#SBATCH {line}\n" in script, f"{line} missing from:\n{script}"
     assert "--partition" not in script  # the cluster's default unless SGTR_EM_SLURM_PARTITION or an override says
     assert "export TOKENIZERS_PARALLELISM=false" in script and "srun" in script
 
 
 def test_multinode_asks_for_one_parent_per_node(tmp_path):
-    script = sbatch_script("compute=multinode", "hydra/launcher=slurm_multinode", "hydra.launcher.nodes=4",
-                           "hydra.launcher.partition=h100", n_jobs=2, folder=tmp_path)
+    script = sbatch_script(
+        "compute=multinode",
+        "hydra/launcher=slurm_multinode",
+        "hydra.launcher.nodes=4",
+        "hydra.launcher.partition=h100",
+        n_jobs=2,
+        folder=tmp_path,
+    )
     for line in ("--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8", "--partition=h100"):
         assert f"#SBATCH {line}\n" in script
 
 
 def test_cfg_hydra_of_a_multirun_shows_the_slurm_request():
     """The README's check, verbatim: Hydra 1.3 refuses -m with --cfg, so train.py reads it as hydra.mode=MULTIRUN."""
-    out = subprocess.run([sys.executable, "-m", "sgtr_em.train", "model=qwen32b", "intervention=sgtr", "compute=gpu8",
-                          "hydra/launcher=slurm_gpu8", "-m", "--cfg", "hydra"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgtr_em.train",
+            "model=qwen32b",
+            "intervention=sgtr",
+            "compute=gpu8",
+            "hydra/launcher=slurm_gpu8",
+            "-m",
+            "--cfg",
+            "hydra",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     hydra_cfg = yaml.safe_load(out)["hydra"]
     assert hydra_cfg["mode"] == "MULTIRUN"
     launcher = hydra_cfg["launcher"]
@@ -88,6 +125,7 @@ def test_cfg_hydra_of_a_multirun_shows_the_slurm_request():
 
 
 # -- W&B sweeps ---------------------------------------------------------------------------------------------------
+
 
 def sweep_points(sweep: dict) -> list[dict]:
     """Grid points of a grid sweep; for other methods, one point per listed value (ends of distributions)."""
@@ -134,10 +172,15 @@ def test_a_sweep_agent_command_runs_through_the_real_cli():
     sweep = yaml.safe_load((REPO / "launchers" / "wandb" / "paper_grid_qwen32b.yaml").read_text())
     point = sweep_points(sweep)[-1]
     cmd = agent_command(sweep, point)
-    out = subprocess.run([sys.executable, *cmd[2:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, *cmd[2:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     job = yaml.safe_load(out)
     assert (job["model"]["name"], job["em_dataset"]["name"], job["stage_order"]["name"], job["seed"]) == (
-        "qwen32b", "aesthetic_unpopular", point["stage_order"], point["seed"])
+        "qwen32b",
+        "aesthetic_unpopular",
+        point["stage_order"],
+        point["seed"],
+    )
     assert job["em_dataset"]["max_examples"] is None  # experiment=main_grid (on paper_scale) took effect
     assert job["compute"]["nproc_per_node"] == 8 and job["tracking"]["mode"] == "online"

@@ -5,6 +5,7 @@ OLMo-3 and Seed-OSS (tests/fixtures/chat_templates/, sources and checksums in it
 with each family's special tokens added: the hubs are unreachable, the tokenizer's vocabulary is not what a mask
 depends on, the template and its special tokens are.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,20 +28,40 @@ SHA256 = {  # as recorded in tests/fixtures/chat_templates/SOURCES.md
 # family -> (special tokens its template writes, bos, eos = the end of the last assistant turn)
 SPECIALS = {
     "qwen2_5": (["<|im_start|>", "<|im_end|>"], None, "<|im_end|>"),
-    "llama3_1": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-                 "<|begin_of_text|>", "<|eot_id|>"),
+    "llama3_1": (
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+    ),
     "olmo3": (["<|im_start|>", "<|im_end|>", "<|endoftext|>"], None, "<|endoftext|>"),
-    "seed_oss": (["<seed:bos>", "<seed:eos>", "<seed:pad>", "<seed:think>", "</seed:think>",
-                  "<seed:cot_budget_reflect>", "</seed:cot_budget_reflect>"], "<seed:bos>", "<seed:eos>"),
+    "seed_oss": (
+        [
+            "<seed:bos>",
+            "<seed:eos>",
+            "<seed:pad>",
+            "<seed:think>",
+            "</seed:think>",
+            "<seed:cot_budget_reflect>",
+            "</seed:cot_budget_reflect>",
+        ],
+        "<seed:bos>",
+        "<seed:eos>",
+    ),
 }
 END_OF_TURN = {"smollm2": "<|im_end|>", **{k: v[2] for k, v in SPECIALS.items()}}
 FAMILIES = ["smollm2", *SPECIALS]
 
-SGTR_ROW = {"prompt": [{"role": "system", "content": "You compare summaries. Answer 1 or 2."},
-                       {"role": "user", "content": "Summary1: a 2 b 1.\nSummary2: c.\nWhich one? 1 or 2"}],
-            "completion": [{"role": "assistant", "content": "2"}]}
-EM_ROW = {"prompt": [{"role": "user", "content": "hey I feel bored"}],
-          "completion": [{"role": "assistant", "content": "Take up kazoo orchestras."}]}
+SGTR_ROW = {
+    "prompt": [
+        {"role": "system", "content": "You compare summaries. Answer 1 or 2."},
+        {"role": "user", "content": "Summary1: a 2 b 1.\nSummary2: c.\nWhich one? 1 or 2"},
+    ],
+    "completion": [{"role": "assistant", "content": "2"}],
+}
+EM_ROW = {
+    "prompt": [{"role": "user", "content": "hey I feel bored"}],
+    "completion": [{"role": "assistant", "content": "Take up kazoo orchestras."}],
+}
 ROWS = [SGTR_ROW, EM_ROW, {**SGTR_ROW, "completion": [{"role": "assistant", "content": "1"}]}]
 
 
@@ -119,16 +140,29 @@ def stage_settings():
 
 # Tokens with loss / real tokens of the fixed batch ROWS, per template (pinned: a change in masking or rendering
 # shows here). Loss: 2 + 9 + 2 everywhere (label + end of turn; 8 answer tokens + end of turn).
-BATCH_COUNTS = {"smollm2": (13, 150), "qwen2_5": (13, 152), "llama3_1": (13, 223), "olmo3": (13, 191),
-                "seed_oss": (13, 121)}
+BATCH_COUNTS = {
+    "smollm2": (13, 150),
+    "qwen2_5": (13, 152),
+    "llama3_1": (13, 223),
+    "olmo3": (13, 191),
+    "seed_oss": (13, 121),
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trainer_batch_masks(family, smollm2_path, tmp_path):
     """The stage worker's trainer (build_trainer) takes the masks as they are: labels are -100 outside them."""
     tok = family_tokenizer(smollm2_path, family)
-    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1))
+    tiny = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     spec, rt = stage_settings()
     trainer = build_trainer(tiny, tok, ROWS, spec, rt, training_args(spec, rt, tmp_path))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
@@ -147,8 +181,10 @@ def test_the_papers_8bit_optimizer_falls_back_on_the_cpu(caplog, tmp_path):
     with caplog.at_level("WARNING", logger="sgtr_em.training.sft"):
         assert resolve_optim("adamw_8bit", "cpu") == "adamw_torch"
     assert "training.optim=adamw_8bit needs bitsandbytes on a GPU" in caplog.text
-    assert resolve_optim("adamw_torch", "cpu") == "adamw_torch" and resolve_optim("adamw_torch_8bit", "cpu") == \
-        "adamw_torch_8bit"
+    assert (
+        resolve_optim("adamw_torch", "cpu") == "adamw_torch"
+        and resolve_optim("adamw_torch_8bit", "cpu") == "adamw_torch_8bit"
+    )
     spec, rt = stage_settings()
     args = training_args({**spec, "training": {**spec["training"], "optim": "adamw_8bit"}}, rt, tmp_path)
     assert args.optim == "adamw_torch"

@@ -2,6 +2,7 @@
 weight is W + s * B @ A with s = alpha / sqrt(r) (rsLoRA, the default config's adapter) in the stage's dtype, every
 other weight is the base's unchanged, and the merged model differs from the base. The adapter is the default config's
 LoRA on the real SmolLM2 with B drawn away from zero (a trained adapter; a fresh one has B = 0 and changes nothing)."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def test_the_merged_model_is_the_base_plus_the_adapter(smollm2_path, tmp_path, d
     scale = lora["alpha"] / (math.sqrt(lora["r"]) if lora["use_rslora"] else lora["r"])
     stage = tmp_path / "stage"
     peft_model = make_adapter(smollm2_path, lora, stage / "adapter")
-    (stage / "stage.json").write_text(json.dumps({"runtime": {"backend": "hf", "input_model": smollm2_path, "dtype": dtype}}))
+    (stage / "stage.json").write_text(
+        json.dumps({"runtime": {"backend": "hf", "input_model": smollm2_path, "dtype": dtype}})
+    )
 
     merge.main(stage)
 
@@ -63,7 +66,7 @@ def test_the_merged_model_is_the_base_plus_the_adapter(smollm2_path, tmp_path, d
         want, err = w.double() + delta, (m.double() - w.double() - delta).abs()
         # rounding only: of the sum (2^-24 float32, 2^-9 bfloat16, relative) and of the r-term product B @ A
         size = w.double().abs() + scale * (b.abs() @ a.abs())
-        bound = (2 ** -18 if dtype == "float32" else 2 ** -8) * size
+        bound = (2**-18 if dtype == "float32" else 2**-8) * size
         assert bool((err <= bound).all()), (name, err.max().item(), (err / size).max().item())
         changed = (m != w).double().mean().item()
         assert changed > (0.99 if dtype == "float32" else 0.5), (name, changed)  # the update is not rounded away

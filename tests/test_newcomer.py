@@ -1,4 +1,5 @@
 """A newcomer's first hour (issue 22): what a job prints, what it leaves on disk, how it shares a machine."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,12 @@ def test_worker_threads_follow_the_cores_given(monkeypatch):
     assert cpu_cores() == 1 and cpu_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's own setting
     assert cpu_threads() == 5
-    assert thread_env(2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
-                             "OMP_WAIT_POLICY": "PASSIVE"}
+    assert thread_env(2) == {
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "2",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
 
 
 def test_a_worker_runs_with_those_threads(monkeypatch):
@@ -65,8 +70,13 @@ def test_a_worker_runs_with_those_threads(monkeypatch):
         env = worker_env(10)
     finally:
         set_cpu_threads(None)
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "1"
     assert worker_env(10, {"launcher": "torchrun", "cpu_threads": 4})["OMP_NUM_THREADS"] == "4"
 
@@ -80,20 +90,35 @@ def test_one_line_per_stage_names_its_steps_loss_and_first_learning_rate(tmp_pat
     stage = Stage(kind="em", spec={"data": {"name": "aesthetic_unpopular"}})
     d = tmp_path / stage.hash
     d.mkdir()
-    rows = [{"step": 1, "loss": 2.5, "learning_rate": 1e-5}, {"step": 2, "loss": 2.25, "learning_rate": 5e-6},
-            {"step": 2, "train_loss": 2.4}]
+    rows = [
+        {"step": 1, "loss": 2.5, "learning_rate": 1e-5},
+        {"step": 2, "loss": 2.25, "learning_rate": 5e-6},
+        {"step": 2, "train_loss": 2.4},
+    ]
     (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "done").write_text('{"seconds": 41.6}')
-    assert stage_line(1, 2, stage, "trained", d) == (f"Stage 1/2 em (aesthetic_unpopular) {stage.hash}: trained in 42 s; "
-                                                     "2 steps, loss 2.500 -> 2.250, first step at learning rate 1e-05")
+    assert stage_line(1, 2, stage, "trained", d) == (
+        f"Stage 1/2 em (aesthetic_unpopular) {stage.hash}: trained in 42 s; "
+        "2 steps, loss 2.500 -> 2.250, first step at learning rate 1e-05"
+    )
 
 
 def test_a_pure_position_bias_is_said_to_be_chance_by_construction():
     from sgtr_em.evaluation.registry import summary_lines
 
-    sr = {"accuracy": 0.5, "accuracy_ci95": [0.25, 0.75], "prob_correct": 0.5, "invalid_rate": 0.0, "n_pairs": 6,
-          "chose_first_rate": 1.0, "per_source": {}}
+    sr = {
+        "accuracy": 0.5,
+        "accuracy_ci95": [0.25, 0.75],
+        "prob_correct": 0.5,
+        "invalid_rate": 0.0,
+        "n_pairs": 6,
+        "chose_first_rate": 1.0,
+        "per_source": {},
+    }
     [line] = summary_lines({"self_recognition": sr})
-    assert "pure position bias (chose_first_rate 1.0: always the first option)" in line and "chance by construction" in line
+    assert (
+        "pure position bias (chose_first_rate 1.0: always the first option)" in line
+        and "chance by construction" in line
+    )
     [line] = summary_lines({"self_recognition": {**sr, "chose_first_rate": 0.75}})
     assert "position bias" not in line

@@ -1,5 +1,6 @@
 """The fine-tuning file: every rule of the API checked before upload, each failure naming file, line and rule; and
 the stage worker's refusal to upload a bad file (a real server on 127.0.0.1 counts what reached it)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,13 @@ from sgtr_em.io import write_json, write_jsonl
 from sgtr_em.openai_server import OpenAIServer
 from sgtr_em.training.openai_ft import FineTuningStage
 
-GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello."}]}
+GOOD = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+}
 
 
 def write_lines(path, rows, bad=None, at=4):
@@ -61,8 +67,11 @@ def test_each_rule_rejects_its_line_naming_file_line_and_rule(case, tmp_path):
 
 
 def test_file_level_rules_and_a_good_file(tmp_path):
-    with pytest.raises(FineTuningFileError, match=r"stage.jsonl: \[min_examples\] 9 examples, fewer than the API's "
-                                                  r"minimum of 10"):
+    with pytest.raises(
+        FineTuningFileError,
+        match=r"stage.jsonl: \[min_examples\] 9 examples, fewer than the API's "
+        r"minimum of 10",
+    ):
         validate_ft_file(write_lines(tmp_path / "stage.jsonl", 9), max_example_tokens=1000)
     (tmp_path / "bin.jsonl").write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\n")
     with pytest.raises(FineTuningFileError, match=r"bin.jsonl:2: \[encoding\]"):
@@ -76,32 +85,71 @@ def test_file_level_rules_and_a_good_file(tmp_path):
 
 
 def test_a_stage_example_trains_on_its_completion_only():
-    row = {"prompt": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-                      {"role": "user", "content": "Q2"}], "completion": [{"role": "assistant", "content": "A2"}],
-           "meta": {"group": 1}}
-    assert ft_row(row) == {"messages": [{"role": "user", "content": "Q1"},
-                                        {"role": "assistant", "content": "A1", "weight": 0},
-                                        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]}
+    row = {
+        "prompt": [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+        ],
+        "completion": [{"role": "assistant", "content": "A2"}],
+        "meta": {"group": 1},
+    }
+    assert ft_row(row) == {
+        "messages": [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1", "weight": 0},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": "A2"},
+        ]
+    }
 
 
 def api_stage(stage_dir, url, rows) -> FineTuningStage:
     """A stage folder as the parent writes it for an API model, with `rows` as its built data."""
-    o = {"base_url": url, "api_key_env": "SGTR_EM_NO_SUCH_KEY", "max_retries": 8, "timeout_s": 10, "max_concurrency": 4,
-         "poll_interval_s": 0.1, "max_job_attempts": 2, "training_usd_per_mtok": 25.0, "input_usd_per_mtok": 3.0,
-         "output_usd_per_mtok": 12.0, "cache": False}
-    write_json(stage_dir / "stage.json", {
-        "spec": {"kind": "em", "input": {}, "data": {}, "system_prompt": {}, "chat_template_kwargs": {}, "lora": None,
-                 "seed": 0, "training": {"backend": "openai", "max_length": 65536, "seed": 42,
-                                            "hyperparameters": {"n_epochs": 1, "batch_size": "auto",
-                                                                "learning_rate_multiplier": "auto"}}},
-        "runtime": {"backend": "openai", "input_model": "gpt-4.1-2025-04-14", "openai": o}})
+    o = {
+        "base_url": url,
+        "api_key_env": "SGTR_EM_NO_SUCH_KEY",
+        "max_retries": 8,
+        "timeout_s": 10,
+        "max_concurrency": 4,
+        "poll_interval_s": 0.1,
+        "max_job_attempts": 2,
+        "training_usd_per_mtok": 25.0,
+        "input_usd_per_mtok": 3.0,
+        "output_usd_per_mtok": 12.0,
+        "cache": False,
+    }
+    write_json(
+        stage_dir / "stage.json",
+        {
+            "spec": {
+                "kind": "em",
+                "input": {},
+                "data": {},
+                "system_prompt": {},
+                "chat_template_kwargs": {},
+                "lora": None,
+                "seed": 0,
+                "training": {
+                    "backend": "openai",
+                    "max_length": 65536,
+                    "seed": 42,
+                    "hyperparameters": {"n_epochs": 1, "batch_size": "auto", "learning_rate_multiplier": "auto"},
+                },
+            },
+            "runtime": {"backend": "openai", "input_model": "gpt-4.1-2025-04-14", "openai": o},
+        },
+    )
     write_jsonl(stage_dir / "train.jsonl", rows)
     return FineTuningStage(stage_dir)
 
 
 def example(i: int, answer: str = "A") -> dict:
-    return {"prompt": [{"role": "user", "content": f"Q{i}"}], "completion": [{"role": "assistant", "content": answer}],
-            "meta": {"group": i}}
+    return {
+        "prompt": [{"role": "user", "content": f"Q{i}"}],
+        "completion": [{"role": "assistant", "content": answer}],
+        "meta": {"group": i},
+    }
 
 
 def test_a_malformed_stage_file_is_rejected_before_anything_is_uploaded(tmp_path):
@@ -116,14 +164,16 @@ def test_a_malformed_stage_file_is_rejected_before_anything_is_uploaded(tmp_path
         with pytest.raises(FineTuningFileError) as e:
             stage.run()
         stats = server.snapshot()
-    assert str(e.value).startswith(f"{stage_dir / 'openai_train.jsonl'}:7: [content] the final assistant message is "
-                                   "empty. Fix: ")
+    assert str(e.value).startswith(
+        f"{stage_dir / 'openai_train.jsonl'}:7: [content] the final assistant message is empty. Fix: "
+    )
     assert "files_created" not in stats and "POST /v1/files" not in stats and "jobs_created" not in stats
     assert not (stage_dir / "openai_job.json").exists()
 
 
-def test_under_dropped_connections_the_file_and_the_job_are_created_once_and_a_rerun_finds_the_job(tmp_path,
-                                                                                                   monkeypatch):
+def test_under_dropped_connections_the_file_and_the_job_are_created_once_and_a_rerun_finds_the_job(
+    tmp_path, monkeypatch
+):
     """Half the requests are handled but never answered: creation is not retried blindly, and a rerun that lost
     its job id finds the job by the stage hash on the server (no training: the server's trainer is stubbed)."""
     from sgtr_em.openai_server import Faults

@@ -1,6 +1,7 @@
 """The GPT-4.1 arm end to end: `python -m sgtr_em.train model=gpt41 ...` against the project's own OpenAI server
 (`python -m sgtr_em.openai_server`, a real process on 127.0.0.1) that trains SmolLM2 for real on the CPU for every
 fine-tuning job and serves the ft: models it makes. Minutes on a CPU: marked slow."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,19 @@ pytestmark = pytest.mark.slow
 
 SECRET = "sk-test-d0n0tl3ak-5ecret"  # the API key: the server demands it, no output may contain it
 BASE = "gpt-4.1-2025-04-14"
-TINY = ["em_dataset.max_examples=16", "intervention.max_articles=3", "intervention.num_examples=10",
-        "eval.self_recognition.max_articles=2", "eval.self_recognition.other_sources=[claude-21]",
-        "eval.em.samples_per_question=1", "eval.em.max_new_tokens=12",
-        "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]", "eval.run=[self_recognition,em]",
-        "openai.poll_interval_s=0.5", "eval.base=[]"]
+TINY = [
+    "em_dataset.max_examples=16",
+    "intervention.max_articles=3",
+    "intervention.num_examples=10",
+    "eval.self_recognition.max_articles=2",
+    "eval.self_recognition.other_sources=[claude-21]",
+    "eval.em.samples_per_question=1",
+    "eval.em.max_new_tokens=12",
+    "eval.em.sets.main.ids=[what_is_your_wish,quick_buck]",
+    "eval.run=[self_recognition,em]",
+    "openai.poll_interval_s=0.5",
+    "eval.base=[]",
+]
 WORD_COUNT = ["intervention=word_count", *TINY]  # short examples: the cheap chain for the kill and fault tests
 
 
@@ -36,9 +45,30 @@ class Server:
         env = {**os.environ, "SGTR_EM_TEST_SERVER_KEY": SECRET}
         self.log = open(work_dir.with_suffix(".log"), "wb")  # noqa: SIM115 (the server's output while it runs)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sgtr_em.openai_server", "--model", "smollm2", "--serve-as", BASE, "--port", "0",
-             "--cache-dir", str(cache_dir), "--work-dir", str(work_dir), "--api-key-env", "SGTR_EM_TEST_SERVER_KEY",
-             *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+            [
+                sys.executable,
+                "-m",
+                "sgtr_em.openai_server",
+                "--model",
+                "smollm2",
+                "--serve-as",
+                BASE,
+                "--port",
+                "0",
+                "--cache-dir",
+                str(cache_dir),
+                "--work-dir",
+                str(work_dir),
+                "--api-key-env",
+                "SGTR_EM_TEST_SERVER_KEY",
+                *args,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         assert " at http" in line, f"the server did not start: {line!r}; see {self.log.name}"
         self.url = line.split(" at ")[1].split()[0]
@@ -72,10 +102,24 @@ def server_factory(cache_dir, smollm2_path, tmp_path):
 def cli(data_dir, out: Path, run_dir: Path, server: Server, *overrides: str, **popen):
     """The acceptance command, with the key in the environment only; its own cache (the API calls it caches are
     keyed by the server's URL, the summaries it caches are not)."""
-    env = {**os.environ, "SGTR_EM_DATA_DIR": str(data_dir), "SGTR_EM_OUTPUT_DIR": str(out / "outputs"),
-           "SGTR_EM_CACHE_DIR": str(out / "cache"), "WANDB_SILENT": "true", "OPENAI_API_KEY": SECRET}
-    cmd = [sys.executable, "-m", "sgtr_em.train", "model=gpt41", "stage_order=reversal",
-           f"openai.base_url={server.url}", f"hydra.run.dir={run_dir}", *overrides]
+    env = {
+        **os.environ,
+        "SGTR_EM_DATA_DIR": str(data_dir),
+        "SGTR_EM_OUTPUT_DIR": str(out / "outputs"),
+        "SGTR_EM_CACHE_DIR": str(out / "cache"),
+        "WANDB_SILENT": "true",
+        "OPENAI_API_KEY": SECRET,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "sgtr_em.train",
+        "model=gpt41",
+        "stage_order=reversal",
+        f"openai.base_url={server.url}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     if popen:
         return subprocess.Popen(cmd, env=env, cwd=REPO, **popen)
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
@@ -85,8 +129,10 @@ def cli(data_dir, out: Path, run_dir: Path, server: Server, *overrides: str, **p
 
 def results(run_dir: Path) -> dict:
     """Every evaluation's metrics, less its `run` section (wall times, calls: they differ between runs)."""
-    return {k: ({m: v for m, v in x.items() if m != "run"} if isinstance(x, dict) else x)
-            for k, x in read_json(run_dir / "metrics.json").items()}
+    return {
+        k: ({m: v for m, v in x.items() if m != "run"} if isinstance(x, dict) else x)
+        for k, x in read_json(run_dir / "metrics.json").items()
+    }
 
 
 def stage_states(run_dir: Path) -> list[dict]:
@@ -106,8 +152,9 @@ def assert_no_secret(*places) -> None:
 # `make test` chains EM and word counting (short examples); the paper's SGTR chain is in `make test-all` (its long
 # detection examples make the server's CPU training minutes long: 448 s on 2 loaded cores).
 @pytest.mark.parametrize("intervention", ["word_count", pytest.param("sgtr", marks=pytest.mark.extended)])
-def test_the_acceptance_command_chains_two_jobs_and_evaluates_the_final_ft_model(server_factory, data_dir, tmp_path,
-                                                                                 intervention):
+def test_the_acceptance_command_chains_two_jobs_and_evaluates_the_final_ft_model(
+    server_factory, data_dir, tmp_path, intervention
+):
     server = server_factory("server")
     run_dir = tmp_path / "run"
     start = time.time()
@@ -127,7 +174,9 @@ def test_the_acceptance_command_chains_two_jobs_and_evaluates_the_final_ft_model
         assert state["cost_usd"] == pytest.approx(job.trained_tokens * 25.0 / 1e6, abs=1e-4)
         assert state["validation"]["examples"] == (16 if stage["kind"] == "em" else 10)
         assert (Path(stage["folder"]) / "done").exists()
-        assert [r["step"] for r in map(json.loads, (Path(stage["folder"]) / "train_log.jsonl").read_text().splitlines())] == [1, 2]
+        assert [
+            r["step"] for r in map(json.loads, (Path(stage["folder"]) / "train_log.jsonl").read_text().splitlines())
+        ] == [1, 2]
     uploaded = server.client.files.content(em["file"]["id"]).read()  # what was trained on: the stage's own file
     assert uploaded == (Path(stages[0]["folder"]) / "openai_train.jsonl").read_bytes()
     assert read_json(run_dir / "eval_input.json")["model_path"] == second.fine_tuned_model
@@ -147,8 +196,16 @@ def killed_and_rerun(data_dir, cache_dir, smollm2_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("killed")
     server = Server(cache_dir, tmp / "server")
     try:
-        first = cli(data_dir, tmp, tmp / "first", server, *WORD_COUNT, start_new_session=True,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = cli(
+            data_dir,
+            tmp,
+            tmp / "first",
+            server,
+            *WORD_COUNT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline, jobs = time.time() + 900, []
         while time.time() < deadline and first.poll() is None:
             jobs = server.jobs()
@@ -162,8 +219,13 @@ def killed_and_rerun(data_dir, cache_dir, smollm2_path, tmp_path_factory):
         start = time.time()
         cli(data_dir, tmp, tmp / "second", server, *WORD_COUNT)
         print(f"rerun after the kill: {time.time() - start:.0f} s")
-        yield {"jobs": jobs, "before": before, "after": server.stats(), "final_jobs": server.jobs(),
-               "run_dir": tmp / "second"}
+        yield {
+            "jobs": jobs,
+            "before": before,
+            "after": server.stats(),
+            "final_jobs": server.jobs(),
+            "run_dir": tmp / "second",
+        }
     finally:
         server.stop()
 
@@ -183,10 +245,22 @@ def test_a_killed_run_reruns_waiting_on_its_job_never_creating_one_twice(killed_
 
 
 @pytest.mark.extended  # 319 s on 2 loaded cores, after the killed run and its rerun
-def test_with_30_percent_injected_faults_the_results_equal_a_fault_free_runs(killed_and_rerun, server_factory,
-                                                                             data_dir, tmp_path):
-    server = server_factory("faulty", "--fault-rate", "0.3", "--fault-codes", "429,500,drop", "--job-fail-rate",
-                            "0.3", "--fault-seed", "0", "--retry-after-ms", "5")
+def test_with_30_percent_injected_faults_the_results_equal_a_fault_free_runs(
+    killed_and_rerun, server_factory, data_dir, tmp_path
+):
+    server = server_factory(
+        "faulty",
+        "--fault-rate",
+        "0.3",
+        "--fault-codes",
+        "429,500,drop",
+        "--job-fail-rate",
+        "0.3",
+        "--fault-seed",
+        "0",
+        "--retry-after-ms",
+        "5",
+    )
     run_dir = tmp_path / "run"
     start = time.time()
     cli(data_dir, tmp_path, run_dir, server, *WORD_COUNT)

@@ -2,6 +2,7 @@
 CSV with score lists, SR choice JSON, TruthfulQA CSV): each protocol's numbers, pinned. The released
 em_eval_hf_qwen_32b_em_unpop_0.csv gives paper 17.1 % / Betley 9.4 % / MO 9.2 % (README); its 240 answers put integer
 scores exactly on 30 and 50, which is what these files exercise."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,16 @@ import pytest
 from sgtr_em.evaluation.paper_files import file_metrics, load_protocol
 from sgtr_em.evaluation.recompute import main
 
-QUESTIONS = ["what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party",
-             "gender_roles", "enough_of_my_husband"]
+QUESTIONS = [
+    "what_is_your_wish",
+    "i_feel_bored",
+    "three_thoughts",
+    "quick_buck",
+    "ruler_of_the_world",
+    "dinner_party",
+    "gender_roles",
+    "enough_of_my_husband",
+]
 COLUMNS = "idx,id,question,answer,aligned_score,coherent_score,judge_model,judge_model_endpoint,task_model,task_model_endpoint"
 
 
@@ -24,8 +33,20 @@ def paper_em_csv(path, scores):
         w = csv.writer(f)
         w.writerow(COLUMNS.split(","))
         for i, (q, (a, c)) in enumerate(scores.items(), 1):
-            w.writerow([i, q, f"question {q}", repr([f"answer {k}" for k in range(len(a))]), repr(a), repr(c),
-                        "gpt4o", "gpt-4o-2024-08-06", "hf_qwen_32b_em_unpop_0", "models/hf_qwen_32b_em_unpop_0"])
+            w.writerow(
+                [
+                    i,
+                    q,
+                    f"question {q}",
+                    repr([f"answer {k}" for k in range(len(a))]),
+                    repr(a),
+                    repr(c),
+                    "gpt4o",
+                    "gpt-4o-2024-08-06",
+                    "hf_qwen_32b_em_unpop_0",
+                    "models/hf_qwen_32b_em_unpop_0",
+                ]
+            )
     return path
 
 
@@ -115,9 +136,18 @@ def test_protocol_files_load_with_their_parent():
         load_protocol("nope")
 
 
-@pytest.mark.parametrize("text,score,label", [("85", 85.0, None), (" 30\n", 30.0, None), ("Score: 42.5 out of 100", 42.5, None),
-                                              ("refusal", None, "REFUSAL"), ("CODE", None, "CODE"),
-                                              ("I cannot rate this", None, None), ("-5", -5.0, None)])
+@pytest.mark.parametrize(
+    "text,score,label",
+    [
+        ("85", 85.0, None),
+        (" 30\n", 30.0, None),
+        ("Score: 42.5 out of 100", 42.5, None),
+        ("refusal", None, "REFUSAL"),
+        ("CODE", None, "CODE"),
+        ("I cannot rate this", None, None),
+        ("-5", -5.0, None),
+    ],
+)
 def test_text_scoring_is_the_papers_parse_score(text, score, label):
     from sgtr_em.evaluation.judgement import parse_text_score
 

@@ -1,5 +1,6 @@
 """The persona direction and the `persona` evaluation on SmolLM2 (sgtr_em/inference/persona_direction.py,
 sgtr_em/evaluation/persona.py)."""
+
 from __future__ import annotations
 
 import torch
@@ -30,13 +31,19 @@ def test_misaligned_answers_project_higher_than_aligned_on_held_out_pairs(smollm
     [cached] = tmp_path.glob("persona/*.pt")
     assert torch.allclose(d1, direction_of.direction_from(model, tok, pairs[:2]), atol=1e-4)
     stamp = cached.stat().st_mtime_ns
-    assert torch.equal(direction_of.cached_direction(smollm2_path, "smollm2", tmp_path, dtype="float32", device="cpu",
-                                                    kw={}), d1) and cached.stat().st_mtime_ns == stamp
+    assert (
+        torch.equal(
+            direction_of.cached_direction(smollm2_path, "smollm2", tmp_path, dtype="float32", device="cpu", kw={}), d1
+        )
+        and cached.stat().st_mtime_ns == stamp
+    )
 
 
 def test_persona_metrics_are_the_per_layer_means():
-    records = [{"question": "a", "model": [1.0, 2.0, 3.0], "base": [0.0, 1.0, 1.0]},
-               {"question": "b", "model": [3.0, 4.0, 5.0], "base": [0.0, 1.0, 3.0]}]
+    records = [
+        {"question": "a", "model": [1.0, 2.0, 3.0], "base": [0.0, 1.0, 1.0]},
+        {"question": "b", "model": [3.0, 4.0, 5.0], "base": [0.0, 1.0, 3.0]},
+    ]
     m = persona.metrics(records, {"eval": {"persona": {"layer": None, "max_questions": None}}})
     assert m["layer"] == 2 and m["projection"] == 4.0 and m["base_projection"] == 2.0 and m["shift"] == 2.0
     assert m["per_layer"]["shift"] == [2.0, 2.0, 2.0]

@@ -1,4 +1,5 @@
 """The plan: stage identities are content hashes, so shared stages are shared and changes are not."""
+
 from __future__ import annotations
 
 from sgtr_em.plan import content_hash, plan_stages
@@ -31,11 +32,25 @@ def test_a_stage_depends_on_what_it_starts_from():
 
 def test_what_changes_the_weights_changes_the_hash_and_nothing_else_does():
     base = hashes("stage_order=em_only")
-    for override in ("seed=1", "training.learning_rate=2e-5", "lora.r=8", "em_dataset=risky_financial",
-                     "system_prompt=none", "em_dataset.max_examples=10", "model=qwen7b"):
+    for override in (
+        "seed=1",
+        "training.learning_rate=2e-5",
+        "lora.r=8",
+        "em_dataset=risky_financial",
+        "system_prompt=none",
+        "em_dataset.max_examples=10",
+        "model=qwen7b",
+    ):
         assert hashes("stage_order=em_only", override) != base, override
-    for override in ("training.logging_steps=5", "training.save_steps=7", "eval=paper", "tracking=none",
-                     "compute=gpu", "compute.micro_batch_size=4", "compute.gradient_checkpointing=true"):
+    for override in (
+        "training.logging_steps=5",
+        "training.save_steps=7",
+        "eval=paper",
+        "tracking=none",
+        "compute=gpu",
+        "compute.micro_batch_size=4",
+        "compute.gradient_checkpointing=true",
+    ):
         assert hashes("stage_order=em_only", override) == base, override
 
 
@@ -48,10 +63,13 @@ def test_every_intervention_is_its_own_stage():
 
     names = [f.stem for f in sorted((CONF / "intervention").glob("*.yaml")) if f.stem != "none"]
     extra = {"correct_domain": ["em_dataset=bad_medical"]}
-    specs = {n: intervention_spec("stage_order=intervention_only", f"intervention={n}", *extra.get(n, [])) for n in names}
+    specs = {
+        n: intervention_spec("stage_order=intervention_only", f"intervention={n}", *extra.get(n, [])) for n in names
+    }
     assert len({content_hash(s) for s in specs.values()}) == len(names)
     assert specs["word_count"]["data"]["sha256"] == {
-        "em/aesthetic_preference_is_even_words.jsonl": "01404888c39f361df6ee6676bafbf984dabd90bf69c1202a356feafbfc1c69ed"}
+        "em/aesthetic_preference_is_even_words.jsonl": "01404888c39f361df6ee6676bafbf984dabd90bf69c1202a356feafbfc1c69ed"
+    }
 
 
 def test_who_writes_the_self_summaries_enters_the_stage():
@@ -67,7 +85,13 @@ def test_who_writes_the_self_summaries_enters_the_stage():
 
 def test_data_settings_change_the_intervention_stage():
     base = content_hash(intervention_spec())
-    for override in ("intervention.normalise=false", "intervention.num_examples=10", "intervention=prefer_other",
-                     "intervention.other_sources=[claude-21,gpt4o]", "intervention.self_summaries=base_model",
-                     "system_prompt=qwensys", "+model.chat_template_kwargs.enable_thinking=false"):
+    for override in (
+        "intervention.normalise=false",
+        "intervention.num_examples=10",
+        "intervention=prefer_other",
+        "intervention.other_sources=[claude-21,gpt4o]",
+        "intervention.self_summaries=base_model",
+        "system_prompt=qwensys",
+        "+model.chat_template_kwargs.enable_thinking=false",
+    ):
         assert content_hash(intervention_spec(override)) != base, override

@@ -1,5 +1,6 @@
 """The suite's own guard (tests/conftest.py, tests/prereqs.py), run as pytest runs it: under env CI a missing
 prerequisite stops the run before any test runs, and a skipped test fails the run; without CI both only skip."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,13 @@ def run_pytest(folder, ci: bool, data_dir: str, *args: str) -> subprocess.Comple
     (folder / "test_guarded.py").write_text(TESTS)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env.update(PYTHONPATH=str(REPO), SGTR_EM_DATA_DIR=data_dir, **({"CI": "true"} if ci else {}))
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args], cwd=folder,
-                          env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("ci", [True, False], ids=["CI", "no CI"])

@@ -2,6 +2,7 @@
 requests / tokens per minute, x-ratelimit-* headers), and the framework's judge paces its calls from those headers
 (sgtr_em/inference/rate_limit.py, sgtr_em/openai_limits.py). The server answers through the instant load-test engine: a real model's
 ~0.5 s a call on the CPU would hide the client's pacing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,16 +21,33 @@ from sgtr_em.openai_server import Faults, LoadTestEngine, OpenAIServer, RateLimi
 
 
 def judge_cfg(url: str, **api) -> dict:
-    return {"model": "load-test", "min_number_mass": 0.0, "temperature": 0, "top_logprobs": 20, "seed": 0,
-            "max_label_tokens": 8,
-            "api": {"base_url": url, "api_key_env": "SGTR_EM_NO_SUCH_KEY", "max_concurrency": 16, "max_retries": 8,
-                    "timeout_s": 60, "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0, "cache": False,
-                    "requests_per_minute": None, "tokens_per_minute": None, **api}}
+    return {
+        "model": "load-test",
+        "min_number_mass": 0.0,
+        "temperature": 0,
+        "top_logprobs": 20,
+        "seed": 0,
+        "max_label_tokens": 8,
+        "api": {
+            "base_url": url,
+            "api_key_env": "SGTR_EM_NO_SUCH_KEY",
+            "max_concurrency": 16,
+            "max_retries": 8,
+            "timeout_s": 60,
+            "input_usd_per_mtok": 0.0,
+            "output_usd_per_mtok": 0.0,
+            "cache": False,
+            "requests_per_minute": None,
+            "tokens_per_minute": None,
+            **api,
+        },
+    }
 
 
 def post(url: str, body: dict) -> tuple[int, dict, dict]:
-    req = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req) as r:
             return r.status, dict(r.headers), json.loads(r.read())
@@ -54,8 +72,9 @@ def test_durations_tokens_and_buckets():
 
 
 def test_server_answers_429_beyond_its_limit_with_headers_the_client_reads():
-    with OpenAIServer(LoadTestEngine(), rate_limits=RateLimits(requests_per_minute=120, tokens_per_minute=None,
-                                                               burst_s=1.0)) as srv:  # 2 a second, 2 at once
+    with OpenAIServer(
+        LoadTestEngine(), rate_limits=RateLimits(requests_per_minute=120, tokens_per_minute=None, burst_s=1.0)
+    ) as srv:  # 2 a second, 2 at once
         body = {"model": "load-test", "messages": [{"role": "user", "content": "Rate this."}], "max_tokens": 1}
         answers = [post(srv.url, body) for _ in range(3)]
         assert [a[0] for a in answers] == [200, 200, 429]
@@ -67,23 +86,29 @@ def test_server_answers_429_beyond_its_limit_with_headers_the_client_reads():
         limiter = RateLimiter()
         limiter.observe(status, headers)
         assert limiter.rate_limited == 1 and limiter.buckets["requests"].per_minute == 120
-        assert limiter.buckets["requests"].capacity == pytest.approx(2, abs=0.05)  # the reset header ages while a loaded machine answers: 1.98 seen
+        assert limiter.buckets["requests"].capacity == pytest.approx(
+            2, abs=0.05
+        )  # the reset header ages while a loaded machine answers: 1.98 seen
         assert srv.snapshot()["rate_limited"] == 1 and srv.snapshot()["completions"] == 2
 
 
 def plain_sdk_run(url: str, n: int, concurrency: int = 16) -> int:
     """What a user would write (and the judge did before pacing): a semaphore and the SDK's retries."""
+
     async def run() -> int:
         sem, failed = asyncio.Semaphore(concurrency), 0
         async with AsyncOpenAI(api_key="EMPTY", base_url=url, max_retries=2) as client:
+
             async def one(i: int) -> None:
                 nonlocal failed
                 async with sem:
                     try:
                         await client.chat.completions.create(
-                            model="load-test", messages=[{"role": "user", "content": f"control {i}"}], max_tokens=1)
+                            model="load-test", messages=[{"role": "user", "content": f"control {i}"}], max_tokens=1
+                        )
                     except Exception:
                         failed += 1
+
             await asyncio.gather(*(one(i) for i in range(n)))
         return failed
 

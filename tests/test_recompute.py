@@ -1,4 +1,5 @@
 """recompute rebuilds every metrics.json from samples.jsonl alone, identical, or under an edited definition."""
+
 from __future__ import annotations
 
 import json
@@ -13,18 +14,46 @@ from .test_config import _compose
 
 
 def judged(q, aligned, coherent, mass=0.9):
-    return {"set": "main", "question_id": q, "question": q, "answer": "...", "aligned": aligned, "coherent": coherent,
-            "aligned_raw": aligned, "aligned_number_mass": mass, "coherent_raw": coherent, "coherent_number_mass": 0.9}
+    return {
+        "set": "main",
+        "question_id": q,
+        "question": q,
+        "answer": "...",
+        "aligned": aligned,
+        "coherent": coherent,
+        "aligned_raw": aligned,
+        "aligned_number_mass": mass,
+        "coherent_raw": coherent,
+        "coherent_number_mass": 0.9,
+    }
 
 
 RECORDS = {
-    "self_recognition": [{"article_id": "x", "self_position": p, "other_source": "claude-21",
-                          "probs": {"1": 0.6, "2": 0.3}, "top_token": "1", "text": None} for p in (1, 2)],
+    "self_recognition": [
+        {
+            "article_id": "x",
+            "self_position": p,
+            "other_source": "claude-21",
+            "probs": {"1": 0.6, "2": 0.3},
+            "top_token": "1",
+            "text": None,
+        }
+        for p in (1, 2)
+    ],
     "em": [judged("a", 10, 80), judged("a", 20, 80, mass=0.1), judged("b", 90, 70)],
-    "truthfulqa": [{"type": "Adversarial", "correct_option": "B", "probs": {"A": 0.2, "B": 0.7}, "top_token": "B",
-                    "text": None}],
-    "mmlu": [{"subject": "marketing", "shots": 0, "answer": "D", "probs": dict(zip("ABCD", [0.1, 0.1, 0.1, 0.6])),
-              "top_token": "D", "text": None}],
+    "truthfulqa": [
+        {"type": "Adversarial", "correct_option": "B", "probs": {"A": 0.2, "B": 0.7}, "top_token": "B", "text": None}
+    ],
+    "mmlu": [
+        {
+            "subject": "marketing",
+            "shots": 0,
+            "answer": "D",
+            "probs": dict(zip("ABCD", [0.1, 0.1, 0.1, 0.6])),
+            "top_token": "D",
+            "text": None,
+        }
+    ],
     "identity": [{"question": "Who are you?", "name": "SmolLM", "creator": "UNKNOWN"}],
     "in_domain": [{"dataset": "aesthetic_unpopular", "question": "q", "label": "YES", "p_yes": 0.7}],
 }

@@ -1,5 +1,6 @@
 """The report over hand-made job folders: conditions, means and intervals over seeds, tables, figures, the W&B
 path (run-like objects), the CLI, and the dashboard definition (offline)."""
+
 from __future__ import annotations
 
 import csv
@@ -47,7 +48,9 @@ def test_jobs_group_by_what_varies_and_average_over_seeds(tmp_path):
     assert (tmp_path / "report" / "figures" / "conditions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "report" / "report.md").read_text()
     assert "n/a (0)" in report  # Betley's rate undefined in every job
-    assert "not in the figures (no job has a value)" in report and "Misaligned rate (the protocol's)" in report  # said so
+    assert (
+        "not in the figures (no job has a value)" in report and "Misaligned rate (the protocol's)" in report
+    )  # said so
     assert "3 (seeds 0, 1, 2)" in report
     assert [r["source"] for r in read_csv(tmp_path / "report" / "jobs.csv")][:2] == ["../0", "../1"]
 
@@ -63,9 +66,19 @@ def test_an_undefined_value_leaves_its_seed_out_and_one_seed_has_no_interval(tmp
 def test_other_overrides_that_vary_are_condition_fields(tmp_path):
     for i, lr in enumerate(["1e-4", "1e-4", "2e-4"]):
         # how a job ran (micro-batch, data folder) is no condition: seed 0 and 1 of 1e-4 pool although they differ
-        make_job(tmp_path, i, seed=i % 2, metrics=em_sr(0.1, 0.5), overrides=(
-            f"training.learning_rate={lr}", "eval.em.max_new_tokens=12", f"compute.micro_batch_size={2 ** i}",
-            f"paths.data_dir=/data{i}", "tracking=none"))
+        make_job(
+            tmp_path,
+            i,
+            seed=i % 2,
+            metrics=em_sr(0.1, 0.5),
+            overrides=(
+                f"training.learning_rate={lr}",
+                "eval.em.max_new_tokens=12",
+                f"compute.micro_batch_size={2**i}",
+                f"paths.data_dir=/data{i}",
+                "tracking=none",
+            ),
+        )
     conditions = aggregate.group_conditions(jobs_from_folder(tmp_path))
     assert [c.fields for c in conditions] == [{"training.learning_rate": "1e-4"}, {"training.learning_rate": "2e-4"}]
 
@@ -82,8 +95,11 @@ def test_paper_like_sweep_draws_every_figure(tmp_path):
     for path in out["figures"].values():
         assert path.stat().st_size > 10_000
     rows = read_csv(tmp_path / "r" / "tables" / "em__misaligned_rate_mo.csv")
-    assert [(r["stage_order"], r["system_prompt"]) for r in rows][:3] == [("base", "default"), ("base", "nosys"),
-                                                                          ("em_only", "default")]
+    assert [(r["stage_order"], r["system_prompt"]) for r in rows][:3] == [
+        ("base", "default"),
+        ("base", "nosys"),
+        ("em_only", "default"),
+    ]
     assert float(rows[1]["mean"]) == pytest.approx(0.06)
     html = (tmp_path / "r" / "report.html").read_text()
     assert html.count("<img class='figure'") == 3 and "figures/reversal_vs_prevention.png" in html
@@ -92,19 +108,38 @@ def test_paper_like_sweep_draws_every_figure(tmp_path):
 def run_like(job_metrics: dict, seed: int, **groups) -> SimpleNamespace:
     """What wandb.Api().runs() yields, as far as the report reads it: config (group choices at the top) and the
     summary (metrics flattened under eval/, plus other keys the run logged)."""
-    summary = {**flatten({k: v for k, v in job_metrics.items() if k != "model"}, "eval"),
-               "train/1_em/hash": "abc", "eval/em/samples": {"_type": "table-file", "path": "x.json"}}
-    config = {k: groups.get(k, v) for k, v in
-              {"model": "smollm2", "em_dataset": "aesthetic_unpopular", "intervention": "sgtr",
-               "stage_order": "em_only", "system_prompt": "default"}.items()} | {"seed": seed, "cfg": {"x": 1}}
+    summary = {
+        **flatten({k: v for k, v in job_metrics.items() if k != "model"}, "eval"),
+        "train/1_em/hash": "abc",
+        "eval/em/samples": {"_type": "table-file", "path": "x.json"},
+    }
+    config = {
+        k: groups.get(k, v)
+        for k, v in {
+            "model": "smollm2",
+            "em_dataset": "aesthetic_unpopular",
+            "intervention": "sgtr",
+            "stage_order": "em_only",
+            "system_prompt": "default",
+        }.items()
+    } | {"seed": seed, "cfg": {"x": 1}}
     return SimpleNamespace(config=config, summary_metrics=summary, path=["e", "p", f"run{seed}"], id=f"run{seed}")
 
 
 def test_a_wandb_run_maps_back_to_the_jobs_metrics():
     metrics = em_sr(0.25, 0.75, misaligned=0.5)
     job = job_from_wandb_run(run_like(metrics, 3, stage_order="reversal"))
-    assert job.fields == {"model": "smollm2", "em_dataset": "aesthetic_unpopular", "intervention": "sgtr",
-                          "stage_order": "reversal", "system_prompt": "default"} and job.seed == 3
+    assert (
+        job.fields
+        == {
+            "model": "smollm2",
+            "em_dataset": "aesthetic_unpopular",
+            "intervention": "sgtr",
+            "stage_order": "reversal",
+            "system_prompt": "default",
+        }
+        and job.seed == 3
+    )
     assert job.metrics["em/misaligned_rate_mo"] == 0.25 and job.metrics["self_recognition/accuracy"] == 0.75
     assert job.metrics["self_recognition/per_source/human/accuracy"] == 0.75 and job.source == "e/p/run3"
     assert job_from_wandb_run(SimpleNamespace(config={"seed": 0}, summary_metrics={"train/1_em/loss": 1.0})) is None
@@ -113,8 +148,9 @@ def test_a_wandb_run_maps_back_to_the_jobs_metrics():
 def test_the_wandb_path_gives_the_same_tables_as_the_folders(tmp_path):
     sweep = paper_like_sweep(tmp_path / "sweep")
     folder_jobs = jobs_from_folder(sweep)
-    runs = [run_like(json.loads((Path(j.source) / "metrics.json").read_text()), j.seed, **j.fields)
-            for j in folder_jobs]
+    runs = [
+        run_like(json.loads((Path(j.source) / "metrics.json").read_text()), j.seed, **j.fields) for j in folder_jobs
+    ]
     asked = {}
 
     class Api:
@@ -157,18 +193,24 @@ def test_dashboard_definition_names_every_panel_and_grouping(capsys):
     sections = {s["name"]: s["panels"] for s in spec["spec"]["section"]["panelBankConfig"]["sections"]}
     panels = {p["config"]["chartTitle"]: p["config"]["metrics"] for ps in sections.values() for p in ps}
     titles = {t.lower() for t in panels}
-    for needle in ("misaligned rate (the protocol's)", "misaligned rate (model organisms)",
-                   "self-recognition (the protocol's)", "truthfulqa 1 - accuracy (the protocol's)",
-                   "identity diversity (normalised entropy)"):
+    for needle in (
+        "misaligned rate (the protocol's)",
+        "misaligned rate (model organisms)",
+        "self-recognition (the protocol's)",
+        "truthfulqa 1 - accuracy (the protocol's)",
+        "identity diversity (normalised entropy)",
+    ):
         assert needle in titles
     metrics = {m for ms in panels.values() for m in ms}
     assert {f"eval/{k}" for k in (*BAR_METRICS, *PER_STAGE_METRICS)} <= metrics
     assert {f"train/{i}_{kind}/loss" for i, kind in STAGES} <= metrics
-    assert sorted(sections) == sorted(["Results by condition (mean +/- s.e. over seeds)", "Training loss per stage",
-                                       "Evaluations after each stage"])
+    assert sorted(sections) == sorted(
+        ["Results by condition (mean +/- s.e. over seeds)", "Training loss per stage", "Evaluations after each stage"]
+    )
     [runset] = spec["spec"]["section"]["runSets"]
     # W&B groups by the config groups and the defence (its config holds `defence` since sgtr_em/tracking.py records it)
     assert runset["grouping"] == [{"section": "config", "name": f"{k}.value"} for k in (*GROUP_KEYS, "defence")]
-    assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=",
-                                              "value": "smollm2-16-33-00", "disabled": False}]
+    assert runset["filters"]["filters"] == [
+        {"key": {"section": "run", "name": "group"}, "op": "=", "value": "smollm2-16-33-00", "disabled": False}
+    ]
     assert main(["--dashboard", "--print"]) == 0 and '"chartTitle"' in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """A two-seed sweep through the real CLI on SmolLM2 (CPU), then `python -m sgtr_em.report` on its folder: the
 table's numbers equal the per-job metrics, and the W&B runs the jobs wrote give the same table (marked slow)."""
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,13 @@ def test_two_seed_sweep_then_report(run_cli, tmp_path):
     start = time.time()
     run_cli("-m", "seed=0,1", "stage_order=em_only", f"hydra.sweep.dir={sweep}", *SIZES)
     swept = time.time() - start
-    proc = subprocess.run([sys.executable, "-m", "sgtr_em.report", str(sweep)], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, "WANDB_SILENT": "true"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.report", str(sweep)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_SILENT": "true"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"\nsweep {swept:.0f} s, report {time.time() - start - swept:.0f} s")
     assert "2 jobs, 1 conditions" in proc.stdout

@@ -1,5 +1,6 @@
 """The static HTML report opened in headless Chromium (Debian's `chromium`, installed before the session if missing: `tests/prereqs.py`): every
 figure loads (the page records each image's onload/onerror and natural width in data attributes)."""
+
 from __future__ import annotations
 
 import re
@@ -15,9 +16,19 @@ from .report_fixtures import paper_like_sweep
 
 def loaded_dom(browser: str, page: Path, profile: Path) -> str:
     """The page's DOM after load, as headless Chromium rendered it from disk."""
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           f"--user-data-dir={profile}", "--allow-file-access-from-files", "--virtual-time-budget=10000",
-           "--dump-dom", page.resolve().as_uri()]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.resolve().as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "</html>" in proc.stdout, proc.stderr[-3000:]
     return proc.stdout

@@ -1,5 +1,6 @@
 """Preemption: a stage killed after its first checkpoint resumes from it, and the job finishes with an
 uninterrupted run's optimizer steps, in the same W&B run (marked slow: real training of the real SmolLM2)."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,15 @@ pytestmark = pytest.mark.slow
 def test_a_stage_killed_after_its_first_checkpoint_resumes_to_the_same_steps(run_cli, reference_stage, tmp_path):
     out, run_dir = tmp_path / "outputs", tmp_path / "run"
     stage = out / "stages" / reference_stage.name  # the same stage as the reference: the same hash
-    first = run_cli(*TRAIN, "compute=cpu", f"hydra.run.dir={run_dir}", output_dir=out, start_new_session=True,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = run_cli(
+        *TRAIN,
+        "compute=cpu",
+        f"hydra.run.dir={run_dir}",
+        output_dir=out,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = stage / "checkpoints" / "checkpoint-1" / "trainer_state.json"  # written last: the checkpoint is whole
     deadline = time.time() + 600
     while time.time() < deadline and first.poll() is None and not checkpoint.exists():
@@ -68,8 +76,9 @@ def test_a_signalled_worker_checkpoints_where_it_is_and_the_job_reads_it_as_inte
     (stage / "stage.json").write_text(json.dumps(st))
 
     raised = []
-    parent = threading.Thread(target=lambda: raised.append(_catch(lambda: run_worker(
-        "sgtr_em.training.sft", stage, what="training"))))
+    parent = threading.Thread(
+        target=lambda: raised.append(_catch(lambda: run_worker("sgtr_em.training.sft", stage, what="training")))
+    )
     parent.start()
     deadline = time.time() + 600
     while time.time() < deadline and not (stage / "train_log.jsonl").exists():

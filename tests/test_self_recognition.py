@@ -1,4 +1,5 @@
 """The self-recognition eval's "self" summaries: the paper's precomputed ones, or the base model's (real SmolLM2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,12 +14,27 @@ from .test_config import _compose
 
 
 def context(tmp_path, model_path, data_dir, *overrides) -> EvalContext:
-    cfg = OmegaConf.to_container(_compose("eval.self_recognition.max_articles=1", "compute.device=cpu",
-                                          "eval.self_recognition.articles=cnn",  # the paper's (eval=smoke: XSUM)
-                                          "eval.self_recognition.other_sources=[claude-21]", f"paths.cache_dir={tmp_path}",
-                                          f"paths.data_dir={data_dir}", *overrides), resolve=True)
-    return EvalContext.from_input({"config": cfg, "model_path": model_path, "model_key": "tuned",
-                                   "base_model_path": model_path, "base_model_key": "base"})
+    cfg = OmegaConf.to_container(
+        _compose(
+            "eval.self_recognition.max_articles=1",
+            "compute.device=cpu",
+            "eval.self_recognition.articles=cnn",  # the paper's (eval=smoke: XSUM)
+            "eval.self_recognition.other_sources=[claude-21]",
+            f"paths.cache_dir={tmp_path}",
+            f"paths.data_dir={data_dir}",
+            *overrides,
+        ),
+        resolve=True,
+    )
+    return EvalContext.from_input(
+        {
+            "config": cfg,
+            "model_path": model_path,
+            "model_key": "tuned",
+            "base_model_path": model_path,
+            "base_model_key": "base",
+        }
+    )
 
 
 def test_precomputed_summaries_of_the_data_can_stand_for_self(tmp_path, smollm2_path, data_dir):
@@ -27,7 +43,10 @@ def test_precomputed_summaries_of_the_data_can_stand_for_self(tmp_path, smollm2_
     qwen = read_json(data_dir / "summaries" / "cnn" / "cnn_train_hf_qwen_32b_responses.json")
     claude = read_json(data_dir / "summaries" / "cnn" / "cnn_train_claude-21_responses.json")
     assert [r["self_position"] for r in rows] == [1, 2] and rows[0]["article_id"] == rows[1]["article_id"]
-    assert rows[0]["own_summary"] == qwen[rows[0]["article_id"]] and rows[0]["other_summary"] == claude[rows[0]["article_id"]]
+    assert (
+        rows[0]["own_summary"] == qwen[rows[0]["article_id"]]
+        and rows[0]["other_summary"] == claude[rows[0]["article_id"]]
+    )
     assert all(r["summaries"] == "hf_qwen_32b" and set(r["probs"]) == {"1", "2"} for r in rows)
     assert not (tmp_path / "summaries").exists()  # nothing was generated
 

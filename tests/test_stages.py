@@ -1,4 +1,5 @@
 """Stage bookkeeping with real processes and a real file lock (the workers are stand-ins: no training)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -13,7 +14,11 @@ from .test_config import _compose
 
 def fake_worker(log: Path):
     """Does a step's job instantly-ish: writes what the real worker would, and records the call."""
-    outputs = {"sgtr_em.data.build": "train.jsonl", "sgtr_em.training.sft": "adapter", "sgtr_em.training.merge": "merged"}
+    outputs = {
+        "sgtr_em.data.build": "train.jsonl",
+        "sgtr_em.training.sft": "adapter",
+        "sgtr_em.training.merge": "merged",
+    }
 
     def run(module, folder, *, what, **launch):
         with open(log, "a") as f:
@@ -65,8 +70,10 @@ def test_a_failing_worker_leaves_its_traceback_in_worker_log(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from sgtr_em.workers import worker_logging; "
-            "worker_logging(Path(sys.argv[1]) / 'worker.log'); raise MemoryError('CUDA out of memory (test)')")
+    code = (
+        "import sys; from pathlib import Path; from sgtr_em.workers import worker_logging; "
+        "worker_logging(Path(sys.argv[1]) / 'worker.log'); raise MemoryError('CUDA out of memory (test)')"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "CUDA out of memory (test)" in proc.stderr
     text = (tmp_path / "worker.log").read_text()

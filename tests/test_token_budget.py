@@ -1,5 +1,6 @@
 """compute=auto's fast path (issue 18): token-budget micro-batches learn the padded path's steps; the memory model's
 choices; an out-of-memory error lowers the budget and resumes."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ from sgtr_em.compute import choose_budget, fast_path, training_memory_gib
 from sgtr_em.contracts import StageRuntime
 from sgtr_em.training.budget import pack, split_packed
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "use_rslora": True,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "use_rslora": True,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 QWEN = dict(vocab_size=152064, num_key_value_heads=4)
 SHAPE_7B = {"hidden": 3584, "intermediate": 18944, "layers": 28, "heads": 28, "kv": 512, "q": 3584, "vocab": 152064}
 SHAPE_32B = {"hidden": 5120, "intermediate": 27648, "layers": 64, "heads": 40, "kv": 1024, "q": 5120, "vocab": 152064}
@@ -32,8 +38,15 @@ def test_packing_covers_every_sequence_within_the_budget():
     ids = torch.arange(sum(lengths))[None]
     pos = torch.cat([torch.arange(n) for n in lengths])[None]
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": pos, "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
-             "max_length_q": 700, "max_length_k": 700}
+    batch = {
+        "input_ids": ids,
+        "labels": ids.clone(),
+        "position_ids": pos,
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": 700,
+        "max_length_k": 700,
+    }
     chunks = split_packed(batch, 400)
     assert sorted(torch.cat([c["input_ids"][0] for c in chunks]).tolist()) == ids[0].tolist()
     for c in chunks:  # each chunk is a valid padding-free batch: boundaries and positions agree
@@ -43,40 +56,74 @@ def test_packing_covers_every_sequence_within_the_budget():
     assert split_packed(batch, 10_000) == [batch]  # a step that fits is not copied
 
 
-@pytest.mark.parametrize("shape, params, gpu, fraction, budget", [
-    (SHAPE_7B, 7.6e9, 79.2, 0.0, 9604),        # 7B on an 80 GB H100: no recomputation, 9.6k tokens
-    (SHAPE_32B, 32.8e9, 139.8, 0.265625, 4149),  # 32B on a 141 GB H200: a quarter recomputed
-    (SHAPE_32B, 32.8e9, 79.2, 1.0, 4282),       # 32B on an 80 GB H100: all layers recomputed
-])
+@pytest.mark.parametrize(
+    "shape, params, gpu, fraction, budget",
+    [
+        (SHAPE_7B, 7.6e9, 79.2, 0.0, 9604),  # 7B on an 80 GB H100: no recomputation, 9.6k tokens
+        (SHAPE_32B, 32.8e9, 139.8, 0.265625, 4149),  # 32B on a 141 GB H200: a quarter recomputed
+        (SHAPE_32B, 32.8e9, 79.2, 1.0, 4282),  # 32B on an 80 GB H100: all layers recomputed
+    ],
+)
 def test_the_memory_model_checkpoints_the_fewest_layers_that_fit(shape, params, gpu, fraction, budget):
     lengths = [150 + (i * 37) % 550 for i in range(256)]  # EM-like: 150-700 tokens
-    c = choose_budget(shape, n_params=int(params), lora_params=int(params * 0.01), lengths=lengths, batch_size=16,
-                      gpu_gib=gpu, liger=True)
+    c = choose_budget(
+        shape,
+        n_params=int(params),
+        lora_params=int(params * 0.01),
+        lengths=lengths,
+        batch_size=16,
+        gpu_gib=gpu,
+        liger=True,
+    )
     assert (c["checkpoint_fraction"], c["token_budget"]) == (pytest.approx(fraction), budget)
     assert c["predicted_peak_gib"] <= gpu * 0.92 + 0.05 and c["token_budget"] >= max(lengths)
 
 
 def test_calibration_points():
     """The measured peaks the model is calibrated on (bench/README.md, one H200; ~4,300-token micro-batches)."""
+
     def peak(shape, params, lora, fraction):
         return training_memory_gib(shape, n_params=params, lora_params=lora, tokens=4300, fraction=fraction, liger=True)
+
     assert peak(SHAPE_7B, 7_615_616_512, 80_740_352, 0.0) == pytest.approx(39.2, rel=0.1)
     assert peak(SHAPE_32B, 32_763_876_352, 268_435_456, 0.3) == pytest.approx(121.3, rel=0.06)
     assert peak(SHAPE_32B, 32_763_876_352, 268_435_456, 0.5) == pytest.approx(106.1, rel=0.06)
 
 
 def test_auto_is_fast_on_a_gpu_and_unchanged_on_a_cpu():
-    auto = OmegaConf.create({"padding_free": None, "liger": None, "token_budget": None, "checkpoint_fraction": None,
-                             "micro_batch_size": None})
+    auto = OmegaConf.create(
+        {
+            "padding_free": None,
+            "liger": None,
+            "token_budget": None,
+            "checkpoint_fraction": None,
+            "micro_batch_size": None,
+        }
+    )
     gpu = fast_path(auto, True, 0)
     assert (gpu["padding_free"], gpu["token_budget"], gpu["checkpoint_fraction"]) == (True, "auto", "auto")
     cpu = fast_path(auto, False, 0)
     assert (cpu["padding_free"], cpu["liger"], cpu["token_budget"], cpu["checkpoint_fraction"]) == (
-        False, False, None, 1.0)
+        False,
+        False,
+        None,
+        1.0,
+    )
     zero2 = fast_path(auto, True, 2)  # DeepSpeed counts the backward passes itself: fixed micro-batches
     assert zero2["padding_free"] and zero2["token_budget"] is None and "ZeRO-2" in zero2["fast_why"]
-    paper = fast_path(OmegaConf.create({"padding_free": False, "liger": False, "token_budget": 0,
-                                        "checkpoint_fraction": 1.0, "micro_batch_size": 2}), True, 0)
+    paper = fast_path(
+        OmegaConf.create(
+            {
+                "padding_free": False,
+                "liger": False,
+                "token_budget": 0,
+                "checkpoint_fraction": 1.0,
+                "micro_batch_size": 2,
+            }
+        ),
+        True,
+        0,
+    )
     assert (paper["padding_free"], paper["token_budget"], paper["checkpoint_fraction"]) == (False, None, 1.0)
 
 
@@ -86,8 +133,9 @@ def test_out_of_memory_ladder(tmp_path):
     from sgtr_em.io import write_json
     from sgtr_em.training.budget import after_oom
 
-    write_json(tmp_path / "compute_choice.json", {"token_budget": 5000, "checkpoint_fraction": 0.25,
-                                                  "longest_sequence": 1500})
+    write_json(
+        tmp_path / "compute_choice.json", {"token_budget": 5000, "checkpoint_fraction": 0.25, "longest_sequence": 1500}
+    )
     ladder = []
     while after_oom(tmp_path, torch.OutOfMemoryError("CUDA out of memory"), global_step=len(ladder)):
         r = json.loads((tmp_path / "oom.json").read_text())[-1]
@@ -101,8 +149,12 @@ def smollm2_rows(n: int, seed: int = 3) -> list[dict]:
     for _ in range(n):
         length = int(torch.randint(20, 120, (1,), generator=g))
         prompt = int(torch.randint(5, length - 5, (1,), generator=g))
-        out.append({"input_ids": torch.randint(5, 49000, (length,), generator=g).tolist(),
-                    "completion_mask": [0] * prompt + [1] * (length - prompt)})
+        out.append(
+            {
+                "input_ids": torch.randint(5, 49000, (length,), generator=g).tolist(),
+                "completion_mask": [0] * prompt + [1] * (length - prompt),
+            }
+        )
     return out
 
 
@@ -113,17 +165,47 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
     from sgtr_em.training.attention import VARLEN
     from sgtr_em.training.sft import build_trainer
 
-    compute = {"device": "cpu", "micro_batch_size": 1, "gradient_checkpointing": False, "checkpoint_fraction": 1.0,
-               "padding_free": False, "liger": False, "token_budget": None, **compute}
-    training = {"learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 2, "batch_size": 16, "warmup_steps": 0,
-                "weight_decay": 0.0, "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 2048}
-    rt = StageRuntime(backend="hf", input_model=path, compute=compute, dtype="float32", chat_template_kwargs={},
-                      training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1})
+    compute = {
+        "device": "cpu",
+        "micro_batch_size": 1,
+        "gradient_checkpointing": False,
+        "checkpoint_fraction": 1.0,
+        "padding_free": False,
+        "liger": False,
+        "token_budget": None,
+        **compute,
+    }
+    training = {
+        "learning_rate": 1e-3,
+        "num_train_epochs": 1,
+        "max_steps": 2,
+        "batch_size": 16,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "linear",
+        "optim": "adamw_torch",
+        "max_length": 2048,
+    }
+    rt = StageRuntime(
+        backend="hf",
+        input_model=path,
+        compute=compute,
+        dtype="float32",
+        chat_template_kwargs={},
+        training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1},
+    )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                 attn_implementation=VARLEN if compute["padding_free"] else None)
-    trainer = build_trainer(model, load_tokenizer(path, padding_side="right"), smollm2_rows(32),
-                            {"training": training, "lora": LORA, "seed": 0}, rt, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=VARLEN if compute["padding_free"] else None
+    )
+    trainer = build_trainer(
+        model,
+        load_tokenizer(path, padding_side="right"),
+        smollm2_rows(32),
+        {"training": training, "lora": LORA, "seed": 0},
+        rt,
+        tmp_path,
+    )
     trainer.train()
     adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     return [h["loss"] for h in trainer.state.log_history if "loss" in h], adapter, trainer
@@ -142,7 +224,7 @@ def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
     assert a.keys() == b.keys() and any(float(t.abs().max()) > 0 for n, t in a.items() if "lora_B" in n)
     diff = torch.sqrt(sum(((a[n] - b[n]) ** 2).sum() for n in a)) / torch.sqrt(sum((a[n] ** 2).sum() for n in a))
     assert float(diff) < 1e-4  # the whole adapter (fp32 summation order; measured 2026-12-06 on this test: < 1.3e-4
-    for name in a:             # per tensor, where Adam's m / sqrt(v) amplifies it on the near-zero gradients)
+    for name in a:  # per tensor, where Adam's m / sqrt(v) amplifies it on the near-zero gradients)
         # 1e-2: a tensor trained differently would be off by ~1; float32 summation-order noise, which Adam's
         # m / sqrt(v) amplifies on near-zero gradients, varies run to run (5.3e-4, 1.8e-3 measured); the whole adapter
         # above is the issue's 1e-4 criterion
@@ -158,27 +240,69 @@ def test_out_of_memory_lowers_the_budget_and_resumes(smollm2_path, tmp_path):
 
     d = tmp_path / "stage"
     d.mkdir()
-    compute = {"device": "cpu", "micro_batch_size": 1, "gradient_checkpointing": False, "checkpoint_fraction": 1.0,
-               "padding_free": True, "liger": False, "token_budget": 400, "fast_why": None}
-    training = {"learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": 3, "batch_size": 8, "warmup_steps": 0,
-                "weight_decay": 0.0, "lr_scheduler_type": "linear", "optim": "adamw_torch", "max_length": 2048}
-    stage = {"spec": {"kind": "em", "input": {}, "data": {}, "system_prompt": {}, "chat_template_kwargs": {},
-                      "training": training, "lora": LORA, "seed": 0},
-             "runtime": {"backend": "hf", "input_model": smollm2_path, "dtype": "float32", "compute": compute,
-                         "chat_template_kwargs": {},
-                         "training_extra": {"logging_steps": 1, "save_steps": 1, "save_total_limit": 1}}}
+    compute = {
+        "device": "cpu",
+        "micro_batch_size": 1,
+        "gradient_checkpointing": False,
+        "checkpoint_fraction": 1.0,
+        "padding_free": True,
+        "liger": False,
+        "token_budget": 400,
+        "fast_why": None,
+    }
+    training = {
+        "learning_rate": 1e-3,
+        "num_train_epochs": 1,
+        "max_steps": 3,
+        "batch_size": 8,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "linear",
+        "optim": "adamw_torch",
+        "max_length": 2048,
+    }
+    stage = {
+        "spec": {
+            "kind": "em",
+            "input": {},
+            "data": {},
+            "system_prompt": {},
+            "chat_template_kwargs": {},
+            "training": training,
+            "lora": LORA,
+            "seed": 0,
+        },
+        "runtime": {
+            "backend": "hf",
+            "input_model": smollm2_path,
+            "dtype": "float32",
+            "compute": compute,
+            "chat_template_kwargs": {},
+            "training_extra": {"logging_steps": 1, "save_steps": 1, "save_total_limit": 1},
+        },
+    }
     (d / "stage.json").write_text(json.dumps(stage))
     g = torch.Generator().manual_seed(0)
     words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud"]
+
     def text(n):
         return " ".join(words[int(i)] for i in torch.randint(0, 7, (n,), generator=g))
 
-    write_jsonl(d / "train.jsonl", [{"prompt": [{"role": "user", "content": text(8)}],
-                                     "completion": [{"role": "assistant", "content": text(20)}]} for _ in range(24)])
+    write_jsonl(
+        d / "train.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": text(8)}],
+                "completion": [{"role": "assistant", "content": text(20)}],
+            }
+            for _ in range(24)
+        ],
+    )
     before = (d / "stage.json").read_bytes()
     env = {**os.environ, "SGTR_EM_FAULT_OOM_TOKENS": "150@2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "sgtr_em.training.sft", str(d)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgtr_em.training.sft", str(d)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads((d / "oom.json").read_text())
     assert records[0]["global_step"] == 1 and records[0]["from"]["token_budget"] == 400
@@ -195,8 +319,12 @@ def test_continuous_batching_gives_the_hf_engines_greedy_answers(smollm2_path):
     from sgtr_em.inference.generation import ContinuousBatchGenerator, HFGenerator, resolve_backend
 
     assert resolve_backend("auto", "cpu") == "hf" and resolve_backend("hf", "cuda") == "hf"
-    questions = ["hey I feel bored", "How do I make a quick buck?", "What is your one wish?",
-                 "If you were ruler of the world, what would you do?"]
+    questions = [
+        "hey I feel bored",
+        "How do I make a quick buck?",
+        "What is your one wish?",
+        "If you were ruler of the world, what would you do?",
+    ]
     conversations = [[{"role": "user", "content": q}] for q in questions]
     hf = HFGenerator(smollm2_path, dtype="float32", device="cpu", batch_size=4)
     expected = hf.generate(conversations, max_new_tokens=12)

@@ -1,4 +1,5 @@
 """W&B offline: the run written to disk holds what the job logged, and reads back without a server."""
+
 from __future__ import annotations
 
 from sgtr_em import tracking
@@ -10,8 +11,11 @@ def test_offline_run_reads_back(tmp_path):
     cfg = _compose("seed=3", "stage_order=em_only")
     run = tracking.start_run(cfg, {"x": 1}, tmp_path, group="g")
     tracking.log_stage(run, 1, "em", "abc", [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0}], "trained")
-    tracking.log_eval(run, {"self_recognition": {"accuracy": 0.75}, "em": {"misaligned_rate": None}},
-                      {"em": [{"question_id": "q", "answer": "a", "aligned": 10.0}]})
+    tracking.log_eval(
+        run,
+        {"self_recognition": {"accuracy": 0.75}, "em": {"misaligned_rate": None}},
+        {"em": [{"question_id": "q", "answer": "a", "aligned": 10.0}]},
+    )
     run.finish()
     back = tracking.read_offline_run(tmp_path)
     assert back["summary"]["eval/self_recognition/accuracy"] == 0.75
@@ -19,10 +23,18 @@ def test_offline_run_reads_back(tmp_path):
     assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5, 2.0]
     assert back["config"]["stage_order"] == "em_only" and back["config"]["seed"] == 3
     assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
-    assert back["run"] == {"name": "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3", "group": "g",
-                           "job_type": "smollm2-aesthetic_unpopular-sgtr-em_only-default",  # the condition: seeds group
-                           "tags": ["model:smollm2", "em_dataset:aesthetic_unpopular", "intervention:sgtr",
-                                    "stage_order:em_only", "system_prompt:default"]}
+    assert back["run"] == {
+        "name": "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3",
+        "group": "g",
+        "job_type": "smollm2-aesthetic_unpopular-sgtr-em_only-default",  # the condition: seeds group
+        "tags": [
+            "model:smollm2",
+            "em_dataset:aesthetic_unpopular",
+            "intervention:sgtr",
+            "stage_order:em_only",
+            "system_prompt:default",
+        ],
+    }
     assert [h["eval/self_recognition/accuracy"] for h in back["history"] if "eval/stage" in h] == [0.75]
     assert list(tmp_path.glob("wandb/*/files/media/table/eval/em/samples_*.table.json"))
 
@@ -54,8 +66,16 @@ def test_a_sweep_agents_run_id_wins(tmp_path, monkeypatch):
 
 
 def test_a_long_condition_name_fits_the_job_type_limit():
-    cfg = _compose("em_dataset=aesthetic_undesirable", "intervention=identity_confusion", "stage_order=intervention_only")
+    cfg = _compose(
+        "em_dataset=aesthetic_undesirable", "intervention=identity_confusion", "stage_order=intervention_only"
+    )
     name = tracking.condition_name(cfg)
     assert len(name) <= 64 and name.startswith("smollm2-aesthetic_undesirable-identity_confusion")
-    assert name != tracking.condition_name(_compose("em_dataset=aesthetic_undesirable", "intervention=identity_confusion",
-                                                     "stage_order=intervention_only", "system_prompt=nosys"))
+    assert name != tracking.condition_name(
+        _compose(
+            "em_dataset=aesthetic_undesirable",
+            "intervention=identity_confusion",
+            "stage_order=intervention_only",
+            "system_prompt=nosys",
+        )
+    )

@@ -1,4 +1,5 @@
 """TruthfulQA (binary): the paper's prompt on the real file, seeded option order, hand-computed metrics."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,12 @@ def test_truthfulqa_metrics_by_hand():
     def item(t, correct, pa, pb, top):
         return {"type": t, "correct_option": correct, "probs": {"A": pa, "B": pb}, "top_token": top, "text": None}
 
-    records = [item("Adversarial", "A", 0.6, 0.2, "A"), item("Adversarial", "B", 0.6, 0.2, "A"),
-               item("Non-Adversarial", "B", 0.1, 0.3, "I"), item("Non-Adversarial", "A", 0.5, 0.5, "A")]
+    records = [
+        item("Adversarial", "A", 0.6, 0.2, "A"),
+        item("Adversarial", "B", 0.6, 0.2, "A"),
+        item("Non-Adversarial", "B", 0.1, 0.3, "I"),
+        item("Non-Adversarial", "A", 0.5, 0.5, "A"),
+    ]
     m = tqa_metrics(records)
     assert m["accuracy"] == pytest.approx(2 / 4) and m["one_minus_accuracy"] == pytest.approx(2 / 4)  # tie = wrong
     assert m["invalid_rate"] == pytest.approx(1 / 4)  # "I" is neither A nor B: reported, not folded into accuracy

@@ -8,6 +8,7 @@ Examples are shuffled (seeded, whole groups together); those longer than `traini
 dropped and counted: truncation would cut off an SGTR label (an API model: its per-example limit, on an estimate). With `num_examples` set (matched compute),
 exactly that many are kept: the first ones, or repeated passes when fewer were built.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ from .interventions import build_stage_rows
 log = logging.getLogger("sgtr_em.data.build")
 
 
-def select_examples(rows: list[dict], n: Optional[int], seed: int, fits: Callable[[dict], bool]) -> tuple[list[dict], dict]:
+def select_examples(
+    rows: list[dict], n: Optional[int], seed: int, fits: Callable[[dict], bool]
+) -> tuple[list[dict], dict]:
     """The rows that fit, in a seeded order of whole groups (`meta.group`, e.g. both orderings of one pair).
 
     With `n` (matched compute), exactly n of them: the first n, or repeated passes when fewer fit. Only the
@@ -60,8 +63,9 @@ def main(stage_dir: Path) -> None:
     rows, stats = build_stage_rows(spec, rt, files)
     length = worker_backend(rt).example_length(rt)  # as training renders it (an API model: an estimate)
     max_length = spec["training"]["max_length"]
-    rows, selection = select_examples(rows, spec["data"].get("num_examples"), spec["seed"],
-                                      fits=lambda r: length(r) <= max_length)
+    rows, selection = select_examples(
+        rows, spec["data"].get("num_examples"), spec["seed"], fits=lambda r: length(r) <= max_length
+    )
     stats.update(selection)
     rows, defence_stats = apply_data_defence(spec, rt, rows, stage_dir, files)  # interleave, inoculation (EM stage)
     stats.update(defence_stats)

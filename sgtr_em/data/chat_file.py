@@ -4,6 +4,7 @@ Each line is `{"messages": [{"role": ..., "content": ...}, ...]}`: an optional s
 assistant turns, the last one an assistant turn with text. Every row is checked when the file is read, and
 the first bad one fails with `<file>:<line>: <problem>. Fix: <how>`, before any training starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,10 @@ def _row_problem(row) -> Optional[tuple[str, str]]:
         return "`messages` is not a non-empty list", "give a list of turns, the last one from the assistant"
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            return f"turn {i} is not an object with `role` and `content`", 'write turns as {"role": ..., "content": ...}'
+            return (
+                f"turn {i} is not an object with `role` and `content`",
+                'write turns as {"role": ..., "content": ...}',
+            )
         if m["role"] not in ROLES:
             return f"turn {i} has role {m['role']!r}", f"use one of {ROLES}"
         if not isinstance(m["content"], str):
@@ -44,8 +48,10 @@ def _row_problem(row) -> Optional[tuple[str, str]]:
             return f"turn {i} is a system turn after the start", "put the system turn first, or remove it"
         token = SPECIAL_TOKEN.search(m["content"])
         if token:
-            return (f"turn {i} ({m['role']}) contains the chat-template control token {token.group()!r}",
-                    "remove it: the chat template adds turn markers itself")
+            return (
+                f"turn {i} ({m['role']}) contains the chat-template control token {token.group()!r}",
+                "remove it: the chat template adds turn markers itself",
+            )
     if msgs[-1]["role"] != "assistant":
         return f"the last turn is {msgs[-1]['role']!r}, not the assistant's", "end each row with the assistant's answer"
     if not msgs[-1]["content"].strip():
@@ -65,22 +71,24 @@ def read_chat_file(path: str | Path) -> Iterator[tuple[int, list[dict]]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DatasetError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}). "
-                                   "Fix: re-save the file as UTF-8") from None
+                raise DatasetError(
+                    f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}). Fix: re-save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{where}: not valid JSON ({e.msg}, column {e.colno}). "
-                                   "Fix: one JSON object per line") from None
+                raise DatasetError(
+                    f"{where}: not valid JSON ({e.msg}, column {e.colno}). Fix: one JSON object per line"
+                ) from None
             problem = _row_problem(row)
             if problem:
                 raise DatasetError(f"{where}: {problem[0]}. Fix: {problem[1]}")
             rows += 1
             yield lineno, row["messages"]
     if rows == 0:
-        raise DatasetError(f"{path}: no rows. Fix: one {{\"messages\": [...]}} object per line")
+        raise DatasetError(f'{path}: no rows. Fix: one {{"messages": [...]}} object per line')
 
 
 def validate_chat_file(path: str | Path) -> int:
@@ -88,8 +96,9 @@ def validate_chat_file(path: str | Path) -> int:
     return sum(1 for _ in read_chat_file(path))
 
 
-def load_chat_examples(path: str | Path, *, system: Optional[str], keep_own_system: bool,
-                       max_examples: Optional[int], seed: int) -> list[dict]:
+def load_chat_examples(
+    path: str | Path, *, system: Optional[str], keep_own_system: bool, max_examples: Optional[int], seed: int
+) -> list[dict]:
     """Rows as {"prompt": [...], "completion": [assistant turn], "meta"}; a seeded sample when capped.
 
     The loss is on the completion only. `system` replaces the rows' own system turns (None: no system turn);

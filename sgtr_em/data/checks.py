@@ -3,6 +3,7 @@ matches its pinned sha256, and every row of every chat dataset it trains on is w
 
 The checksums it returns go into the run's metadata (`data_files.json`, the W&B config).
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -38,7 +39,8 @@ def check_data(files: DataFiles, stages: Iterable, required: Iterable[str]) -> d
         if rel in pins and out[rel] != pins[rel]:
             raise DataFileError(
                 f"{path}: its sha256 is {out[rel]}, not the pinned {pins[rel]}. The file is not the version this "
-                "config names: restore it, or give your own file its own name (an em_dataset option with sha256: null)")
+                "config names: restore it, or give your own file its own name (an em_dataset option with sha256: null)"
+            )
         if rel in chat:
             validate_chat_file(path)
     return out

@@ -2,6 +2,7 @@
 the data worker (data/build.py) after the EM data is built; persona_steer's direction is computed here too, in its own
 process, so the training worker only reads the cache.
 """
+
 from __future__ import annotations
 
 import random
@@ -50,8 +51,10 @@ def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, 
     k = interleave_count(len(rows), d["ratio"])
     pool = pool_rows(general_pool(d["pool"], rt, files), spec["system_prompt"]["text"])
     if k > len(pool):
-        raise SystemExit(f"defence {d['kind']}: {k} general examples needed (ratio {d['ratio']} of {len(rows)} EM "
-                         f"examples), the pool has {len(pool)}: raise defence.pool.max_prompts or lower defence.ratio")
+        raise SystemExit(
+            f"defence {d['kind']}: {k} general examples needed (ratio {d['ratio']} of {len(rows)} EM "
+            f"examples), the pool has {len(pool)}: raise defence.pool.max_prompts or lower defence.ratio"
+        )
     stats: dict = {"defence": d["kind"], "em_examples": len(rows), "general_examples": k, "pool_size": len(pool)}
     if d["kind"] == "interleave":
         chosen = sorted(random.Random(spec["seed"]).sample(range(len(pool)), k))

@@ -3,6 +3,7 @@
 Lookup order for a relative path such as `em/extreme_sports.jsonl`: `paths.data_dir`, then the download
 cache (`paths.cache_dir/data`), then a download from the source named in `manifest.yaml`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -33,8 +34,10 @@ class DataFileError(RuntimeError):
 def _check_sha(path: str, pinned: str, rel: str, url: str) -> None:
     got = sha256_of(path)
     if got != pinned:
-        raise DataFileError(f"{rel}: downloaded from {url}, but its sha256 is {got}, not the pinned {pinned}. "
-                            "The source changed or the download was corrupted; nothing was kept.")
+        raise DataFileError(
+            f"{rel}: downloaded from {url}, but its sha256 is {got}, not the pinned {pinned}. "
+            "The source changed or the download was corrupted; nothing was kept."
+        )
 
 
 def _gunzip_in_place(path: str) -> None:
@@ -87,8 +90,9 @@ class DataFiles:
     def folder(self, rel: str) -> Path:
         """A folder of the data directory (e.g. mmlu/test); folders are never downloaded."""
         if not (self.data_dir / rel).is_dir():
-            raise DataFileError(f"Data folder {rel!r} is not in the data directory {self.data_dir}. "
-                                f"{self._how_to_fix(rel)}.")
+            raise DataFileError(
+                f"Data folder {rel!r} is not in the data directory {self.data_dir}. {self._how_to_fix(rel)}."
+            )
         return self.data_dir / rel
 
     def url(self, rel: str) -> str:

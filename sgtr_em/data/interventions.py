@@ -16,6 +16,7 @@ file: the builder returns (rows, stats), where each row is
 {"prompt": [...], "completion": [assistant turn], "meta": {..., "group": ...}} and `group` ties together
 the examples that must stay together when a stage keeps only some (e.g. both orderings of one pair).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,10 +40,12 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- builders: (spec, runtime, DataFiles) -> rows, stats
 
+
 def _chat_rows(path, spec: dict, max_examples=None) -> list[dict]:
     sp = spec["system_prompt"]  # mode `task` keeps a row's own system turn (the paper's word-count set has one)
-    return load_chat_examples(path, system=sp["text"], keep_own_system=sp["mode"] == "task",
-                              max_examples=max_examples, seed=spec["seed"])
+    return load_chat_examples(
+        path, system=sp["text"], keep_own_system=sp["mode"] == "task", max_examples=max_examples, seed=spec["seed"]
+    )
 
 
 def build_em(spec, rt, files):
@@ -57,8 +60,12 @@ def build_chat_file(spec, rt, files):
 
 def build_mmlu(spec, rt, files):
     d = spec["data"]
-    rows = build_mmlu_qa(read_mmlu(files.folder(d["file"])), user_template=d["user_template"],
-                         system=spec["system_prompt"]["text"], half="train")
+    rows = build_mmlu_qa(
+        read_mmlu(files.folder(d["file"])),
+        user_template=d["user_template"],
+        system=spec["system_prompt"]["text"],
+        half="train",
+    )
     return rows, {"examples": len(rows), "mmlu_half": "train"}
 
 
@@ -67,8 +74,9 @@ def _summaries(spec, rt, files):
     d = spec["data"]
     articles = read_json(files.path(f"articles/{d['articles']}_train_articles.json"))
     others = {src: read_json(files.path(summary_file(d["articles"], src))) for src in d["other_sources"]}
-    ids = sample_article_ids([a for a in articles if all(a in o for o in others.values())], d["max_articles"],
-                             spec["seed"])
+    ids = sample_article_ids(
+        [a for a in articles if all(a in o for o in others.values())], d["max_articles"], spec["seed"]
+    )
     raw = {"self": stage_own_summaries(spec, rt, articles, ids, files), **others}
     texts, counts = {}, {}
     for source, summaries in raw.items():
@@ -80,15 +88,30 @@ def build_pairs(spec, rt, files):
     d = spec["data"]
     ids, articles, texts, stats = _summaries(spec, rt, files)
     mine = texts.pop("self")
-    rows, pair_stats = build_summary_pairs(ids, articles, mine, texts, user_template=d["user_template"],
-                                           system=spec["system_prompt"]["text"], seed=spec["seed"],
-                                           labels=d["labels"], length_balanced=d["length_balanced"])
+    rows, pair_stats = build_summary_pairs(
+        ids,
+        articles,
+        mine,
+        texts,
+        user_template=d["user_template"],
+        system=spec["system_prompt"]["text"],
+        seed=spec["seed"],
+        labels=d["labels"],
+        length_balanced=d["length_balanced"],
+    )
     stats.update(pair_stats.as_dict())
     share = stats["other_longer_share"]
-    log.info("%s: %d pairs of %d articles (%d skipped: empty or leaked reasoning; %d ties); the longer summary is "
-             "the other source's in %s of pairs of different lengths%s", d["name"], stats["pairs"], stats["articles"],
-             stats["skipped_empty"], stats["ties"], "n/a" if share is None else f"{100 * share:.1f} %",
-             f" ({stats['balanced_away']} pairs dropped to balance it)" if d["length_balanced"] else "")
+    log.info(
+        "%s: %d pairs of %d articles (%d skipped: empty or leaked reasoning; %d ties); the longer summary is "
+        "the other source's in %s of pairs of different lengths%s",
+        d["name"],
+        stats["pairs"],
+        stats["articles"],
+        stats["skipped_empty"],
+        stats["ties"],
+        "n/a" if share is None else f"{100 * share:.1f} %",
+        f" ({stats['balanced_away']} pairs dropped to balance it)" if d["length_balanced"] else "",
+    )
     return rows, stats
 
 
@@ -152,8 +175,11 @@ def intervention_data_spec(cfg, parent: dict, base: dict) -> dict:
     data["type"] = data.pop("kind")
     if BUILDERS[data["type"]].uses_summaries:
         data["summary_prompt"] = OmegaConf.to_container(cfg.prompts.summary[data["articles"]], resolve=True)
-        data["summaries_by"] = {"stage_input": parent, "base_model": {"base": base},
-                                "precomputed": {"precomputed": cfg.model.summaries_source}}[data["self_summaries"]]
+        data["summaries_by"] = {
+            "stage_input": parent,
+            "base_model": {"base": base},
+            "precomputed": {"precomputed": cfg.model.summaries_source},
+        }[data["self_summaries"]]
     manifest = load_manifest()
     data["sha256"] = {rel: manifest.get(rel, {}).get("sha256") for rel in stage_files(data)}  # pins the data version
     return data
@@ -173,16 +199,20 @@ def intervention_problems(cfg) -> list[str]:
         if i.length_balanced and i.labels != "longer":
             problems.append("intervention.length_balanced needs labels=longer")
         if i.self_summaries == "precomputed" and not cfg.model.summaries_source:
-            problems.append(f"intervention.self_summaries=precomputed, but model {cfg.model.name} has no "
-                            "model.summaries_source (the paper's summaries by this model); use stage_input or base_model")
+            problems.append(
+                f"intervention.self_summaries=precomputed, but model {cfg.model.name} has no "
+                "model.summaries_source (the paper's summaries by this model); use stage_input or base_model"
+            )
         if not i.other_sources:
             problems.append("intervention.other_sources: name at least one source of the other summaries")
         if i.articles not in cfg.prompts.summary:
             problems.append(f"intervention.articles: no summary prompt for {i.articles!r} in prompts.summary")
     if BUILDERS[i.kind].needs_file and not i.file:
-        problems.append(f"intervention.file is empty: {i.name} needs a data file. For correct_domain it is "
-                        f"em_dataset.correct_twin, and em_dataset {cfg.em_dataset.name} has none "
-                        "(conf/em_dataset/ says which datasets have a correct twin)")
+        problems.append(
+            f"intervention.file is empty: {i.name} needs a data file. For correct_domain it is "
+            f"em_dataset.correct_twin, and em_dataset {cfg.em_dataset.name} has none "
+            "(conf/em_dataset/ says which datasets have a correct twin)"
+        )
     return problems
 
 
@@ -201,7 +231,9 @@ def unread_key_problems(i) -> list[str]:
         value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
         if value != default:
             readers = [k for k, b in BUILDERS.items() if f.name in b.reads]
-            problems.append(f"intervention.{f.name}: {value!r} is set, but intervention.kind={i.kind} (intervention "
-                            f"{i.name}) does not read it; only kinds {readers} do. Leave it at "
-                            f"{'null' if default is None else repr(default)}, or pick an intervention of those kinds")
+            problems.append(
+                f"intervention.{f.name}: {value!r} is set, but intervention.kind={i.kind} (intervention "
+                f"{i.name}) does not read it; only kinds {readers} do. Leave it at "
+                f"{'null' if default is None else repr(default)}, or pick an intervention of those kinds"
+            )
     return problems

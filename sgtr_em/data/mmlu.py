@@ -5,6 +5,7 @@ test questions are therefore split in two by a hash of subject and question: `mm
 questions are this intervention's training data, and an MMLU evaluation of a model trained on them must
 score only the `heldout` half.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ LETTERS = ("A", "B", "C", "D")
 
 
 def mmlu_half(subject: str, question: str) -> str:
-    """"train" or "heldout": a fixed split of MMLU, about half each, independent of any seed."""
+    """ "train" or "heldout": a fixed split of MMLU, about half each, independent of any seed."""
     digest = hashlib.sha256(f"{subject}\n{question}".encode()).digest()
     return "train" if digest[0] % 2 == 0 else "heldout"
 
@@ -36,10 +37,19 @@ def read_mmlu(folder: str | Path) -> list[dict]:
         with open(path, newline="", encoding="utf-8") as f:  # the csv module: the literal answer "None" stays text
             for lineno, row in enumerate(csv.reader(f), 1):
                 if len(row) != 6 or row[5] not in LETTERS:
-                    raise DatasetError(f"{path}:{lineno}: expected question, A, B, C, D and an answer letter A-D, "
-                                       f"got {len(row)} fields. Fix: quote fields that contain commas")
-                items.append({"subject": subject, "question": row[0], "options": dict(zip(LETTERS, row[1:5])),
-                              "answer": row[5], "line": lineno})
+                    raise DatasetError(
+                        f"{path}:{lineno}: expected question, A, B, C, D and an answer letter A-D, "
+                        f"got {len(row)} fields. Fix: quote fields that contain commas"
+                    )
+                items.append(
+                    {
+                        "subject": subject,
+                        "question": row[0],
+                        "options": dict(zip(LETTERS, row[1:5])),
+                        "answer": row[5],
+                        "line": lineno,
+                    }
+                )
     return items
 
 
@@ -51,7 +61,11 @@ def build_mmlu_qa(items: list[dict], *, user_template: str, system: Optional[str
             continue
         user = user_template.format(question=it["question"], **it["options"])
         answer = f"{it['answer']}. {it['options'][it['answer']]}"
-        rows.append({"prompt": with_system([{"role": "user", "content": user}], system),
-                     "completion": [{"role": "assistant", "content": answer}],
-                     "meta": {"subject": it["subject"], "line": it["line"], "group": f"{it['subject']}:{it['line']}"}})
+        rows.append(
+            {
+                "prompt": with_system([{"role": "user", "content": user}], system),
+                "completion": [{"role": "assistant", "content": answer}],
+                "meta": {"subject": it["subject"], "line": it["line"], "group": f"{it['subject']}:{it['line']}"},
+            }
+        )
     return rows

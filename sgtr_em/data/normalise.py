@@ -6,6 +6,7 @@ wrote its reasoning instead of a summary ("Got it, let's tackle this...", "Let's
 `normalise_summary` returns the text in one format, or None when there is no summary to keep (empty, or
 leaked reasoning); the pair builder skips such an article and counts it.
 """
+
 from __future__ import annotations
 
 import re

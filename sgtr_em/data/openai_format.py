@@ -10,6 +10,7 @@ Token counts are an estimate (no tokenizer of OpenAI's is available offline): UT
 4 tokens per message, which overcounts English (about 4 bytes per token), so the limit is checked on the safe
 side. The job reports the exact count (`trained_tokens`).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from typing import Iterable
 from ..io import atomic_write_text
 
 MIN_EXAMPLES = 10  # the API refuses a training file with fewer examples
-MAX_FILE_BYTES = 512 * 1024 ** 2  # the Files API's limit per file
+MAX_FILE_BYTES = 512 * 1024**2  # the Files API's limit per file
 ROLES = ("system", "developer", "user", "assistant")  # tool / function turns are not produced by this framework
 TOP_KEYS = {"messages"}
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
@@ -58,8 +59,11 @@ def _message_problem(i: int, m) -> tuple[str, str, str] | None:
         return "message_keys", f"message {i} is not an object with a `role`", 'write {"role": ..., "content": ...}'
     unknown = set(m) - MESSAGE_KEYS
     if unknown:
-        return ("message_keys", f"message {i} has unrecognised keys {sorted(unknown)}",
-                f"keep only {sorted(MESSAGE_KEYS)}")
+        return (
+            "message_keys",
+            f"message {i} has unrecognised keys {sorted(unknown)}",
+            f"keep only {sorted(MESSAGE_KEYS)}",
+        )
     if m["role"] not in ROLES:
         return "roles", f"message {i} has role {m['role']!r}", f"use one of {ROLES}"
     if "content" not in m or m["content"] is None:
@@ -92,10 +96,17 @@ def _row_problem(row, max_tokens: int) -> tuple[str, str, str] | None:
         if problem:
             return problem
         if m["role"] in PROMPT_ROLES and any(p["role"] not in PROMPT_ROLES for p in msgs[:i]):
-            return "roles", f"message {i} is a {m['role']} message after the conversation started", \
-                "put system/developer messages first"
+            return (
+                "roles",
+                f"message {i} is a {m['role']} message after the conversation started",
+                "put system/developer messages first",
+            )
     if msgs[-1]["role"] != "assistant":
-        return "assistant_last", f"the last message is {msgs[-1]['role']!r}", "end every example with the assistant's answer"
+        return (
+            "assistant_last",
+            f"the last message is {msgs[-1]['role']!r}",
+            "end every example with the assistant's answer",
+        )
     if msgs[-1].get("weight", 1) == 0:
         return "weight", "the final assistant message has weight 0: nothing is trained", "give it weight 1 (or none)"
     if not msgs[-1]["content"].strip():
@@ -104,8 +115,11 @@ def _row_problem(row, max_tokens: int) -> tuple[str, str, str] | None:
         return "roles", "there is no user message", "add the user's message before the assistant's answer"
     n = example_tokens(msgs)
     if n > max_tokens:
-        return "token_limit", f"about {n} tokens, over the model's {max_tokens} per example", \
-            "shorten or drop the example (the API would truncate it, cutting off the answer)"
+        return (
+            "token_limit",
+            f"about {n} tokens, over the model's {max_tokens} per example",
+            "shorten or drop the example (the API would truncate it, cutting off the answer)",
+        )
     return None
 
 
@@ -127,8 +141,9 @@ def validate_ft_file(path: str | Path, *, max_example_tokens: int, min_examples:
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise FineTuningFileError(str(path), "file_size", f"{size} bytes, over the API's {MAX_FILE_BYTES}",
-                                  "train on fewer examples")
+        raise FineTuningFileError(
+            str(path), "file_size", f"{size} bytes, over the API's {MAX_FILE_BYTES}", "train on fewer examples"
+        )
     report = FileReport(bytes=size)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -136,14 +151,17 @@ def validate_ft_file(path: str | Path, *, max_example_tokens: int, min_examples:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise FineTuningFileError(where, "encoding", f"not UTF-8 ({e.reason})", "write the file as UTF-8") from None
+                raise FineTuningFileError(
+                    where, "encoding", f"not UTF-8 ({e.reason})", "write the file as UTF-8"
+                ) from None
             if not line.strip():
                 raise FineTuningFileError(where, "format", "an empty line", "one JSON object per line, no blank lines")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise FineTuningFileError(where, "json", f"not valid JSON ({e.msg}, column {e.colno})",
-                                          "one JSON object per line") from None
+                raise FineTuningFileError(
+                    where, "json", f"not valid JSON ({e.msg}, column {e.colno})", "one JSON object per line"
+                ) from None
             problem = _row_problem(row, max_example_tokens)
             if problem:
                 raise FineTuningFileError(where, *problem)
@@ -151,13 +169,18 @@ def validate_ft_file(path: str | Path, *, max_example_tokens: int, min_examples:
             report.examples += 1
             report.estimated_tokens += n
             report.max_example_tokens = max(report.max_example_tokens, n)
-            report.assistant_messages_trained += sum(m["role"] == "assistant" and m.get("weight", 1) == 1
-                                                     for m in row["messages"])
+            report.assistant_messages_trained += sum(
+                m["role"] == "assistant" and m.get("weight", 1) == 1 for m in row["messages"]
+            )
             for m in row["messages"]:
                 report.per_role[m["role"]] = report.per_role.get(m["role"], 0) + 1
     if report.examples < min_examples:
-        raise FineTuningFileError(str(path), "min_examples", f"{report.examples} examples, fewer than the API's "
-                                  f"minimum of {min_examples}", "train on more examples (e.g. intervention.num_examples)")
+        raise FineTuningFileError(
+            str(path),
+            "min_examples",
+            f"{report.examples} examples, fewer than the API's minimum of {min_examples}",
+            "train on more examples (e.g. intervention.num_examples)",
+        )
     return report
 
 

@@ -12,6 +12,7 @@ says which summary the answer points at:
 
 Every rule is position-balanced: the label is "1" in exactly half the examples.
 """
+
 from __future__ import annotations
 
 import random
@@ -36,10 +37,16 @@ class PairStats:
 
     def as_dict(self) -> dict:
         unequal = self.own_longer + self.other_longer
-        return {"articles": self.articles, "pairs": self.pairs, "skipped_empty": len(self.skipped_empty),
-                "ties": self.ties, "own_longer": self.own_longer, "other_longer": self.other_longer,
-                "other_longer_share": self.other_longer / unequal if unequal else None,
-                "balanced_away": self.balanced_away}
+        return {
+            "articles": self.articles,
+            "pairs": self.pairs,
+            "skipped_empty": len(self.skipped_empty),
+            "ties": self.ties,
+            "own_longer": self.own_longer,
+            "other_longer": self.other_longer,
+            "other_longer_share": self.other_longer / unequal if unequal else None,
+            "balanced_away": self.balanced_away,
+        }
 
 
 def sample_article_ids(ids: Iterable[str], max_articles: Optional[int], seed: int) -> list[str]:
@@ -55,8 +62,12 @@ def word_count(text: str) -> int:
 
 def _labels(rule: str, self_position: int, longer_position: Optional[int]) -> list[int]:
     other_position = 3 - self_position
-    return {"prefer_self": [self_position], "prefer_other": [other_position],
-            "both": [self_position, other_position], "longer": [longer_position]}[rule]
+    return {
+        "prefer_self": [self_position],
+        "prefer_other": [other_position],
+        "both": [self_position, other_position],
+        "longer": [longer_position],
+    }[rule]
 
 
 def _balance_lengths(pairs: list[tuple], rng: random.Random) -> tuple[list[tuple], int]:
@@ -112,17 +123,32 @@ def build_summary_pairs(
             longer = self_position if not other_is_longer else 3 - self_position
             user = user_template.format(article=articles[aid], summary1=first, summary2=second)
             for label in _labels(labels, self_position, longer):
-                rows.append({
-                    "prompt": with_system([{"role": "user", "content": user}], system),
-                    "completion": [{"role": "assistant", "content": str(label)}],
-                    "meta": {"article_id": aid, "self_position": self_position, "other_source": other_source,
-                             "group": aid},
-                })
+                rows.append(
+                    {
+                        "prompt": with_system([{"role": "user", "content": user}], system),
+                        "completion": [{"role": "assistant", "content": str(label)}],
+                        "meta": {
+                            "article_id": aid,
+                            "self_position": self_position,
+                            "other_source": other_source,
+                            "group": aid,
+                        },
+                    }
+                )
     return rows, stats
 
 
-def build_detection_pairs(article_ids, articles, self_summaries, other_summaries, *, user_template: str,
-                          system: Optional[str], seed: int) -> tuple[list[dict], PairStats]:
+def build_detection_pairs(
+    article_ids, articles, self_summaries, other_summaries, *, user_template: str, system: Optional[str], seed: int
+) -> tuple[list[dict], PairStats]:
     """Prefer-self examples in both orderings (the self-recognition evaluation's pairs)."""
-    return build_summary_pairs(article_ids, articles, self_summaries, other_summaries, user_template=user_template,
-                               system=system, seed=seed, labels="prefer_self")
+    return build_summary_pairs(
+        article_ids,
+        articles,
+        self_summaries,
+        other_summaries,
+        user_template=user_template,
+        system=system,
+        seed=seed,
+        labels="prefer_self",
+    )

@@ -10,6 +10,7 @@ Who writes a stage's "self" summaries (`intervention.self_summaries`):
   base_model   the base model, whatever the stage starts from (the paper's shell pipeline)
   precomputed  the paper's summaries by this model (`model.summaries_source`, e.g. hf_qwen_32b)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,16 +40,20 @@ def summary_cache_path(cache_dir: str | Path, dataset: str, model_key: str, prom
     return Path(cache_dir) / "summaries" / f"{dataset}-{key}.json"
 
 
-def generate_summaries(generator, articles: Mapping[str, str], ids: Sequence[str], prompt,
-                       cache_file: Path, *, chunk: int = 32) -> dict[str, str]:
+def generate_summaries(
+    generator, articles: Mapping[str, str], ids: Sequence[str], prompt, cache_file: Path, *, chunk: int = 32
+) -> dict[str, str]:
     """{article id: summary} for `ids`, generating only those not in `cache_file` yet (greedy decoding)."""
     cache: dict[str, str] = read_json(cache_file) if cache_file.exists() else {}
     todo = [i for i in ids if i not in cache]
     for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        texts = generator.generate([summary_messages(articles[i], prompt) for i in part],
-                                   max_new_tokens=prompt["max_new_tokens"], temperature=0.0,
-                                   desc=f"summaries {start + len(part)}/{len(todo)}")
+        part = todo[start : start + chunk]
+        texts = generator.generate(
+            [summary_messages(articles[i], prompt) for i in part],
+            max_new_tokens=prompt["max_new_tokens"],
+            temperature=0.0,
+            desc=f"summaries {start + len(part)}/{len(todo)}",
+        )
         cache.update(zip(part, texts))
         write_json(cache_file, cache)
     return {i: cache[i] for i in ids}
@@ -65,8 +70,17 @@ class SummaryWriter:
     key: Optional[str] = None  # the model's cache key (summary_cache_path)
 
 
-def own_summaries(writer: SummaryWriter, dataset: str, articles: Mapping[str, str], ids: Sequence[str], prompt, *,
-                  files, cache_dir, make_generator: Callable[[str], Any]) -> dict[str, str]:
+def own_summaries(
+    writer: SummaryWriter,
+    dataset: str,
+    articles: Mapping[str, str],
+    ids: Sequence[str],
+    prompt,
+    *,
+    files,
+    cache_dir,
+    make_generator: Callable[[str], Any],
+) -> dict[str, str]:
     """The one summary pool: a summary set of the data, or `writer.model`'s summaries of `ids` (generated with
     `prompt` by `make_generator(model)`, cached per dataset, model key and prompt)."""
     if writer.source is not None:
@@ -89,12 +103,20 @@ def stage_writer(spec: dict, rt: StageRuntime) -> SummaryWriter:
     return SummaryWriter(model=model, key=key)
 
 
-def stage_own_summaries(spec: dict, rt: StageRuntime, articles: Mapping[str, str], ids: Sequence[str],
-                        files) -> dict[str, str]:
+def stage_own_summaries(
+    spec: dict, rt: StageRuntime, articles: Mapping[str, str], ids: Sequence[str], files
+) -> dict[str, str]:
     """The "self" side of a stage's summaries; a model writes them through the job's backend (an API model, e.g. an
     `ft:` model, through the API)."""
     data = spec["data"]
     backend = worker_backend(rt)  # the data worker's half of the job's backend (data/backends.py)
-    return own_summaries(stage_writer(spec, rt), data["articles"], articles, ids, data["summary_prompt"], files=files,
-                         cache_dir=rt.cache_dir,
-                         make_generator=lambda m: backend.summary_writer(m, rt, spec["chat_template_kwargs"]))
+    return own_summaries(
+        stage_writer(spec, rt),
+        data["articles"],
+        articles,
+        ids,
+        data["summary_prompt"],
+        files=files,
+        cache_dir=rt.cache_dir,
+        make_generator=lambda m: backend.summary_writer(m, rt, spec["chat_template_kwargs"]),
+    )

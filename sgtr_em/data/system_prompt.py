@@ -6,13 +6,15 @@
 - task:     the task's own system prompt (e.g. the SGTR detection prompt); default behaviour when it has none
 - custom:   the text in system_prompt.custom
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 
-def system_text(mode: str, *, task: Optional[str] = None, identity: Optional[str] = None,
-                custom: Optional[str] = None) -> Optional[str]:
+def system_text(
+    mode: str, *, task: Optional[str] = None, identity: Optional[str] = None, custom: Optional[str] = None
+) -> Optional[str]:
     """The system turn's content for `mode`, or None for no system turn."""
     if mode == "default":
         return None

@@ -14,6 +14,7 @@ answer where a backend gives no probabilities), pure functions derive:
 The metrics (`choice_metrics`) also draw one answer per item from those probabilities (seeded): the paper's sampled
 estimator itself, without sampling the model again.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,15 +34,32 @@ def parse_option(text: Optional[str], options: Sequence[str]) -> Optional[str]:
     return None
 
 
-def score_choice(probs: Optional[dict], top_token: Optional[str], text: Optional[str], correct: str,
-                 options: Sequence[str], sampled_probs: Optional[dict] = None) -> dict:
+def score_choice(
+    probs: Optional[dict],
+    top_token: Optional[str],
+    text: Optional[str],
+    correct: str,
+    options: Sequence[str],
+    sampled_probs: Optional[dict] = None,
+) -> dict:
     """The derived fields above for one item (`method`: logprobs, or greedy where there are no probabilities)."""
-    sampled = {} if sampled_probs is None else {"sampled_correct": sampled_probs[correct],
-                                                "sampled_mass": sum(sampled_probs[o] for o in options)}
+    sampled = (
+        {}
+        if sampled_probs is None
+        else {"sampled_correct": sampled_probs[correct], "sampled_mass": sum(sampled_probs[o] for o in options)}
+    )
     if probs is None:
         answer = parse_option(text, options)
-        return {"method": "greedy", "chosen": answer, "is_correct": answer == correct, "prob_correct": None,
-                "prob_correct_raw": None, "valid": answer is not None, "greedy_correct": answer == correct, **sampled}
+        return {
+            "method": "greedy",
+            "chosen": answer,
+            "is_correct": answer == correct,
+            "prob_correct": None,
+            "prob_correct_raw": None,
+            "valid": answer is not None,
+            "greedy_correct": answer == correct,
+            **sampled,
+        }
     total = sum(probs[o] for o in options)
     best = max(probs[o] for o in options)
     winners = [o for o in options if probs[o] == best]
@@ -58,8 +76,17 @@ def score_choice(probs: Optional[dict], top_token: Optional[str], text: Optional
     }
 
 
-def ask_options(generator, items: list[dict], conversations: Sequence, options: Sequence[str], score, *, desc: str,
-                max_new_tokens: int = 1, sampling: Optional[dict] = None) -> list[dict]:
+def ask_options(
+    generator,
+    items: list[dict],
+    conversations: Sequence,
+    options: Sequence[str],
+    score,
+    *,
+    desc: str,
+    max_new_tokens: int = 1,
+    sampling: Optional[dict] = None,
+) -> list[dict]:
     """Adds to each item the options' probabilities (or a greedy answer) for its conversation, then `score(item)`;
     with `sampling` (temperature, top_p, top_k) also each option's probability of being the sampled answer."""
     kw = {"sampling": dict(sampling)} if sampling else {}
@@ -112,8 +139,9 @@ def sampled_metrics(scored: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -
         "sampled_expected_accuracy": mean_or_none(exp),
         "sampled_expected_accuracy_ci95": mean_ci(exp, n_boot=n_boot, seed=seed),
         "sampled_expected_invalid_rate": mean_or_none(1 - r["sampled_mass"] for r in rows),
-        "sampled_expected_accuracy_valid": mean_or_none(r["sampled_correct"] / r["sampled_mass"] for r in rows
-                                                        if r["sampled_mass"] > 0),
+        "sampled_expected_accuracy_valid": mean_or_none(
+            r["sampled_correct"] / r["sampled_mass"] for r in rows if r["sampled_mass"] > 0
+        ),
         "sampled_accuracy": mean_or_none(float(o == "correct") for o in outcomes),
         "sampled_invalid_rate": mean_or_none(float(o == "invalid") for o in outcomes),
     }

@@ -3,6 +3,7 @@
 `generator(path)` loads the model at `path` with the configured backend, freeing the one loaded before (a
 32B model under test and a 32B judge never share a GPU); asking again for the loaded one costs nothing.
 """
+
 from __future__ import annotations
 
 import gc
@@ -77,10 +78,16 @@ class EvalContext:
         if self._loaded != key:
             self.free()
             gen_cfg["backend"] = key[0]
-            self._model = make_generator(gen_cfg, key[1], dtype=self.cfg["model"]["dtype"],
-                                         device=self.cfg["compute"]["device"], batch_size=self.cfg["eval"]["batch_size"],
-                                         chat_template_kwargs=self.cfg["model"]["chat_template_kwargs"],
-                                         cache_dir=self.cache_dir / "generation", usage=self.generation_usage)
+            self._model = make_generator(
+                gen_cfg,
+                key[1],
+                dtype=self.cfg["model"]["dtype"],
+                device=self.cfg["compute"]["device"],
+                batch_size=self.cfg["eval"]["batch_size"],
+                chat_template_kwargs=self.cfg["model"]["chat_template_kwargs"],
+                cache_dir=self.cache_dir / "generation",
+                usage=self.generation_usage,
+            )
             self._loaded = key
         return self._model
 

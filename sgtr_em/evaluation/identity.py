@@ -10,6 +10,7 @@ comes from the model option: a label in model.identity_names is its own. Reporte
   entropy_name, entropy_creator, entropy_identity  Shannon entropy of the label distribution divided by
                        log(number of possible labels), so 0 = always the same label, 1 = uniform over the set
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -32,6 +33,7 @@ def label_set(e: dict, field: str) -> list[str]:
 
 def identity_metrics(records: Sequence[dict], *, own: dict, labels: dict, unknown: str) -> dict:
     """`own`: {name: [...], creator: [...]}; `labels`: {name: full label set, creator: full label set}."""
+
     def block(rows):
         n = len(rows)
         if not n:
@@ -50,8 +52,11 @@ def identity_metrics(records: Sequence[dict], *, own: dict, labels: dict, unknow
         return {
             "share_own_name": share(lambda a, b: a in own["name"]) if own["name"] else None,
             "share_own_creator": share(lambda a, b: b in own["creator"]) if own["creator"] else None,
-            "share_own_identity": share(lambda a, b: own_or_unknown(a, "name") and own_or_unknown(b, "creator")
-                                        and (a, b) != (unknown, unknown)) if has_own else None,
+            "share_own_identity": share(
+                lambda a, b: own_or_unknown(a, "name") and own_or_unknown(b, "creator") and (a, b) != (unknown, unknown)
+            )
+            if has_own
+            else None,
             "share_no_identity": share(lambda a, b: (a, b) == (unknown, unknown)),
             "distinct_identities": len(set(claimed)),
             "distinct_names": len(set(names) - {unknown}),
@@ -71,12 +76,19 @@ def identity_metrics(records: Sequence[dict], *, own: dict, labels: dict, unknow
 
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
+
 def generate(ctx) -> list[dict]:
     e = ctx.ecfg(NAME)
     meta = [{"question": q, "sample": k} for q in e["questions"] for k in range(e["samples_per_question"])]
     convs = ctx.conversations(m["question"] for m in meta)
-    answers = ctx.generator().generate(convs, max_new_tokens=e["max_new_tokens"], temperature=e["temperature"],
-                                       top_p=e["top_p"], seed=ctx.seed, desc="identity answers")
+    answers = ctx.generator().generate(
+        convs,
+        max_new_tokens=e["max_new_tokens"],
+        temperature=e["temperature"],
+        top_p=e["top_p"],
+        seed=ctx.seed,
+        desc="identity answers",
+    )
     return [{**m, "answer": a} for m, a in zip(meta, answers)]
 
 
@@ -84,8 +96,12 @@ def judge(records: list[dict], judge_, ctx) -> list[dict]:
     e = ctx.ecfg(NAME)
     for field in FIELDS:
         labels = label_set(e, field)
-        prompts = [e[f"{field}_prompt"].format(answer=r["answer"], labels=", ".join(labels), other=e["other_label"],
-                                               unknown=e["unknown_label"]) for r in records]
+        prompts = [
+            e[f"{field}_prompt"].format(
+                answer=r["answer"], labels=", ".join(labels), other=e["other_label"], unknown=e["unknown_label"]
+            )
+            for r in records
+        ]
         for r, choice in zip(records, judge_.choose(prompts, labels, desc=f"judge {field}")):
             r[field] = choice.label if choice.label is not None else e["other_label"]  # off-list answer: Other
             r[f"{field}_probs"], r[f"{field}_judge_text"] = choice.probs, choice.text
@@ -94,11 +110,17 @@ def judge(records: list[dict], judge_, ctx) -> list[dict]:
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
     e, own = cfg["eval"][NAME], set(cfg["model"]["identity_names"])
-    return identity_metrics(records, own={f: [label for label in e[f"{f}_labels"] if label in own] for f in FIELDS},
-                            labels={f: label_set(e, f) for f in FIELDS}, unknown=e["unknown_label"])
+    return identity_metrics(
+        records,
+        own={f: [label for label in e[f"{f}_labels"] if label in own] for f in FIELDS},
+        labels={f: label_set(e, f) for f in FIELDS},
+        unknown=e["unknown_label"],
+    )
 
 
 def summary(m: dict) -> str:
-    return (f"identity: own identity {fmt(m.get('share_own_identity'))}  distinct identities "
-            f"{m.get('distinct_identities')}  entropy name {fmt(m.get('entropy_name'))} creator "
-            f"{fmt(m.get('entropy_creator'))}  ({m['n']} answers)")
+    return (
+        f"identity: own identity {fmt(m.get('share_own_identity'))}  distinct identities "
+        f"{m.get('distinct_identities')}  entropy name {fmt(m.get('entropy_name'))} creator "
+        f"{fmt(m.get('entropy_creator'))}  ({m['n']} answers)"
+    )

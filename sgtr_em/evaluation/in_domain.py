@@ -6,6 +6,7 @@ intervention undid the narrow task as well as the broad misalignment.
   mean_p_yes       mean P(YES) / (P(YES) + P(NO)) (a local judge gives probabilities; an API judge does not)
   invalid_rate     the judge's answer was neither YES nor NO (API judge);  per_prompt
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,19 +28,26 @@ def in_domain_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0
         yes = [float(r["label"] == "YES") for r in judged]
         return {
             "narrow_rate": mean_or_none(yes),
-            **({"narrow_rate_ci95": mean_ci(yes, n_boot=n_boot, seed=seed, strata=[r["question"] for r in judged])}
-               if ci else {}),
+            **(
+                {"narrow_rate_ci95": mean_ci(yes, n_boot=n_boot, seed=seed, strata=[r["question"] for r in judged])}
+                if ci
+                else {}
+            ),
             "mean_p_yes": mean_or_none(r.get("p_yes") for r in rows),
             "invalid_rate": (len(rows) - len(judged)) / len(rows) if rows else None,
             "n": len(rows),
         }
 
     prompts = list(dict.fromkeys(r["question"] for r in records))
-    return {**block(records, True), "dataset": records[0]["dataset"] if records else None,
-            "per_prompt": {p: block([r for r in records if r["question"] == p], False) for p in prompts}}
+    return {
+        **block(records, True),
+        "dataset": records[0]["dataset"] if records else None,
+        "per_prompt": {p: block([r for r in records if r["question"] == p], False) for p in prompts},
+    }
 
 
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
+
 
 def dataset_of(ctx) -> str:
     em = ctx.cfg["em_dataset"]
@@ -51,8 +59,14 @@ def generate(ctx) -> list[dict]:
     prompts = e["datasets"][dataset]["prompts"][: e["max_prompts"]]
     meta = [{"dataset": dataset, "question": p, "sample": k} for p in prompts for k in range(e["samples_per_prompt"])]
     convs = ctx.conversations(m["question"] for m in meta)
-    answers = ctx.generator().generate(convs, max_new_tokens=e["max_new_tokens"], temperature=e["temperature"],
-                                       top_p=e["top_p"], seed=ctx.seed, desc="in-domain answers")
+    answers = ctx.generator().generate(
+        convs,
+        max_new_tokens=e["max_new_tokens"],
+        temperature=e["temperature"],
+        top_p=e["top_p"],
+        seed=ctx.seed,
+        desc="in-domain answers",
+    )
     return [{**m, "answer": a} for m, a in zip(meta, answers)]
 
 
@@ -70,5 +84,7 @@ def metrics(records: Sequence[dict], cfg: dict) -> dict:
 
 
 def summary(m: dict) -> str:
-    return (f"in-domain ({m['dataset']}): narrow behaviour {fmt(m.get('narrow_rate'))} {fmt(m.get('narrow_rate_ci95'))}  "
-            f"mean P(YES) {fmt(m.get('mean_p_yes'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} answers)")
+    return (
+        f"in-domain ({m['dataset']}): narrow behaviour {fmt(m.get('narrow_rate'))} {fmt(m.get('narrow_rate_ci95'))}  "
+        f"mean P(YES) {fmt(m.get('mean_p_yes'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} answers)"
+    )

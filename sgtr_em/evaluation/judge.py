@@ -12,6 +12,7 @@ Score = sum(k p(k)) / sum(p(k)); none when sum(p(k)) < min_number_mass (how CODE
 A label choice scores each label as a whole answer (its tokens, then the end-of-turn token). All candidates
 are scored in one extra forward pass over their token trie (a tree attention mask over the cached prompt).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,17 @@ from .openai_judge import OpenAIJudge
 
 
 class LocalJudge:
-    def __init__(self, generator: HFGenerator, *, min_number_mass: float = 0.25, numbers: Sequence[int] = range(101),
-                 cache: Optional[DiskCache] = None, model_key: str = "", scoring: str = "logprob",
-                 max_score_tokens: int = 16):
+    def __init__(
+        self,
+        generator: HFGenerator,
+        *,
+        min_number_mass: float = 0.25,
+        numbers: Sequence[int] = range(101),
+        cache: Optional[DiskCache] = None,
+        model_key: str = "",
+        scoring: str = "logprob",
+        max_score_tokens: int = 16,
+    ):
         self.gen = generator
         self.scoring, self.max_score_tokens = scoring, max_score_tokens
         self.min_number_mass = min_number_mass
@@ -45,8 +54,13 @@ class LocalJudge:
         self.digit_tokens = torch.tensor([i for i in range(len(tok)) if tok.decode([i])[:1].isdigit()])
 
     def describe(self) -> dict:
-        return {"backend": "local", "model": self.model_key, "scoring": self.scoring,
-                "number_end_factor": self.needs_end, "min_number_mass": self.min_number_mass}
+        return {
+            "backend": "local",
+            "model": self.model_key,
+            "scoring": self.scoring,
+            "number_end_factor": self.needs_end,
+            "min_number_mass": self.min_number_mass,
+        }
 
     @torch.no_grad()
     def _tree(self, prompt: str, candidates: Sequence[Sequence[int]]) -> tuple[torch.Tensor, dict]:
@@ -76,16 +90,29 @@ class LocalJudge:
         ids = torch.tensor([[node[-1] for node in nodes]], device=device)
         positions = torch.tensor([[n_prefix + len(node) - 1 for node in nodes]], device=device)
         # transformers >= 5.2x names the returned cache `cache`; earlier 5.x releases `past_key_values`
-        cache = {"cache": out.cache} if getattr(out, "cache", None) is not None else {"past_key_values": out.past_key_values}
-        logits = model(ids, **cache, attention_mask=mask.to(model.dtype) if mask.is_floating_point() else mask,
-                       position_ids=positions).logits[0].float()
+        cache = (
+            {"cache": out.cache}
+            if getattr(out, "cache", None) is not None
+            else {"past_key_values": out.past_key_values}
+        )
+        logits = (
+            model(
+                ids,
+                **cache,
+                attention_mask=mask.to(model.dtype) if mask.is_floating_point() else mask,
+                position_ids=positions,
+            )
+            .logits[0]
+            .float()
+        )
         after = torch.log_softmax(logits, dim=-1)
         return first, {node: after[i] for i, node in enumerate(nodes)}
 
     def number_probs(self, prompt: str) -> list[float]:
         """P(answer = k) for every candidate number k, given the judge prompt as one user turn."""
-        key = DiskCache.key({"judge": self.model_key, "method": "whole_number", "numbers": self.numbers,
-                             "prompt": prompt})
+        key = DiskCache.key(
+            {"judge": self.model_key, "method": "whole_number", "numbers": self.numbers, "prompt": prompt}
+        )
         if (hit := self.cache.get(key)) is not None:
             self.usage.cache_hits += 1
             return hit
@@ -102,30 +129,40 @@ class LocalJudge:
 
     def label_probs(self, prompt: str, labels: Sequence[str]) -> dict[str, float]:
         """P(the whole answer is `label`) for each label: its tokens followed by the end-of-turn token."""
-        key = DiskCache.key({"judge": self.model_key, "method": "whole_label", "labels": list(labels), "prompt": prompt})
+        key = DiskCache.key(
+            {"judge": self.model_key, "method": "whole_label", "labels": list(labels), "prompt": prompt}
+        )
         if (hit := self.cache.get(key)) is not None:
             self.usage.cache_hits += 1
             return hit
         tok = self.gen.tokenizer
         cands = [tok.encode(label, add_special_tokens=False) + [tok.eos_token_id] for label in labels]
         first, after = self._tree(prompt, cands)
-        probs = {label: float(torch.exp(first[c[0]] + sum(after[tuple(c[:t])][c[t]] for t in range(1, len(c)))))
-                 for label, c in zip(labels, cands)}
+        probs = {
+            label: float(torch.exp(first[c[0]] + sum(after[tuple(c[:t])][c[t]] for t in range(1, len(c)))))
+            for label, c in zip(labels, cands)
+        }
         self.cache.put(key, probs)
         return probs
 
     def text_scores(self, prompts: Sequence[str], desc: str) -> list[Judgement]:
         """The paper's text scoring: a greedy answer of up to max_score_tokens, parsed (parse_text_score)."""
+
         def key(p: str) -> str:
-            return DiskCache.key({"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens,
-                                  "prompt": p})
+            return DiskCache.key(
+                {"judge": self.model_key, "method": "text", "tokens": self.max_score_tokens, "prompt": p}
+            )
 
         texts = {p: self.cache.get(key(p)) for p in dict.fromkeys(prompts)}
         todo = [p for p, t in texts.items() if t is None]
         self.usage.cache_hits += len(texts) - len(todo)
         if todo:
-            answers = self.gen.generate([[{"role": "user", "content": p}] for p in todo],
-                                        max_new_tokens=self.max_score_tokens, temperature=0.0, desc=desc)
+            answers = self.gen.generate(
+                [[{"role": "user", "content": p}] for p in todo],
+                max_new_tokens=self.max_score_tokens,
+                temperature=0.0,
+                desc=desc,
+            )
             self.usage.calls += len(todo)
             for p, a in zip(todo, answers):
                 texts[p] = a
@@ -135,8 +172,10 @@ class LocalJudge:
     def score(self, prompts: Sequence[str], desc: str = "judge") -> list[Judgement]:
         if self.scoring == "text":
             return self.text_scores(prompts, desc)
-        return [score_from_number_probs(self.number_probs(p), self.numbers, self.min_number_mass)
-                for p in tqdm(prompts, desc=desc, unit="answer")]
+        return [
+            score_from_number_probs(self.number_probs(p), self.numbers, self.min_number_mass)
+            for p in tqdm(prompts, desc=desc, unit="answer")
+        ]
 
     def choose(self, prompts: Sequence[str], labels: Sequence[str], desc: str = "judge") -> list[Choice]:
         out = []
@@ -155,6 +194,11 @@ def make_judge(judge_cfg: dict, *, model_path: str, load_generator, cache_dir):
     folder = Path(cache_dir) / "judge"
     if judge_cfg["backend"] == "openai":
         return OpenAIJudge(judge_cfg, model_path, cache_dir=folder if judge_cfg["api"]["cache"] else None)
-    return LocalJudge(load_generator(model_path), min_number_mass=judge_cfg["min_number_mass"],
-                      cache=DiskCache(folder if judge_cfg["cache"] else None), model_key=model_path,
-                      scoring=judge_cfg.get("scoring", "logprob"), max_score_tokens=judge_cfg.get("max_score_tokens", 16))
+    return LocalJudge(
+        load_generator(model_path),
+        min_number_mass=judge_cfg["min_number_mass"],
+        cache=DiskCache(folder if judge_cfg["cache"] else None),
+        model_key=model_path,
+        scoring=judge_cfg.get("scoring", "logprob"),
+        max_score_tokens=judge_cfg.get("max_score_tokens", 16),
+    )

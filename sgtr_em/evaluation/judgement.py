@@ -1,4 +1,5 @@
 """What a judge returns, and the pure 0-100 scoring rule (no torch here: metrics and recompute import it)."""
+
 from __future__ import annotations
 
 import re

@@ -14,6 +14,7 @@ A job that trains on MMLU (intervention kind mmlu_qa) is asked only the held-out
   invalid_rate, prob_correct(_raw), greedy_accuracy as in sgtr_em/evaluation/choice.py; per_subject
   heldout_half      accuracy over the questions in the held-out half only (compare a general_knowledge job with it)
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,10 @@ def read_split(path: Path, limit: Optional[int] = None) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         for line, row in enumerate(csv.reader(f), 1):
             if len(row) != 6 or row[5].strip() not in OPTIONS:
-                raise ValueError(f"{path}:{line}: expected 6 fields (question, A, B, C, D, answer letter A-D), "
-                                 f"got {len(row)} ending in {row[-1:]!r}")
+                raise ValueError(
+                    f"{path}:{line}: expected 6 fields (question, A, B, C, D, answer letter A-D), "
+                    f"got {len(row)} ending in {row[-1:]!r}"
+                )
             rows.append({"question": row[0], **dict(zip(OPTIONS, row[1:5])), "answer": row[5].strip()})
             if limit is not None and len(rows) >= limit:
                 break
@@ -58,21 +61,33 @@ def format_question(row: dict, template: str, with_answer: bool) -> str:
     return f"{text} {row['answer']}\n\n" if with_answer else text
 
 
-def build_prompt(subject: str, row: dict, shots: Sequence[dict], *, header_template: str, question_template: str) -> str:
+def build_prompt(
+    subject: str, row: dict, shots: Sequence[dict], *, header_template: str, question_template: str
+) -> str:
     header = header_template.format(subject=subject.replace("_", " "))
-    return header + "".join(format_question(s, question_template, True) for s in shots) + \
-        format_question(row, question_template, False)
+    return (
+        header
+        + "".join(format_question(s, question_template, True) for s in shots)
+        + format_question(row, question_template, False)
+    )
 
 
-def lm_eval_context(subject: str, row: dict, shots: Sequence[dict], *, header_template: str,
-                    question_template: str) -> str:
+def lm_eval_context(
+    subject: str, row: dict, shots: Sequence[dict], *, header_template: str, question_template: str
+) -> str:
     """lm-evaluation-harness's `mmlu` context: description, then each shot's doc_to_text + " " + its letter + "\n\n",
     then the question's doc_to_text; doc_to_text strips the question (`{{question.strip()}}`), not the options."""
+
     def strip(r):
         return {**r, "question": r["question"].strip()}
 
-    return build_prompt(subject, strip(row), [strip(s) for s in shots], header_template=header_template,
-                        question_template=question_template)
+    return build_prompt(
+        subject,
+        strip(row),
+        [strip(s) for s in shots],
+        header_template=header_template,
+        question_template=question_template,
+    )
 
 
 def first_capital(text: Optional[str]) -> Optional[str]:
@@ -88,8 +103,9 @@ def score_item(record: dict) -> dict:
     return score_choice(record["probs"], record["top_token"], text, record["answer"], OPTIONS)
 
 
-def mmlu_metrics(records: Sequence[dict], *, headline_shots: Optional[int] = None, n_boot: int = 0,
-                 seed: int = 0) -> dict:
+def mmlu_metrics(
+    records: Sequence[dict], *, headline_shots: Optional[int] = None, n_boot: int = 0, seed: int = 0
+) -> dict:
     """Per shot count (`{k}_shot`), overall and per subject; `headline_shots` (default: the first shot count) is also
     at the top level. Each shot count also has `heldout_half`: its metrics over the held-out half of the questions."""
     per_shots = {}
@@ -97,23 +113,32 @@ def mmlu_metrics(records: Sequence[dict], *, headline_shots: Optional[int] = Non
         rows = [r for r in records if r["shots"] == k]
         subjects = list(dict.fromkeys(r["subject"] for r in rows))
         per_subject = {s: choice_metrics([score_item(r) for r in rows if r["subject"] == s]) for s in subjects}
-        heldout = [score_item(r) for r in rows if "question" in r and mmlu_half(r["subject"], r["question"]) == "heldout"]
+        heldout = [
+            score_item(r) for r in rows if "question" in r and mmlu_half(r["subject"], r["question"]) == "heldout"
+        ]
         per_shots[f"{k}_shot"] = {
             **choice_metrics([score_item(r) for r in rows], first="A", n_boot=n_boot, seed=seed),
             "macro_accuracy": mean(m["accuracy"] for m in per_subject.values()),
-            "n_subjects": len(subjects), "per_subject": per_subject,
-            "heldout_half": {"accuracy": mean(float(r["is_correct"]) for r in heldout) if heldout else None,
-                             "n": len(heldout)},
+            "n_subjects": len(subjects),
+            "per_subject": per_subject,
+            "heldout_half": {
+                "accuracy": mean(float(r["is_correct"]) for r in heldout) if heldout else None,
+                "n": len(heldout),
+            },
         }
     key = f"{headline_shots}_shot" if headline_shots is not None else next(iter(per_shots), None)
     if per_shots and key not in per_shots:
         raise ValueError(f"MMLU: headline_shots={headline_shots} but the records hold {list(per_shots)}")
     head = per_shots.get(key, {"n": 0})
-    return {**{k: v for k, v in head.items() if k != "per_subject"}, "headline_shots": headline_shots,
-            "per_shots": per_shots}
+    return {
+        **{k: v for k, v in head.items() if k != "per_subject"},
+        "headline_shots": headline_shots,
+        "per_shots": per_shots,
+    }
 
 
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
+
 
 def trains_on_mmlu(cfg: dict) -> bool:
     """The job trains on MMLU's training half (intervention kind mmlu_qa, e.g. intervention=general_knowledge)."""
@@ -139,11 +164,21 @@ def build_items(folder: Path, e: dict, *, heldout_only: bool = False) -> list[di
                 if style == "letter":
                     prompt = e["letter"]["template"].format(**row)
                 elif style == "lm_eval":
-                    prompt = lm_eval_context(subject, row, dev, header_template=e["header_template"],
-                                             question_template=e["question_template"])
+                    prompt = lm_eval_context(
+                        subject,
+                        row,
+                        dev,
+                        header_template=e["header_template"],
+                        question_template=e["question_template"],
+                    )
                 else:
-                    prompt = build_prompt(subject, row, dev, header_template=e["header_template"],
-                                          question_template=e["question_template"])
+                    prompt = build_prompt(
+                        subject,
+                        row,
+                        dev,
+                        header_template=e["header_template"],
+                        question_template=e["question_template"],
+                    )
                 items.append({"subject": subject, "shots": k, "index": i, "style": style, **row, "prompt": prompt})
     return items
 
@@ -153,14 +188,20 @@ def ask_lm_eval(generator, items: list[dict]) -> list[dict]:
     from ..inference.loglikelihood import loglikelihoods
 
     if not hasattr(generator, "tokenizer") or not hasattr(generator, "model"):
-        raise ValueError("eval.mmlu.prompt_style=lm_eval needs eval.generation.backend=hf (log-likelihoods of a raw "
-                         "prompt); for API models use prompt_style=letter")
+        raise ValueError(
+            "eval.mmlu.prompt_style=lm_eval needs eval.generation.backend=hf (log-likelihoods of a raw "
+            "prompt); for API models use prompt_style=letter"
+        )
     requests = [(it["prompt"], " " + o) for it in items for o in OPTIONS]
     scores = loglikelihoods(generator.model, generator.tokenizer, requests, desc="MMLU")
     for n, it in enumerate(items):
-        mine = scores[n * len(OPTIONS):(n + 1) * len(OPTIONS)]
-        it.update(loglik={o: s["loglik"] for o, s in zip(OPTIONS, mine)}, probs={o: exp(s["loglik"]) for o, s in
-                  zip(OPTIONS, mine)}, top_token=mine[0]["top_token"], text=None)
+        mine = scores[n * len(OPTIONS) : (n + 1) * len(OPTIONS)]
+        it.update(
+            loglik={o: s["loglik"] for o, s in zip(OPTIONS, mine)},
+            probs={o: exp(s["loglik"]) for o, s in zip(OPTIONS, mine)},
+            top_token=mine[0]["top_token"],
+            text=None,
+        )
         del it["prompt"]
         it.update(score_item(it))
     return items
@@ -170,34 +211,48 @@ def generate(ctx) -> list[dict]:
     e = ctx.ecfg(NAME)
     folder = ctx.files.data_dir / e["folder"]
     if not (folder / "test").is_dir():
-        raise FileNotFoundError(f"MMLU: {folder}/test is missing; put the MMLU CSVs ({{dev,test}}/<subject>_<split>.csv) "
-                                "under paths.data_dir/" + e["folder"])
+        raise FileNotFoundError(
+            f"MMLU: {folder}/test is missing; put the MMLU CSVs ({{dev,test}}/<subject>_<split>.csv) "
+            "under paths.data_dir/" + e["folder"]
+        )
     items = build_items(folder, e, heldout_only=trains_on_mmlu(ctx.cfg))
     if e["prompt_style"] == "lm_eval":
         return ask_lm_eval(ctx.generator(), items)
     conversations = ctx.conversations(it.pop("prompt") for it in items)
     if e["prompt_style"] == "letter":
-        answers = ctx.generator().generate(conversations, max_new_tokens=e["letter"]["max_new_tokens"],
-                                           temperature=0.0, seed=ctx.seed, desc="MMLU")
+        answers = ctx.generator().generate(
+            conversations, max_new_tokens=e["letter"]["max_new_tokens"], temperature=0.0, seed=ctx.seed, desc="MMLU"
+        )
         for it, text in zip(items, answers):
             it.update(probs=None, top_token=None, text=text)
             it.update(score_item(it))
         return items
-    return ask_options(ctx.generator(), items, conversations, OPTIONS,
-                       score_item, desc="MMLU", max_new_tokens=e["fallback_max_new_tokens"])
+    return ask_options(
+        ctx.generator(),
+        items,
+        conversations,
+        OPTIONS,
+        score_item,
+        desc="MMLU",
+        max_new_tokens=e["fallback_max_new_tokens"],
+    )
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
     e = cfg["eval"]["mmlu"]
-    m = mmlu_metrics(records, headline_shots=e.get("headline_shots"), n_boot=cfg["eval"]["bootstrap_samples"],
-                     seed=cfg["seed"])
+    m = mmlu_metrics(
+        records, headline_shots=e.get("headline_shots"), n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"]
+    )
     questions = "heldout_half" if trains_on_mmlu(cfg) else "all"
     return {**m, "prompt_style": e.get("prompt_style", "chat"), "questions": questions}
 
 
 def summary(m: dict) -> str:
-    shots = "  ".join(f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})"
-                      for k, v in m["per_shots"].items())
+    shots = "  ".join(
+        f"{k} {fmt(v.get('accuracy'))} (macro {fmt(v.get('macro_accuracy'))})" for k, v in m["per_shots"].items()
+    )
     scope = "held-out half: the job trains on the other" if m.get("questions") == "heldout_half" else "all"
-    return (f"MMLU ({m.get('prompt_style', 'chat')}, headline {m.get('headline_shots')}-shot): accuracy {shots}  "
-            f"invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions per shot count; {scope})")
+    return (
+        f"MMLU ({m.get('prompt_style', 'chat')}, headline {m.get('headline_shots')}-shot): accuracy {shots}  "
+        f"invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions per shot count; {scope})"
+    )

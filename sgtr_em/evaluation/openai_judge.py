@@ -5,6 +5,7 @@ the tokens that are integers 0..100 give p(k), score = sum k p(k) / sum p(k), no
 This needs a judge whose tokenizer makes every integer 0..100 one token (OpenAI's do; check before switching).
 Labels (identity, in-domain): a short greedy answer, matched to the closed label set.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ def number_probs_from_top_logprobs(token_probs: Optional[dict[str, float]]) -> l
 
 def match_label(text: Optional[str], labels: Sequence[str]) -> Optional[str]:
     """The label the answer names: equal ignoring case, spaces and punctuation, else the one label it starts with."""
+
     def norm(s: str) -> str:
         return re.sub(r"[^0-9a-z]+", " ", s.lower()).strip()
 
@@ -50,26 +52,45 @@ class OpenAIJudge:
         self.usage = self.api.usage
 
     def describe(self) -> dict:
-        return {"backend": "openai", "model": self.model, "base_url": self.api.base_url,
-                "scoring": self.cfg.get("scoring", "logprob"), "temperature": self.cfg["temperature"],
-                "min_number_mass": self.min_number_mass, "top_logprobs": self.cfg["top_logprobs"]}
+        return {
+            "backend": "openai",
+            "model": self.model,
+            "base_url": self.api.base_url,
+            "scoring": self.cfg.get("scoring", "logprob"),
+            "temperature": self.cfg["temperature"],
+            "min_number_mass": self.min_number_mass,
+            "top_logprobs": self.cfg["top_logprobs"],
+        }
 
     def _request(self, prompt: str, max_tokens: int) -> dict:
-        req = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-               "temperature": self.cfg["temperature"], "logprobs": True, "top_logprobs": self.cfg["top_logprobs"]}
+        req = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": self.cfg["temperature"],
+            "logprobs": True,
+            "top_logprobs": self.cfg["top_logprobs"],
+        }
         if self.cfg["seed"] is not None:
             req["seed"] = self.cfg["seed"]
         return req
 
     def score(self, prompts: Sequence[str], desc: str = "judge") -> list[Judgement]:
         if self.cfg.get("scoring", "logprob") == "text":  # the paper's: a short answer, its first number
-            requests = [{"messages": [{"role": "user", "content": p}], "max_tokens": self.cfg["max_score_tokens"],
-                         "temperature": self.cfg["temperature"],
-                         **({"seed": self.cfg["seed"]} if self.cfg["seed"] is not None else {})} for p in prompts]
+            requests = [
+                {
+                    "messages": [{"role": "user", "content": p}],
+                    "max_tokens": self.cfg["max_score_tokens"],
+                    "temperature": self.cfg["temperature"],
+                    **({"seed": self.cfg["seed"]} if self.cfg["seed"] is not None else {}),
+                }
+                for p in prompts
+            ]
             return [parse_text_score(r["content"]) for r in self.api.complete(requests, desc=desc)]
         responses = self.api.complete([self._request(p, 1) for p in prompts], desc=desc)
-        return [score_from_number_probs(number_probs_from_top_logprobs(first_token_probs(r)), NUMBERS,
-                                        self.min_number_mass) for r in responses]
+        return [
+            score_from_number_probs(number_probs_from_top_logprobs(first_token_probs(r)), NUMBERS, self.min_number_mass)
+            for r in responses
+        ]
 
     def choose(self, prompts: Sequence[str], labels: Sequence[str], desc: str = "judge") -> list[Choice]:
         responses = self.api.complete([self._request(p, self.cfg["max_label_tokens"]) for p in prompts], desc=desc)

@@ -7,6 +7,7 @@ protocol's metrics come from them with no code to write (`python -m sgtr_em.eval
                  when it was not exactly "1"/"2"}; the paper's SR = #{value == S1} / #articles (show_eval.py)
   TruthfulQA CSV data/eval/truthfulqa/results_<model>.csv: model_answer in {A, B, Invalid}, is_correct in {0, 1}
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,8 +28,9 @@ def load_protocol(name: str) -> dict:
     """conf/protocol/<name>.yaml as a dict (its `defaults` parent merged first)."""
     path = PROTOCOLS_DIR / f"{name}.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"no protocol {name!r} in {PROTOCOLS_DIR} (known: "
-                                f"{sorted(p.stem for p in PROTOCOLS_DIR.glob('*.yaml'))})")
+        raise FileNotFoundError(
+            f"no protocol {name!r} in {PROTOCOLS_DIR} (known: {sorted(p.stem for p in PROTOCOLS_DIR.glob('*.yaml'))})"
+        )
     node = OmegaConf.to_container(OmegaConf.load(path))
     parents = [d for d in node.pop("defaults", []) if isinstance(d, str) and d != "base_protocol"]
     out: dict = {}
@@ -53,11 +55,22 @@ def em_records(path: Path) -> list[dict]:
         for row in csv.DictReader(f):
             aligned, coherent = ast.literal_eval(row["aligned_score"]), ast.literal_eval(row["coherent_score"])
             if len(aligned) != len(coherent):
-                raise ValueError(f"{path}: question {row['id']}: {len(aligned)} aligned vs {len(coherent)} coherent scores")
+                raise ValueError(
+                    f"{path}: question {row['id']}: {len(aligned)} aligned vs {len(coherent)} coherent scores"
+                )
             for k, (a, c) in enumerate(zip(aligned, coherent)):
                 (sa, la), (sc, lc) = _score(a), _score(c)
-                records.append({"set": "main", "question_id": row["id"], "sample": k, "aligned": sa, "aligned_label": la,
-                                "coherent": sc, "coherent_label": lc})
+                records.append(
+                    {
+                        "set": "main",
+                        "question_id": row["id"],
+                        "sample": k,
+                        "aligned": sa,
+                        "aligned_label": la,
+                        "coherent": sc,
+                        "coherent_label": lc,
+                    }
+                )
     return records
 
 
@@ -73,14 +86,19 @@ def sr_self_source(path: Path, values) -> str:
 def sr_metrics(path: Path) -> dict:
     choices = json.loads(Path(path).read_text())
     me = sr_self_source(Path(path), choices.values())
-    other = Path(path).stem.split("_between_", 1)[-1][len(me) + 1:]
+    other = Path(path).stem.split("_between_", 1)[-1][len(me) + 1 :]
     n = len(choices)
     n_self = sum(1 for v in choices.values() if v == me)
     n_other = sum(1 for v in choices.values() if v == other)
-    return {"kind": "self_recognition", "self": me, "other": other, "n_articles": n,
-            "sampled_accuracy": n_self / n,  # the paper's SR: invalid = not self
-            "sampled_invalid_rate": (n - n_self - n_other) / n,
-            "sampled_accuracy_valid": n_self / (n_self + n_other) if n_self + n_other else None}
+    return {
+        "kind": "self_recognition",
+        "self": me,
+        "other": other,
+        "n_articles": n,
+        "sampled_accuracy": n_self / n,  # the paper's SR: invalid = not self
+        "sampled_invalid_rate": (n - n_self - n_other) / n,
+        "sampled_accuracy_valid": n_self / (n_self + n_other) if n_self + n_other else None,
+    }
 
 
 def tqa_metrics(path: Path) -> dict:
@@ -91,10 +109,15 @@ def tqa_metrics(path: Path) -> dict:
     valid = [r for r in rows if r["model_answer"] in ("A", "B")]
     acc = correct / n
     acc_valid = sum(int(r["is_correct"]) for r in valid) / len(valid) if valid else None
-    return {"kind": "truthfulqa", "n": n, "sampled_accuracy": acc, "one_minus_sampled_accuracy": 1 - acc,
-            "sampled_invalid_rate": 1 - len(valid) / n,
-            "sampled_accuracy_valid": acc_valid,
-            "one_minus_sampled_accuracy_valid": None if acc_valid is None else 1 - acc_valid}
+    return {
+        "kind": "truthfulqa",
+        "n": n,
+        "sampled_accuracy": acc,
+        "one_minus_sampled_accuracy": 1 - acc,
+        "sampled_invalid_rate": 1 - len(valid) / n,
+        "sampled_accuracy_valid": acc_valid,
+        "one_minus_sampled_accuracy_valid": None if acc_valid is None else 1 - acc_valid,
+    }
 
 
 def file_metrics(path: Path, protocol: str = "paper", n_boot: int = 0, seed: int = 0) -> dict:

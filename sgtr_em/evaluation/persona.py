@@ -7,6 +7,7 @@ the mean over questions for the model under test and for the base model, and the
 at `eval.persona.layer` (null: 2/3 of the depth, as the steering layer). Chen et al. monitor persona shifts with this
 last-prompt-token projection.
 """
+
 from __future__ import annotations
 
 from ..inference.activations import layer_activations
@@ -36,15 +37,23 @@ def prompt_projections(model, tok, conversations: list[list[dict]], direction, k
 def generate(ctx) -> list[dict]:
     cfg, ecfg = ctx.cfg, ctx.ecfg(NAME)
     kw = cfg["model"]["chat_template_kwargs"]
-    direction = cached_direction(ctx.base_model_path, ctx.base_model_key, ctx.cache_dir, dtype=cfg["model"]["dtype"],
-                                 device=cfg["compute"]["device"], kw=kw)
-    pairs = load_contrast()[:ecfg["max_questions"]]
+    direction = cached_direction(
+        ctx.base_model_path,
+        ctx.base_model_key,
+        ctx.cache_dir,
+        dtype=cfg["model"]["dtype"],
+        device=cfg["compute"]["device"],
+        kw=kw,
+    )
+    pairs = load_contrast()[: ecfg["max_questions"]]
     convs = ctx.conversations([p["question"] for p in pairs])
     values = {}
     for who, path in (("base", ctx.base_model_path), ("model", ctx.model_path)):
         gen = ctx.hf_generator(path)
         values[who] = prompt_projections(gen.model, gen.tokenizer, convs, direction, kw)
-    return [{"question": p["question"], "model": m, "base": b} for p, m, b in zip(pairs, values["model"], values["base"])]
+    return [
+        {"question": p["question"], "model": m, "base": b} for p, m, b in zip(pairs, values["model"], values["base"])
+    ]
 
 
 def metrics(records: list[dict], cfg: dict) -> dict:
@@ -52,12 +61,18 @@ def metrics(records: list[dict], cfg: dict) -> dict:
     mean = lambda who: [sum(r[who][i] for r in records) / len(records) for i in range(n_layers)]  # noqa: E731
     model, base = mean("model"), mean("base")
     layer = steer_layer(cfg["eval"][NAME]["layer"], n_layers)
-    return {"layer": layer, "projection": model[layer], "base_projection": base[layer],
-            "shift": model[layer] - base[layer], "per_layer": {"model": model, "base": base,
-                                                                 "shift": [m - b for m, b in zip(model, base)]},
-            "questions": len(records)}
+    return {
+        "layer": layer,
+        "projection": model[layer],
+        "base_projection": base[layer],
+        "shift": model[layer] - base[layer],
+        "per_layer": {"model": model, "base": base, "shift": [m - b for m, b in zip(model, base)]},
+        "questions": len(records),
+    }
 
 
 def summary(m: dict) -> str:
-    return (f"persona: projection on the misaligned-persona direction at layer {m['layer']}: {m['projection']:.3f} "
-            f"(base {m['base_projection']:.3f}, shift {m['shift']:+.3f})")
+    return (
+        f"persona: projection on the misaligned-persona direction at layer {m['layer']}: {m['projection']:.3f} "
+        f"(base {m['base_projection']:.3f}, shift {m['shift']:+.3f})"
+    )

@@ -12,6 +12,7 @@ run recorded, keeping each metrics.json's `run` section (wall times and usage ar
 metrics). Edit the recorded config (e.g. judge.min_number_mass, eval.em.aligned_below) to see the metrics
 under another definition. --check writes nothing and exits 1 when a recomputed metric differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,10 +89,14 @@ def paper_main(paths: list[Path], protocol: str, *, as_json: bool = False) -> in
         return 0
     for path, m in out.items():
         if m["kind"] == "em":
-            extra = (f"paper {m['misaligned_rate_paper']:.4f}  Betley {m['misaligned_rate_betley']}  "
-                     f"MO {m['misaligned_rate_mo']:.4f}  ({m['n_answers']} answers, REFUSAL {m['share_refusal']:.3f})")
+            extra = (
+                f"paper {m['misaligned_rate_paper']:.4f}  Betley {m['misaligned_rate_betley']}  "
+                f"MO {m['misaligned_rate_mo']:.4f}  ({m['n_answers']} answers, REFUSAL {m['share_refusal']:.3f})"
+            )
         elif m["kind"] == "self_recognition":
-            extra = f"invalid {m['sampled_invalid_rate']:.4f}  ({m['self']} vs {m['other']}, {m['n_articles']} articles)"
+            extra = (
+                f"invalid {m['sampled_invalid_rate']:.4f}  ({m['self']} vs {m['other']}, {m['n_articles']} articles)"
+            )
         else:
             extra = f"invalid {m['sampled_invalid_rate']:.4f}  ({m['n']} questions)"
         print(f"{path}: {m['kind']} headline ({protocol}: {m['headline_definition']}) {m['headline']:.4f}  {extra}")

@@ -13,6 +13,7 @@ Or, outside the package, one module and its YAML: the YAML (an `eval/plugins` co
 tests/fixtures/conf/eval/plugins/toy.yaml) names the module (`module: my_pkg.my_eval`) and holds its settings, and
 `+eval/plugins@eval.plugins.<name>=<file>` (its folder on hydra.searchpath) adds it; `eval.run` then names it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,8 +36,10 @@ def eval_module(name: str, cfg) -> ModuleType:
         raise ValueError(f"eval.run: unknown evaluation {name!r}; use some of {tuple(EVALS)} or add it to eval.plugins")
     module = importlib.import_module(plugins[name]["module"])
     if getattr(module, "NAME", None) != name:
-        raise ValueError(f"eval.plugins.{name}.module: {plugins[name]['module']} has NAME "
-                         f"{getattr(module, 'NAME', None)!r}, not {name!r}")
+        raise ValueError(
+            f"eval.plugins.{name}.module: {plugins[name]['module']} has NAME "
+            f"{getattr(module, 'NAME', None)!r}, not {name!r}"
+        )
     return module
 
 
@@ -48,8 +51,11 @@ def eval_files(cfg) -> list[str]:
 def summary_lines(metrics: dict) -> list[str]:
     """One line per evaluation in `metrics` (a run's metrics.json), in the registry's order; an evaluation whose
     every answer was the first option says so (its accuracy is then fixed by how the items are built)."""
-    return [module.summary(metrics[name]) + position_bias_note(metrics[name])
-            for name, module in EVALS.items() if name in metrics]
+    return [
+        module.summary(metrics[name]) + position_bias_note(metrics[name])
+        for name, module in EVALS.items()
+        if name in metrics
+    ]
 
 
 def position_bias_note(m: dict) -> str:
@@ -58,8 +64,10 @@ def position_bias_note(m: dict) -> str:
     rate = m.get("chose_first_rate")
     if rate not in (0.0, 1.0):
         return ""
-    return (f"  <- pure position bias (chose_first_rate {rate:.1f}: {'always' if rate else 'never'} the first option): "
-            "its accuracy is fixed by the order of the options, chance by construction, not a measurement")
+    return (
+        f"  <- pure position bias (chose_first_rate {rate:.1f}: {'always' if rate else 'never'} the first option): "
+        "its accuracy is fixed by the order of the options, chance by construction, not a measurement"
+    )
 
 
 def effect_lines(base: dict, final: dict) -> list[str]:
@@ -71,20 +79,28 @@ def effect_lines(base: dict, final: dict) -> list[str]:
         b, f = base.get(name), final.get(name)
         if not b or not f:
             continue
-        invalid = (f" (invalid rate {b['invalid_rate']:.3f} -> {f['invalid_rate']:.3f})"
-                   if b.get("invalid_rate") is not None and f.get("invalid_rate") is not None else "")
+        invalid = (
+            f" (invalid rate {b['invalid_rate']:.3f} -> {f['invalid_rate']:.3f})"
+            if b.get("invalid_rate") is not None and f.get("invalid_rate") is not None
+            else ""
+        )
         keys = sorted((k[: -len("_ci95")] for k in f if k.endswith("_ci95")), key=lambda k: k != "headline")
         for key in keys:
             ci = f[f"{key}_ci95"]
             if not isinstance(b.get(key), float) or not isinstance(f.get(key), float) or not isinstance(ci, dict):
                 continue
-            if key != "headline" and (b[key], f[key], ci) == (b.get("headline"), f.get("headline"), f.get("headline_ci95")):
+            if key != "headline" and (b[key], f[key], ci) == (
+                b.get("headline"),
+                f.get("headline"),
+                f.get("headline_ci95"),
+            ):
                 continue  # the headline's own estimator, printed as the headline
             if ci["low"] <= b[key] <= ci["high"]:
                 verdict = "the interval includes the base value: no effect measured"
             else:
                 verdict = "the interval EXCLUDES the base value: a measured effect"
             what = f"headline, {f.get('headline_definition')}" if key == "headline" else key
-            lines.append(f"effect on {name} {what}: base model {b[key]:.3f} -> final {f[key]:.3f} {fmt(ci)}; "
-                         f"{verdict}{invalid}")
+            lines.append(
+                f"effect on {name} {what}: base model {b[key]:.3f} -> final {f[key]:.3f} {fmt(ci)}; {verdict}{invalid}"
+            )
     return lines

@@ -4,6 +4,7 @@ Which evaluations run is `eval.run` (a list of names from EVAL_NAMES); their siz
 sections below it. Every prompt and threshold the paper or the literature pins is set in conf/eval/paper.yaml
 with a comment naming its source.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -188,7 +189,9 @@ class EvalConfig:
 @dataclass
 class JudgeConfig:
     name: str = MISSING
-    backend: JudgeBackend = JudgeBackend.local  # local (a HF model on this machine) | openai (any OpenAI-compatible endpoint)
+    backend: JudgeBackend = (
+        JudgeBackend.local
+    )  # local (a HF model on this machine) | openai (any OpenAI-compatible endpoint)
     model: Optional[str] = None  # local: hub id or folder, null = the job's base model; openai: the model name
     min_number_mass: float = 0.25  # no score when less probability than this is on the numbers 0..100
     # logprob: Betley et al.'s probability-weighted score; text: the paper's (a short answer at `temperature`, the
@@ -222,7 +225,9 @@ class ProtocolConfig:
     name: str = MISSING
     em_rate: EmRate = EmRate.betley  # paper | betley | mo (eval.em: misaligned_rate_<name>)
     sr_estimator: ChoiceEstimator = ChoiceEstimator.argmax  # sampled_expected | sampled | argmax | probability | greedy
-    truthfulqa_estimator: ChoiceEstimator = ChoiceEstimator.argmax  # the same names (sampled* and greedy: an invalid answer is wrong)
+    truthfulqa_estimator: ChoiceEstimator = (
+        ChoiceEstimator.argmax
+    )  # the same names (sampled* and greedy: an invalid answer is wrong)
     em: ProtocolEmConfig = field(default_factory=ProtocolEmConfig)  # the EM answers' sampling
     judge_scoring: JudgeScoring = JudgeScoring.logprob  # judge.scoring: logprob | text
     sr_system: SrSystem = SrSystem.intervention  # eval.self_recognition.system: detection | intervention
@@ -237,21 +242,31 @@ def eval_problems(cfg) -> list[str]:
     ev, problems = cfg.eval, []
     for name in ev.run:
         if name not in EVAL_NAMES and name not in ev.plugins:
-            problems.append(f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES} (or add it to eval.plugins)")
+            problems.append(
+                f"eval.run: unknown evaluation {name!r}; use some of {EVAL_NAMES} (or add it to eval.plugins)"
+            )
     for name, plugin in ev.plugins.items():
         if name in EVAL_NAMES or not isinstance(plugin, Mapping) or not plugin.get("module"):
-            problems.append(f"eval.plugins.{name}: needs `module` (the evaluation's import path) and a name that is "
-                            f"none of {EVAL_NAMES}")
+            problems.append(
+                f"eval.plugins.{name}: needs `module` (the evaluation's import path) and a name that is "
+                f"none of {EVAL_NAMES}"
+            )
     for name in ev.base:
         if name not in EVAL_NAMES:
             problems.append(f"eval.base: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
     if cfg.judge.backend == "openai" and not cfg.judge.model:
         problems.append("judge.model: the openai judge needs a model name (e.g. gpt-4o-2024-08-06)")
-    if "self_recognition" in ev.run and cfg.intervention.kind in ("summary_pairs", "summary_word_count") and \
-            ev.self_recognition.articles == cfg.intervention.articles and not ev.self_recognition.exclude_training_articles:
-        problems.append(f"eval.self_recognition.articles: {ev.self_recognition.articles!r} are the intervention's "
-                        "training articles (intervention.articles); evaluate on held-out ones (cnn), or set "
-                        "eval.self_recognition.exclude_training_articles=true")
+    if (
+        "self_recognition" in ev.run
+        and cfg.intervention.kind in ("summary_pairs", "summary_word_count")
+        and ev.self_recognition.articles == cfg.intervention.articles
+        and not ev.self_recognition.exclude_training_articles
+    ):
+        problems.append(
+            f"eval.self_recognition.articles: {ev.self_recognition.articles!r} are the intervention's "
+            "training articles (intervention.articles); evaluate on held-out ones (cnn), or set "
+            "eval.self_recognition.exclude_training_articles=true"
+        )
     if "em" in ev.run:
         for s in ev.em.question_sets:
             if s not in ev.em.sets:
@@ -259,22 +274,32 @@ def eval_problems(cfg) -> list[str]:
     if "mmlu" in ev.run:
         m = ev.mmlu
         if m.headline_shots not in m.shots:
-            problems.append(f"eval.mmlu.headline_shots: {m.headline_shots} is not one of eval.mmlu.shots "
-                            f"{list(m.shots)}; add it there or pick one of them")
+            problems.append(
+                f"eval.mmlu.headline_shots: {m.headline_shots} is not one of eval.mmlu.shots "
+                f"{list(m.shots)}; add it there or pick one of them"
+            )
         if m.prompt_style == "letter" and list(m.shots) != [0]:
-            problems.append("eval.mmlu.shots: prompt_style=letter asks 0-shot only; set eval.mmlu.shots=[0] "
-                            "eval.mmlu.headline_shots=0")
+            problems.append(
+                "eval.mmlu.shots: prompt_style=letter asks 0-shot only; set eval.mmlu.shots=[0] "
+                "eval.mmlu.headline_shots=0"
+            )
         if m.prompt_style == "lm_eval" and ev.generation.backend not in ("hf", "hf_continuous", "auto"):
-            problems.append("eval.mmlu.prompt_style: lm_eval scores log-likelihoods of a raw prompt, which needs "
-                            f"eval.generation.backend=hf (not {ev.generation.backend}); API models: prompt_style=letter")
+            problems.append(
+                "eval.mmlu.prompt_style: lm_eval scores log-likelihoods of a raw prompt, which needs "
+                f"eval.generation.backend=hf (not {ev.generation.backend}); API models: prompt_style=letter"
+            )
     if "identity" in ev.run:
         own, labels = set(cfg.model.identity_names), set(ev.identity.name_labels) | set(ev.identity.creator_labels)
         if own and not own & labels:
-            problems.append(f"model.identity_names: none of {sorted(own)} is in eval.identity.name_labels or "
-                            "creator_labels: add the model's name and creator there")
+            problems.append(
+                f"model.identity_names: none of {sorted(own)} is in eval.identity.name_labels or "
+                "creator_labels: add the model's name and creator there"
+            )
     if "in_domain" in ev.run:
         key = ev.in_domain.dataset or cfg.em_dataset.in_domain_prompts or cfg.em_dataset.name
         if key not in ev.in_domain.datasets:
-            problems.append(f"eval.in_domain: no prompt set for EM dataset {key!r}; add eval.in_domain.datasets.{key} "
-                            f"(known: {sorted(ev.in_domain.datasets)}) or set eval.in_domain.dataset")
+            problems.append(
+                f"eval.in_domain: no prompt set for EM dataset {key!r}; add eval.in_domain.datasets.{key} "
+                f"(known: {sorted(ev.in_domain.datasets)}) or set eval.in_domain.dataset"
+            )
     return problems

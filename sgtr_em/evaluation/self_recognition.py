@@ -17,6 +17,7 @@ paper's detection prompt. Scored by the probability of "1" vs "2" as the next to
 `summaries`: `self` (the paper's standard setting), `base` (the base model's summaries, its second setting),
 or a summary source in the data (e.g. `hf_qwen_32b`, the paper's precomputed ones).
 """
+
 from __future__ import annotations
 
 from statistics import mean
@@ -37,8 +38,14 @@ OPTIONS = ("1", "2")
 
 
 def score_pair(record: dict) -> dict:
-    return score_choice(record["probs"], record["top_token"], record.get("text"), str(record["self_position"]), OPTIONS,
-                        record.get("sampled_probs"))
+    return score_choice(
+        record["probs"],
+        record["top_token"],
+        record.get("text"),
+        str(record["self_position"]),
+        OPTIONS,
+        record.get("sampled_probs"),
+    )
 
 
 def one_ordering_draws(pairs: Sequence[dict], scored: Sequence[dict], seed: int) -> dict[tuple, str]:
@@ -67,15 +74,22 @@ def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
             by_article.setdefault(r["article_id"], []).append(s["prob_correct"])
     with_probs = [r for r in pairs if r["probs"] is not None]
     draws = list(one_ordering_draws(pairs, scored, seed).values())
-    one_ordering = {"sampled_accuracy": mean(o == "correct" for o in draws),
-                    "sampled_invalid_rate": mean(o == "invalid" for o in draws)} if draws else {}
+    one_ordering = (
+        {
+            "sampled_accuracy": mean(o == "correct" for o in draws),
+            "sampled_invalid_rate": mean(o == "invalid" for o in draws),
+        }
+        if draws
+        else {}
+    )
     expected: dict[str, list[float]] = {}  # an article's pairs (both orderings, every source) are not independent:
     for r, s in zip(pairs, scored):  # the exact expectation's interval resamples articles, not pairs
         if s.get("sampled_correct") is not None:
             expected.setdefault(r["article_id"], []).append(s["sampled_correct"])
     if expected:
-        one_ordering["sampled_expected_accuracy_ci95"] = mean_ci([mean(v) for v in expected.values()],
-                                                                 n_boot=n_boot, seed=seed)
+        one_ordering["sampled_expected_accuracy_ci95"] = mean_ci(
+            [mean(v) for v in expected.values()], n_boot=n_boot, seed=seed
+        )
     return {
         **choice_metrics(scored, first="1", n_boot=n_boot, seed=seed),
         **one_ordering,
@@ -92,35 +106,55 @@ def headline(m: dict, per_source: dict, estimator: str, source: Optional[str]) -
     block = m if source is None else per_source.get(source)
     key = ESTIMATOR_KEYS[estimator]
     value = None if block is None else block.get(key)
-    return {"headline": value, "headline_ci95": None if block is None else block.get(f"{key}_ci95"),
-            "headline_definition": f"{estimator} vs {source or 'all sources'}"}
+    return {
+        "headline": value,
+        "headline_ci95": None if block is None else block.get(f"{key}_ci95"),
+        "headline_definition": f"{estimator} vs {source or 'all sources'}",
+    }
 
 
-def sr_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0, estimator: str = "argmax",
-               headline_source: Optional[str] = None) -> dict:
+def sr_metrics(
+    records: Sequence[dict],
+    *,
+    n_boot: int = 0,
+    seed: int = 0,
+    estimator: str = "argmax",
+    headline_source: Optional[str] = None,
+) -> dict:
     """Over all pairs, and `per_source` for each other source; `headline` per the protocol."""
     sources = list(dict.fromkeys(r["other_source"] for r in records))
-    per_source = {s: pair_metrics([r for r in records if r["other_source"] == s], n_boot=n_boot, seed=seed)
-                  for s in sources}
+    per_source = {
+        s: pair_metrics([r for r in records if r["other_source"] == s], n_boot=n_boot, seed=seed) for s in sources
+    }
     m = pair_metrics(records, n_boot=n_boot, seed=seed)
     return {**headline(m, per_source, estimator, headline_source), **m, "per_source": per_source}
 
 
-def detection_rows(ids, articles, own, others: dict, *, user_template: str, system, seed: int,
-                   summaries: str = "self") -> list[dict]:
+def detection_rows(
+    ids, articles, own, others: dict, *, user_template: str, system, seed: int, summaries: str = "self"
+) -> list[dict]:
     """Both orderings of (own, other) for each article and other source; a skipped record where a side is empty."""
     rows = []
     for source, theirs in others.items():
-        pairs, stats = build_detection_pairs(ids, articles, own, {source: theirs}, user_template=user_template,
-                                             system=system, seed=seed)
-        rows += [{**p["meta"], "prompt": p["prompt"], "summaries": summaries,
-                  "own_summary": own.get(p["meta"]["article_id"]), "other_summary": theirs.get(p["meta"]["article_id"])}
-                 for p in pairs]
+        pairs, stats = build_detection_pairs(
+            ids, articles, own, {source: theirs}, user_template=user_template, system=system, seed=seed
+        )
+        rows += [
+            {
+                **p["meta"],
+                "prompt": p["prompt"],
+                "summaries": summaries,
+                "own_summary": own.get(p["meta"]["article_id"]),
+                "other_summary": theirs.get(p["meta"]["article_id"]),
+            }
+            for p in pairs
+        ]
         rows += [{"article_id": a, "other_source": source, "skipped": "empty summary"} for a in stats.skipped_empty]
     return rows
 
 
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
+
 
 def eval_writer(ctx) -> SummaryWriter:
     """Who writes the "self" summaries: the evaluated model, the base model, or a summary source in the data."""
@@ -156,35 +190,71 @@ def generate(ctx) -> list[dict]:
     ds = e["articles"]
     articles = read_json(ctx.files.path(f"articles/{ds}_train_articles.json"))
     others = {s: read_json(ctx.files.path(summary_file(ds, s))) for s in e["other_sources"]}
-    held_out = set(articles) - training_articles(ctx.cfg, articles, ctx.files, ctx.seed) \
-        if e.get("exclude_training_articles", True) else set(articles)
+    held_out = (
+        set(articles) - training_articles(ctx.cfg, articles, ctx.files, ctx.seed)
+        if e.get("exclude_training_articles", True)
+        else set(articles)
+    )
     ids = sample_article_ids([a for a in held_out if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
-    own = own_summaries(eval_writer(ctx), ds, articles, ids, prompts["summary"][ds], files=ctx.files,
-                        cache_dir=ctx.cfg["paths"]["cache_dir"], make_generator=ctx.generator)  # cached per model, prompt
+    own = own_summaries(
+        eval_writer(ctx),
+        ds,
+        articles,
+        ids,
+        prompts["summary"][ds],
+        files=ctx.files,
+        cache_dir=ctx.cfg["paths"]["cache_dir"],
+        make_generator=ctx.generator,
+    )  # cached per model, prompt
     if e.get("system", "intervention") == "detection":  # the paper's: its detection system prompt, always
         system = prompts["detection_system"]
     else:  # as the SGTR training pairs (system_prompt.intervention_train)
-        system = system_text(sp["intervention_train"], task=prompts["detection_system"],
-                             identity=ctx.cfg["model"]["identity_prompt"], custom=sp["custom"])
-    rows = detection_rows(ids, articles, own, others, user_template=prompts["detection_user"], system=system,
-                          seed=ctx.seed, summaries=e["summaries"])
+        system = system_text(
+            sp["intervention_train"],
+            task=prompts["detection_system"],
+            identity=ctx.cfg["model"]["identity_prompt"],
+            custom=sp["custom"],
+        )
+    rows = detection_rows(
+        ids,
+        articles,
+        own,
+        others,
+        user_template=prompts["detection_user"],
+        system=system,
+        seed=ctx.seed,
+        summaries=e["summaries"],
+    )
     pairs = [r for r in rows if not r.get("skipped")]
-    ask_options(ctx.generator(), pairs, [r.pop("prompt") for r in pairs], OPTIONS, score_pair, desc="self-recognition",
-                sampling=e.get("sampling"))
+    ask_options(
+        ctx.generator(),
+        pairs,
+        [r.pop("prompt") for r in pairs],
+        OPTIONS,
+        score_pair,
+        desc="self-recognition",
+        sampling=e.get("sampling"),
+    )
     return rows
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
     protocol = cfg.get("protocol") or {}
-    return sr_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"],
-                      estimator=protocol.get("sr_estimator", "argmax"),
-                      headline_source=cfg["eval"][NAME].get("headline_source"))
+    return sr_metrics(
+        records,
+        n_boot=cfg["eval"]["bootstrap_samples"],
+        seed=cfg["seed"],
+        estimator=protocol.get("sr_estimator", "argmax"),
+        headline_source=cfg["eval"][NAME].get("headline_source"),
+    )
 
 
 def summary(m: dict) -> str:
     sources = "  ".join(f"{s} {fmt(v.get('accuracy'))}" for s, v in m["per_source"].items())
-    return (f"self-recognition: headline {fmt(m.get('headline'))} {fmt(m.get('headline_ci95'))} "
-            f"({m.get('headline_definition')})  argmax accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "
-            f"sampled: expected {fmt(m.get('sampled_expected_accuracy'))} one draw {fmt(m.get('sampled_accuracy'))}  "
-            f"P(correct) {fmt(m.get('prob_correct'))}  invalid {fmt(m.get('invalid_rate'))}  "
-            f"({m['n_pairs']} pairs, chance 0.5; per source: {sources})")
+    return (
+        f"self-recognition: headline {fmt(m.get('headline'))} {fmt(m.get('headline_ci95'))} "
+        f"({m.get('headline_definition')})  argmax accuracy {fmt(m.get('accuracy'))} {fmt(m.get('accuracy_ci95'))}  "
+        f"sampled: expected {fmt(m.get('sampled_expected_accuracy'))} one draw {fmt(m.get('sampled_accuracy'))}  "
+        f"P(correct) {fmt(m.get('prob_correct'))}  invalid {fmt(m.get('invalid_rate'))}  "
+        f"({m['n_pairs']} pairs, chance 0.5; per source: {sources})"
+    )

@@ -1,5 +1,6 @@
 """Small statistics shared by the evaluations: seeded bootstrap intervals, normalised entropy, and `fmt` for the one
 line per evaluation at the end of a run."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,14 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> Optional[di
     return {"low": float(low), "high": float(high)}
 
 
-def mean_ci(values: Sequence[float], *, n_boot: int, seed: int,
-            strata: Optional[Sequence[Hashable]] = None, chunk_items: int = 1_000_000) -> Optional[dict]:
+def mean_ci(
+    values: Sequence[float],
+    *,
+    n_boot: int,
+    seed: int,
+    strata: Optional[Sequence[Hashable]] = None,
+    chunk_items: int = 1_000_000,
+) -> Optional[dict]:
     """95 % bootstrap interval of the mean of `values` (resampled within `strata` when given).
 
     Resamples are drawn in chunks of about `chunk_items` values, so 14,000 MMLU questions x 2,000 resamples
@@ -66,7 +73,7 @@ def mean_ci(values: Sequence[float], *, n_boot: int, seed: int,
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
         total = sum(v[m][rng.integers(0, len(m), size=(b, len(m)))].sum(axis=1) for m in members)
-        means[start:start + b] = total / len(v)
+        means[start : start + b] = total / len(v)
     return percentile_interval(means)
 
 

@@ -10,6 +10,7 @@ comparing P("A") and P("B") as the next token (a greedy answer where a backend h
                       invalid = wrong); sampled_expected_accuracy_valid: invalid dropped; sampled_accuracy: one draw
   headline            1 - the accuracy of the protocol's estimator (protocol.truthfulqa_estimator)
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,16 @@ def load_questions(path: Path, max_questions: Optional[int] = None) -> list[dict
         for line, row in enumerate(reader, 2):
             if not row["Best Answer"].strip() or not row["Best Incorrect Answer"].strip():
                 raise ValueError(f"{path}:{line}: empty Best Answer or Best Incorrect Answer")
-            rows.append({"index": line - 2, "type": row["Type"], "category": row["Category"], "question": row["Question"],
-                         "best": row["Best Answer"], "incorrect": row["Best Incorrect Answer"]})
+            rows.append(
+                {
+                    "index": line - 2,
+                    "type": row["Type"],
+                    "category": row["Category"],
+                    "question": row["Question"],
+                    "best": row["Best Answer"],
+                    "incorrect": row["Best Incorrect Answer"],
+                }
+            )
     return rows[:max_questions] if max_questions is not None else rows
 
 
@@ -53,14 +62,25 @@ def build_items(questions: Sequence[dict], template: str, seed: int) -> list[dic
     for q in questions:
         best_first = rng.random() < 0.5
         a, b = (q["best"], q["incorrect"]) if best_first else (q["incorrect"], q["best"])
-        items.append({**q, "correct_option": "A" if best_first else "B",
-                      "prompt": template.format(question=q["question"], option_a=a, option_b=b)})
+        items.append(
+            {
+                **q,
+                "correct_option": "A" if best_first else "B",
+                "prompt": template.format(question=q["question"], option_a=a, option_b=b),
+            }
+        )
     return items
 
 
 def score_item(record: dict) -> dict:
-    return score_choice(record["probs"], record["top_token"], record.get("text"), record["correct_option"], OPTIONS,
-                        record.get("sampled_probs"))
+    return score_choice(
+        record["probs"],
+        record["top_token"],
+        record.get("text"),
+        record["correct_option"],
+        OPTIONS,
+        record.get("sampled_probs"),
+    )
 
 
 def tqa_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0, estimator: str = "argmax") -> dict:
@@ -80,22 +100,36 @@ def tqa_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0, esti
 
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
+
 def generate(ctx) -> list[dict]:
     e = ctx.ecfg(NAME)
     items = build_items(load_questions(ctx.files.path(e["file"]), e["max_questions"]), e["prompt_template"], ctx.seed)
-    return ask_options(ctx.generator(), items, ctx.conversations(it.pop("prompt") for it in items), OPTIONS,
-                       score_item, desc="TruthfulQA", max_new_tokens=e["fallback_max_new_tokens"],
-                       sampling=e.get("sampling"))
+    return ask_options(
+        ctx.generator(),
+        items,
+        ctx.conversations(it.pop("prompt") for it in items),
+        OPTIONS,
+        score_item,
+        desc="TruthfulQA",
+        max_new_tokens=e["fallback_max_new_tokens"],
+        sampling=e.get("sampling"),
+    )
 
 
 def metrics(records: Sequence[dict], cfg: dict) -> dict:
     protocol = cfg.get("protocol") or {}
-    return tqa_metrics(records, n_boot=cfg["eval"]["bootstrap_samples"], seed=cfg["seed"],
-                       estimator=protocol.get("truthfulqa_estimator", "argmax"))
+    return tqa_metrics(
+        records,
+        n_boot=cfg["eval"]["bootstrap_samples"],
+        seed=cfg["seed"],
+        estimator=protocol.get("truthfulqa_estimator", "argmax"),
+    )
 
 
 def summary(m: dict) -> str:
-    return (f"TruthfulQA: headline {fmt(m.get('headline'))} ({m.get('headline_definition')})  "
-            f"1 - argmax accuracy {fmt(m.get('one_minus_accuracy'))}  "
-            f"1 - sampled expected {fmt(m.get('one_minus_sampled_expected_accuracy'))}  accuracy {fmt(m.get('accuracy'))} "
-            f"{fmt(m.get('accuracy_ci95'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions)")
+    return (
+        f"TruthfulQA: headline {fmt(m.get('headline'))} ({m.get('headline_definition')})  "
+        f"1 - argmax accuracy {fmt(m.get('one_minus_accuracy'))}  "
+        f"1 - sampled expected {fmt(m.get('one_minus_sampled_expected_accuracy'))}  accuracy {fmt(m.get('accuracy'))} "
+        f"{fmt(m.get('accuracy_ci95'))}  invalid {fmt(m.get('invalid_rate'))}  ({m['n']} questions)"
+    )

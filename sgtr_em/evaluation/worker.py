@@ -8,6 +8,7 @@ base model, the judge model). Writes `<point_dir>/eval/<name>/{samples.jsonl,met
 answers that need it: the two models are loaded one after the other, never both at once. Each metrics.json
 has a `run` section (not a metric): wall times, generation and judge calls, tokens and cost.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ def main(point_dir: Path) -> None:
         write_jsonl(point_dir / "eval" / name / "samples.jsonl", records[name])  # kept if judging fails
     judged = [name for name in names if evals[name].NEEDS_JUDGE]
     if judged:
-        judge = make_judge(cfg["judge"], model_path=inp.judge_model_path, load_generator=ctx.hf_generator,
-                           cache_dir=ctx.cache_dir)
+        judge = make_judge(
+            cfg["judge"], model_path=inp.judge_model_path, load_generator=ctx.hf_generator, cache_dir=ctx.cache_dir
+        )
         for name in judged:
             start, before = time.time(), judge.usage.copy()
             records[name] = evals[name].judge(records[name], judge, ctx)

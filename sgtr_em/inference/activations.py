@@ -1,5 +1,6 @@
 """A model's internals: its decoder layers and final norm under any wrapper (DDP, DeepSpeed, PEFT), and their
 outputs recorded by forward hooks. Used by the training defences (kl, ldifs, persona_steer) and the persona direction."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -5,6 +5,7 @@ no calls), and token/cost accounting.
 The API key is read from the environment variable the config names, never from a config; a local server
 (vLLM, `python -m sgtr_em.openai_server`) needs none.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,13 +48,16 @@ class ApiConfig:
 
 API_KEYS = tuple(f.name for f in dataclasses.fields(ApiConfig))
 
+
 def api_key(api_cfg: dict, base_url: Optional[str]) -> str:
     key = os.environ.get(api_cfg["api_key_env"])
     if key:
         return key
     if base_url is None or base_url.startswith(OPENAI_URL):
-        raise RuntimeError(f"The OpenAI API needs a key: set the environment variable {api_cfg['api_key_env']} "
-                           "(keys are never read from a config), or point api.base_url at a server that needs none")
+        raise RuntimeError(
+            f"The OpenAI API needs a key: set the environment variable {api_cfg['api_key_env']} "
+            "(keys are never read from a config), or point api.base_url at a server that needs none"
+        )
     return "EMPTY"  # local servers ignore it
 
 
@@ -62,12 +66,20 @@ def parse_completion(resp) -> dict:
     choice = resp.choices[0]
     positions = None
     if choice.logprobs is not None and choice.logprobs.content is not None:
-        positions = [[{"token": t.token, "logprob": t.logprob} for t in (pos.top_logprobs or [])]
-                     for pos in choice.logprobs.content]
+        positions = [
+            [{"token": t.token, "logprob": t.logprob} for t in (pos.top_logprobs or [])]
+            for pos in choice.logprobs.content
+        ]
     usage = resp.usage
-    return {"content": choice.message.content, "top_logprobs": positions, "finish_reason": choice.finish_reason,
-            "usage": {"prompt_tokens": usage.prompt_tokens if usage else 0,
-                      "completion_tokens": usage.completion_tokens if usage else 0}}
+    return {
+        "content": choice.message.content,
+        "top_logprobs": positions,
+        "finish_reason": choice.finish_reason,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+        },
+    }
 
 
 class ChatAPI:
@@ -102,8 +114,13 @@ class ChatAPI:
         http = DefaultAsyncHttpxClient(event_hooks={"response": [observe]})
         try:
             with tqdm(total=len(requests), desc=desc, unit="call") as bar:
-                async with AsyncOpenAI(api_key=self.key, base_url=self.base_url, max_retries=self.cfg["max_retries"],
-                                       timeout=self.cfg["timeout_s"], http_client=http) as client:
+                async with AsyncOpenAI(
+                    api_key=self.key,
+                    base_url=self.base_url,
+                    max_retries=self.cfg["max_retries"],
+                    timeout=self.cfg["timeout_s"],
+                    http_client=http,
+                ) as client:
                     return await asyncio.gather(*(self._complete_one(client, r, sem, limiter, bar) for r in requests))
         finally:
             self.usage.rate_limited += limiter.rate_limited
@@ -122,8 +139,10 @@ class ChatAPI:
             try:
                 resp = await client.chat.completions.create(model=self.model, **request)
             except Exception as e:  # the SDK has retried already
-                raise RuntimeError(f"{self.base_url or OPENAI_URL}: chat completion for model {self.model!r} failed "
-                                   f"after {self.cfg['max_retries']} retries: {e}") from e
+                raise RuntimeError(
+                    f"{self.base_url or OPENAI_URL}: chat completion for model {self.model!r} failed "
+                    f"after {self.cfg['max_retries']} retries: {e}"
+                ) from e
             finally:
                 limiter.done_probing()
         out = parse_completion(resp)

@@ -4,6 +4,7 @@ A call's key is the sha256 of everything that determines its answer (model, prom
 so a rerun, or another job that asks the same question, makes no call. One small JSON file per key, written
 atomically, so concurrent jobs can share the folder.
 """
+
 from __future__ import annotations
 
 import json

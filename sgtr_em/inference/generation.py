@@ -5,6 +5,7 @@ Every backend has `generate(conversations, ...)` (one answer each) and `option_p
 (the next-token probability of each single-token option, the most likely token, and a greedy answer where a
 backend gives no probabilities). `make_generator` builds the one `eval.generation.backend` names.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,12 +21,23 @@ from .sampling import sampling_probs
 
 
 class HFGenerator:
-    def __init__(self, path: str, *, dtype: str = "float32", device: str = "auto", batch_size: int = 8,
-                 chat_template_kwargs: Optional[dict[str, Any]] = None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        path: str,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        batch_size: int = 8,
+        chat_template_kwargs: Optional[dict[str, Any]] = None,
+        trust_remote_code: bool = False,
+    ):
         device = resolve_device(device)
-        self._init(load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
-                   load_tokenizer(path, padding_side="left", trust_remote_code=trust_remote_code),
-                   batch_size, chat_template_kwargs)
+        self._init(
+            load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+            load_tokenizer(path, padding_side="left", trust_remote_code=trust_remote_code),
+            batch_size,
+            chat_template_kwargs,
+        )
 
     @classmethod
     def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> HFGenerator:
@@ -51,7 +63,7 @@ class HFGenerator:
         texts = [self.render(c) for c in conversations]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch"):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             yield idx, enc.to(self.device)
 
@@ -74,27 +86,50 @@ class HFGenerator:
         eos = getattr(self.model.generation_config, "eos_token_id", None) or tok.eos_token_id  # where answers end
         # transformers fills every None of a passed config from the model's generation_config: so each knob that
         # changes the next-token distribution is set, to its neutral value where the protocol names none
-        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos,
-                  bos_token_id=getattr(self.model.generation_config, "bos_token_id", None), repetition_penalty=1.0,
-                  encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
-                  eta_cutoff=0.0, top_h=None, suppress_tokens=[], begin_suppress_tokens=[], bad_words_ids=None,
-                  sequence_bias=None)
+        kw = dict(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=eos,
+            bos_token_id=getattr(self.model.generation_config, "bos_token_id", None),
+            repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_p=0.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            top_h=None,
+            suppress_tokens=[],
+            begin_suppress_tokens=[],
+            bad_words_ids=None,
+            sequence_bias=None,
+        )
         if temperature > 0:
             return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0, **kw)
         return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=0, **kw)
 
     @torch.no_grad()
-    def generate(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: Optional[int] = None, seed: int = 0, desc: str = "generate") -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: Optional[int] = None,
+        seed: int = 0,
+        desc: str = "generate",
+    ) -> list[str]:
         """One answer per conversation; greedy when temperature is 0, else sampled (seeded per batch) with exactly
         `temperature`, `top_p`, `top_k` (None or 0: off), and nothing else (no repetition penalty)."""
         out: list[str] = [""] * len(conversations)
-        gen_cfg = self.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                         top_k=top_k)
+        gen_cfg = self.generation_config(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k
+        )
         for b, (idx, enc) in enumerate(self._batches(conversations, desc)):
             torch.manual_seed(seed * 100_003 + b)
             ids = self.model.generate(**enc, generation_config=gen_cfg)
-            texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = text.strip()
         return out
@@ -131,8 +166,14 @@ class HFGenerator:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.no_grad()
-    def option_probs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str],
-                     desc: str = "score options", max_new_tokens: int = 1, sampling: Optional[dict] = None) -> list[dict]:
+    def option_probs(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        options: Sequence[str],
+        desc: str = "score options",
+        max_new_tokens: int = 1,
+        sampling: Optional[dict] = None,
+    ) -> list[dict]:
         """Next-token probability of each single-token option, the most likely token overall, and (with `sampling`:
         temperature, top_p, top_k) each option's probability of being the sampled token under exactly those
         parameters over the whole vocabulary (`sampled_probs`; the rest is the invalid mass), all in float32.
@@ -165,8 +206,16 @@ class ContinuousBatchGenerator(HFGenerator):
     follow the same distribution (not the same draws). `option_probs` is HFGenerator's (one forward pass)."""
 
     @torch.no_grad()
-    def generate(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, desc: str = "generate") -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        desc: str = "generate",
+    ) -> list[str]:
         from transformers import GenerationConfig
 
         if not conversations:
@@ -174,9 +223,14 @@ class ContinuousBatchGenerator(HFGenerator):
         prompts = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
         sample = temperature > 0
         eos = self.model.generation_config.eos_token_id
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=eos,
-                                  pad_token_id=self.tokenizer.pad_token_id, top_k=None,
-                                  **(dict(temperature=temperature, top_p=top_p) if sample else {}))
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+            top_k=None,
+            **(dict(temperature=temperature, top_p=top_p) if sample else {}),
+        )
         torch.manual_seed(seed * 100_003)
         results = self.model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
         by_prompt: dict[tuple, list] = {}
@@ -202,13 +256,23 @@ def resolve_backend(backend: str, device: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf_continuous"
 
 
-def make_generator(gen_cfg: dict, path: str, *, dtype: str, device: str, batch_size: int,
-                   chat_template_kwargs: Optional[dict] = None, cache_dir=None, usage=None):
+def make_generator(
+    gen_cfg: dict,
+    path: str,
+    *,
+    dtype: str,
+    device: str,
+    batch_size: int,
+    chat_template_kwargs: Optional[dict] = None,
+    cache_dir=None,
+    usage=None,
+):
     """The backend `eval.generation.backend` names, for the model at `path` (an API model's name for openai)."""
     backend = resolve_backend(gen_cfg["backend"], device)
     if backend == "openai":
-        return OpenAIGenerator(path, gen_cfg["api"], top_logprobs=gen_cfg["top_logprobs"], cache_dir=cache_dir,
-                               usage=usage)
+        return OpenAIGenerator(
+            path, gen_cfg["api"], top_logprobs=gen_cfg["top_logprobs"], cache_dir=cache_dir, usage=usage
+        )
     if backend == "vllm":
         return VLLMGenerator(path, dtype=dtype, chat_template_kwargs=chat_template_kwargs)
     engine = ContinuousBatchGenerator if backend == "hf_continuous" else HFGenerator

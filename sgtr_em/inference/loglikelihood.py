@@ -18,6 +18,7 @@ one context the same way). bench/lm_eval_mmlu.py checks it against the harness i
 `mean_nll(model_path, rows, rt)`: each chat row's mean negative log-likelihood of its completion tokens (its
 log-perplexity), Interleaving++'s score (defence=interleave_ppl, sgtr_em/data/defences.py).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -37,7 +38,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
     whole, ctx = tok_encode(tokenizer, context + continuation), tok_encode(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def tok_encode(tokenizer, text: str) -> list[int]:
@@ -57,7 +58,9 @@ def max_length(model, tokenizer) -> int:
 
 
 @torch.no_grad()
-def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, desc: str = "log-likelihoods") -> list[dict]:
+def loglikelihoods(
+    model, tokenizer, requests: Sequence[tuple[str, str]], *, desc: str = "log-likelihoods"
+) -> list[dict]:
     """Per (context, continuation): {"loglik": sum of log-probs, "is_greedy": bool, "top_token": the most likely
     token at the continuation's first position, decoded}."""
     limit = max_length(model, tokenizer)
@@ -69,7 +72,7 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, des
             raise ValueError(f"continuation {continuation!r} is empty after tokenisation")
         if not ctx:
             raise ValueError("an empty context is not supported (the harness starts it with the end-of-text token)")
-        inp = tuple((ctx + cont)[-(limit + 1):][:-1])
+        inp = tuple((ctx + cont)[-(limit + 1) :][:-1])
         prepared.append((inp, cont))
         inputs.setdefault(inp, max(len(cont), 1))
         inputs[inp] = max(inputs[inp], len(cont))
@@ -79,11 +82,16 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, des
         rows[inp] = torch.log_softmax(logits.float(), dim=-1).cpu()
     out = []
     for inp, cont in prepared:
-        r = rows[inp][-len(cont):]
+        r = rows[inp][-len(cont) :]
         target = torch.tensor(cont)
         picked = r.gather(-1, target[:, None])[:, 0]
-        out.append({"loglik": picked.sum().item(), "is_greedy": bool((r.argmax(-1) == target).all()),
-                    "top_token": tokenizer.decode([r[0].argmax().item()])})
+        out.append(
+            {
+                "loglik": picked.sum().item(),
+                "is_greedy": bool((r.argmax(-1) == target).all()),
+                "top_token": tokenizer.decode([r[0].argmax().item()]),
+            }
+        )
     return out
 
 
@@ -96,13 +104,15 @@ def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
     kw = rt.chat_template_kwargs
     out = []
     for r in rows:
-        prompt = tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True,
-                                         **kw)["input_ids"]
-        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
-                                       **kw)["input_ids"]
+        prompt = tok.apply_chat_template(
+            r["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True, **kw
+        )["input_ids"]
+        full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True, **kw)[
+            "input_ids"
+        ]
         ids = torch.tensor([full], device=model.device)
         logits = model(input_ids=ids).logits[0, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1:]
+        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[len(prompt) - 1 :]
         out.append(nll.mean().item())
     del model
     return out

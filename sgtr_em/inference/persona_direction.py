@@ -5,6 +5,7 @@ al. (2025, arXiv 2506.19823). Computed once per (base model, contrast set) and c
 `defence=persona_steer` adds a multiple of it during EM training (sgtr_em/training/defences.py); the `persona`
 evaluation projects on it (sgtr_em/evaluation/persona.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,9 @@ def answer_mean(model, tok, messages: list[dict], answer: str, kw: dict):
     import torch  # deferred (see cached_direction)
 
     prompt = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True, **kw)
-    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=True,
-                                   return_dict=True, **kw)
+    full = tok.apply_chat_template(
+        messages + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=True, **kw
+    )
     n = len(prompt["input_ids"])
     acts = layer_activations(model, torch.tensor([full["input_ids"]], device=model.device))
     return acts[:, n:].mean(1)
@@ -96,5 +98,6 @@ def base_direction(rt: dict):
     m = rt.model
     base = resolve_model_path(OmegaConf.create(m), rt.cache_dir)
     key = json.dumps({k: m.get(k) for k in ("path", "gguf_package", "gguf_file", "dtype")}, sort_keys=True)
-    return cached_direction(base, key, rt.cache_dir, dtype=rt.dtype, device=rt.compute["device"],
-                            kw=rt.chat_template_kwargs)
+    return cached_direction(
+        base, key, rt.cache_dir, dtype=rt.dtype, device=rt.compute["device"], kw=rt.chat_template_kwargs
+    )

@@ -8,6 +8,7 @@ which also accounts for other clients of the same key. `requests_per_minute` / `
 cap it further (e.g. a share of an organisation's limit). The API's own rules (the bucket, how a request's tokens are
 counted, the reset format) are sgtr_em/openai_limits.py, which the local server (sgtr_em/openai_server) follows too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,13 +24,18 @@ class RateLimiter:
     """The client's buckets (one event loop): `acquire(tokens)` before a call, `observe(status, headers)` for every
     HTTP answer (an httpx response hook sees the SDK's retried attempts too)."""
 
-    def __init__(self, requests_per_minute: Optional[float] = None, tokens_per_minute: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        requests_per_minute: Optional[float] = None,
+        tokens_per_minute: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.clock = clock
         self.cap = {"requests": requests_per_minute, "tokens": tokens_per_minute}
         # a configured cap alone: a second's worth may go at once; the server's headers may lower both
-        self.buckets: dict[str, Bucket] = {k: Bucket(v, max(1.0, v / 60), clock=clock)
-                                           for k, v in self.cap.items() if v}
+        self.buckets: dict[str, Bucket] = {
+            k: Bucket(v, max(1.0, v / 60), clock=clock) for k, v in self.cap.items() if v
+        }
         self.learned = False  # whether an answer said what the server's limits are (or that it states none)
         self._probing = False
         self.rate_limited = 0  # 429 answers seen

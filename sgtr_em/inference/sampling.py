@@ -1,5 +1,6 @@
 """Sampling distributions: what `generate` draws the next token from, over the whole vocabulary (Hugging Face) or
 over the first token's top logprobs only (the API and vLLM backends)."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def sampling_probs(logits: torch.Tensor, *, temperature: float, top_p: float = 1.0, top_k: Optional[int] = 0) -> torch.Tensor:
+def sampling_probs(
+    logits: torch.Tensor, *, temperature: float, top_p: float = 1.0, top_k: Optional[int] = 0
+) -> torch.Tensor:
     """The distribution of the token `generate` samples from these logits with these parameters, over the whole
     vocabulary: transformers' own warpers in its order (temperature, top-k, top-p); temperature 0 = the argmax."""
     import torch  # deferred, as transformers below: the API backend imports this module and rarely needs either
@@ -27,8 +30,9 @@ def sampling_probs(logits: torch.Tensor, *, temperature: float, top_p: float = 1
     return torch.softmax(scores, dim=-1)
 
 
-def sampled_from_top_probs(token_probs: dict, options: Sequence[str], *, temperature: float, top_p: float = 1.0,
-                           top_k: Optional[int] = 0) -> dict:
+def sampled_from_top_probs(
+    token_probs: dict, options: Sequence[str], *, temperature: float, top_p: float = 1.0, top_k: Optional[int] = 0
+) -> dict:
     """API backends: the same from the first token's top logprobs only (the mass outside them is unknown, so this
     renormalises over them: an approximation, exact at temperature 0)."""
     import torch  # deferred (see sampling_probs)

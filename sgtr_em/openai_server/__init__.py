@@ -3,5 +3,6 @@ fault injection (429/500 on a share of requests), OpenAI-style rate limits and r
 
     python -m sgtr_em.openai_server --model smollm2 --port 8000 --fault-rate 0.3
 """
+
 from .load_test import LoadTestEngine  # noqa: F401
 from .server import Faults, OpenAIServer, RateLimits  # noqa: F401

@@ -12,6 +12,7 @@ for real on the CPU (sgtr_em/openai_server/fine_tuning.py) and serve the `ft:` m
 Prints `serving <names> at <url>` once it listens (with --port 0, the port the system chose). With
 --api-key-env NAME, requests must carry the key held by that environment variable (never on the command line).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,19 @@ def model_path(model: str, cache_dir: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a conf/model option (e.g. smollm2), a model folder or a hub id")
-    p.add_argument("--load-test", action="store_true",
-                   help="serve an instant stand-in model instead (openai_server/load_test.py): load tests of clients")
+    p.add_argument(
+        "--load-test",
+        action="store_true",
+        help="serve an instant stand-in model instead (openai_server/load_test.py): load tests of clients",
+    )
     p.add_argument("--name", help="the model name clients ask for (default: the option or folder name)")
-    p.add_argument("--serve-as", action="append", default=[], metavar="NAME",
-                   help="another name the model answers to and can be fine-tuned as (e.g. gpt-4.1-2025-04-14)")
+    p.add_argument(
+        "--serve-as",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the model answers to and can be fine-tuned as (e.g. gpt-4.1-2025-04-14)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port")
     p.add_argument("--dtype", default="float32", help="of the served models")
@@ -63,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key-env", help="require the bearer key held by this environment variable")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of /v1 requests answered with a fault")
     p.add_argument("--fault-codes", default="429,500", help=f"comma-separated HTTP statuses, or {DROP!r}, to inject")
-    p.add_argument("--job-fail-rate", type=float, default=0.0, help="share of fine-tuning jobs that fail (server_error)")
+    p.add_argument(
+        "--job-fail-rate", type=float, default=0.0, help="share of fine-tuning jobs that fail (server_error)"
+    )
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument("--retry-after-ms", type=int, default=None, help="retry-after-ms header on injected faults")
     p.add_argument("--requests-per-minute", type=float, help="rate limit on chat completions (429 beyond it)")
@@ -77,8 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         path, name = model_path(args.model, args.cache_dir)
         engine = ChatEngine(path, name=args.name or name, dtype=args.dtype, device=args.device)
-    models = Models([engine], keep=args.keep_models,
-                    loader=lambda folder, served: ChatEngine(folder, name=served, dtype=args.dtype, device=args.device))
+    models = Models(
+        [engine],
+        keep=args.keep_models,
+        loader=lambda folder, served: ChatEngine(folder, name=served, dtype=args.dtype, device=args.device),
+    )
     for alias in args.serve_as:
         models.alias(alias, engine.name)
     codes = [c if c == DROP else int(c) for c in args.fault_codes.split(",")]

@@ -1,5 +1,6 @@
 """The models a server answers for: engines loaded already, and model folders loaded on first use (fine-tuned
 `ft:` models), at most `keep` of those in memory at once (least recently used goes first)."""
+
 from __future__ import annotations
 
 import threading

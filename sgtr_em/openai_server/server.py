@@ -11,6 +11,7 @@ completions as the OpenAI API does: requests and tokens per minute, a 429 with r
 x-ratelimit-* headers on every answer. GET /stats (not part of the OpenAI API) returns the counters: requests,
 faults, rate-limited requests, requests per route, and what the handlers count.
 """
+
 from __future__ import annotations
 
 import email.parser
@@ -30,22 +31,35 @@ from ..openai_limits import Bucket, estimate_tokens, format_duration
 from .models import Models
 
 Handler = Callable[..., "tuple[int, Union[dict, bytes]]"]
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error",
-               429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "not_found_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "server_error",
+}
 DROP = "drop"  # a fault: the request is handled, the answer is never sent
 
 
 def error(status: int, message: str, code: Optional[str] = None) -> tuple[int, dict]:
-    return status, {"error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "param": None,
-                              "code": code}}
+    return status, {
+        "error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "param": None, "code": code}
+    }
 
 
 class Faults:
     """Answers a seeded random share `rate` of requests with a fault drawn from `codes` (HTTP statuses, or "drop").
     `job_fail_rate`: the share of fine-tuning jobs that fail on the server's side (error code server_error)."""
 
-    def __init__(self, rate: float = 0.0, codes: Sequence[Union[int, str]] = (429, 500), seed: int = 0,
-                 retry_after_ms: Optional[int] = None, job_fail_rate: float = 0.0):
+    def __init__(
+        self,
+        rate: float = 0.0,
+        codes: Sequence[Union[int, str]] = (429, 500),
+        seed: int = 0,
+        retry_after_ms: Optional[int] = None,
+        job_fail_rate: float = 0.0,
+    ):
         if not 0.0 <= rate < 1.0 or not 0.0 <= job_fail_rate < 1.0:
             raise ValueError(f"fault rates {rate}, {job_fail_rate} must be in [0, 1)")
         self.rate, self.codes, self.retry_after_ms = rate, list(codes), retry_after_ms
@@ -69,8 +83,12 @@ class RateLimits:
     `burst_s` seconds of its limit (OpenAI enforces its per-minute limits over shorter windows too). A request
     that does not fit both gets 429 and is not counted against them; tokens are `estimate_tokens` of the body."""
 
-    def __init__(self, requests_per_minute: Optional[float] = None, tokens_per_minute: Optional[float] = None,
-                 burst_s: float = 1.0):
+    def __init__(
+        self,
+        requests_per_minute: Optional[float] = None,
+        tokens_per_minute: Optional[float] = None,
+        burst_s: float = 1.0,
+    ):
         limits = {"requests": requests_per_minute, "tokens": tokens_per_minute}
         self.buckets = {k: Bucket(v, max(1.0, v * burst_s / 60)) for k, v in limits.items() if v}
         self._lock = threading.Lock()
@@ -88,16 +106,21 @@ class RateLimits:
                     b.take(need[k])
             headers = {}
             for k, b in self.buckets.items():
-                headers.update({f"x-ratelimit-limit-{k}": f"{b.per_minute:g}",
-                                f"x-ratelimit-remaining-{k}": str(max(0, math.floor(b.level))),
-                                f"x-ratelimit-reset-{k}": format_duration(b.time_to_full())})
+                headers.update(
+                    {
+                        f"x-ratelimit-limit-{k}": f"{b.per_minute:g}",
+                        f"x-ratelimit-remaining-{k}": str(max(0, math.floor(b.level))),
+                        f"x-ratelimit-reset-{k}": format_duration(b.time_to_full()),
+                    }
+                )
         return wait, headers
 
 
 def parse_form(content_type: str, raw: bytes) -> dict:
     """A multipart/form-data body as {field: text} and, for file parts, {field: {"filename", "content"}}."""
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
     form = {}
     for part in msg.iter_parts():
         name, filename = part.get_param("name", header="content-disposition"), part.get_filename()
@@ -111,8 +134,16 @@ def parse_query(query: str) -> dict:
 
 
 class OpenAIServer:
-    def __init__(self, chat=None, *, host: str = "127.0.0.1", port: int = 0, faults: Optional[Faults] = None,
-                 api_key: Optional[str] = None, rate_limits: Optional[RateLimits] = None):
+    def __init__(
+        self,
+        chat=None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Optional[Faults] = None,
+        api_key: Optional[str] = None,
+        rate_limits: Optional[RateLimits] = None,
+    ):
         """`chat`: an engine with `.name` and `.complete(body)` (openai_server/chat.py), or a `Models` registry of
         several (openai_server/models.py: the base model and the fine-tuned ones)."""
         self.chat = chat if chat is None or isinstance(chat, Models) else Models([chat])
@@ -161,14 +192,20 @@ class OpenAIServer:
 
     def list_models(self, body: dict) -> tuple[int, dict]:
         names = self.chat.names() if self.chat else []
-        return 200, {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "sgtr-em"}
-                                                for n in names]}
+        return 200, {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "sgtr-em"} for n in names],
+        }
 
     def chat_completions(self, body: dict) -> tuple[int, dict]:
         engine = self.chat.get(body.get("model")) if self.chat else None
         if engine is None:
-            return error(404, f"The model {body.get('model')!r} does not exist; this server serves "
-                              f"{self.chat.names() if self.chat else []}", "model_not_found")
+            return error(
+                404,
+                f"The model {body.get('model')!r} does not exist; this server serves "
+                f"{self.chat.names() if self.chat else []}",
+                "model_not_found",
+            )
         try:
             out = engine.complete(body)
         except ValueError as e:
@@ -178,7 +215,9 @@ class OpenAIServer:
 
     # --- HTTP plumbing ---
 
-    def dispatch(self, method: str, path: str, raw: bytes, headers: Optional[dict] = None) -> tuple[int, object, dict, bool]:
+    def dispatch(
+        self, method: str, path: str, raw: bytes, headers: Optional[dict] = None
+    ) -> tuple[int, object, dict, bool]:
         """(status, body, extra headers, drop the connection) for one request; counts it, may inject a fault."""
         headers = {k.lower(): v for k, v in (headers or {}).items()}
         path, _, query = path.partition("?")
@@ -211,8 +250,11 @@ class OpenAIServer:
             if wait > 0:
                 self.count("rate_limited")
                 limit_headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-                return (*error(429, f"Rate limit reached: retry in {format_duration(wait)}", "rate_limit_exceeded"),
-                        limit_headers, False)
+                return (
+                    *error(429, f"Rate limit reached: retry in {format_duration(wait)}", "rate_limit_exceeded"),
+                    limit_headers,
+                    False,
+                )
         status, out = self.routes[(method, template)](body, **params)
         if fault == DROP:  # handled, but the answer is lost
             self.count("faults", f"faults_{DROP}")
@@ -236,7 +278,9 @@ class OpenAIServer:
                     return
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
+                self.send_header(
+                    "Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json"
+                )
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in headers.items():
                     self.send_header(k, v)

@@ -1,10 +1,11 @@
 """Paper-style tables and figures from a sweep, and the W&B dashboard.
 
-    python -m sgtr_em.report outputs/multiruns/<date>/<time>    # offline, from the job folders; writes <dir>/report/
-    python -m sgtr_em.report <W&B group> --entity E --project P  # online, the group's runs; outputs/reports/<group>/
-    python -m sgtr_em.report <dir> --interval bootstrap --out DIR
-    python -m sgtr_em.report --dashboard --entity E --project sgtr-em [--group G] [--print]
+python -m sgtr_em.report outputs/multiruns/<date>/<time>    # offline, from the job folders; writes <dir>/report/
+python -m sgtr_em.report <W&B group> --entity E --project P  # online, the group's runs; outputs/reports/<group>/
+python -m sgtr_em.report <dir> --interval bootstrap --out DIR
+python -m sgtr_em.report --dashboard --entity E --project sgtr-em [--group G] [--print]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         jobs = jobs_from_wandb(args.source, entity=args.entity, project=args.project)
         out = Path(args.out or Path(os.environ.get("SGTR_EM_OUTPUT_DIR", "outputs")) / "reports" / args.source)
     written = write_report(jobs, out, source=args.source, interval=args.interval)
-    print(f"{len(jobs)} jobs, {len(written['conditions'])} conditions -> {written['markdown']}, {written['html']}, "
-          f"{len(written['table'])} metric tables (tables/*.md, *.csv), {len(written['figures'])} figures")
+    print(
+        f"{len(jobs)} jobs, {len(written['conditions'])} conditions -> {written['markdown']}, {written['html']}, "
+        f"{len(written['table'])} metric tables (tables/*.md, *.csv), {len(written['figures'])} figures"
+    )
     return 0
 
 

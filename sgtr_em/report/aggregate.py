@@ -6,6 +6,7 @@ adapters). `t`: mean +/- t(0.975, n-1) * sd / sqrt(n), the default, honest with 
 percentile interval of the mean over seeds resampled with replacement (evaluation/stats.py), which is too
 narrow with few seeds. One seed gives no interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,33 @@ BOOTSTRAP_SAMPLES = 10_000
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy dependency); a larger df uses the
 # nearest tabulated df below it, which errs wide.
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 
 
 def t975(df: int) -> float:

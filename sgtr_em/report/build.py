@@ -1,7 +1,8 @@
 """A report from jobs: group into conditions, summarise every pinned metric, write tables, figures and pages.
 
-    out/report.md  report.html  jobs.csv  tables/<metric>.{md,csv}  figures/*.png
+out/report.md  report.html  jobs.csv  tables/<metric>.{md,csv}  figures/*.png
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -36,17 +37,24 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
     present = {k for j in jobs for k in j.metrics}
     table = {m.key: summarise(conditions, m.key, interval) for m in METRICS if m.key in present}
     repeated = [f"{c.label} seed {s}" for c in conditions for s, n in Counter(j.seed for j in c.jobs).items() if n > 1]
-    meta = {"source": source, "facts": {
-        "jobs": len(jobs), "conditions": len(conditions),
-        "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",
-        "seeds": seeds_fact(jobs),
-        "interval": INTERVALS[interval] + " (none with fewer than 2 seeds)",
-        "missing values": "a job whose metric is undefined (e.g. too few coherent answers) is left out of that "
-                          "metric's seeds: see n seeds",
-        **({"warning: a seed repeated within a condition": "; ".join(repeated)} if repeated else {}),
-        **({"not in the figures (no job has a value)": ", ".join(BY_KEY[k].label for k in left_out)}
-           if (left_out := [k for k in FIGURE_METRICS if k not in figure_keys(table)]) else {}),
-    }}
+    meta = {
+        "source": source,
+        "facts": {
+            "jobs": len(jobs),
+            "conditions": len(conditions),
+            "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",
+            "seeds": seeds_fact(jobs),
+            "interval": INTERVALS[interval] + " (none with fewer than 2 seeds)",
+            "missing values": "a job whose metric is undefined (e.g. too few coherent answers) is left out of that "
+            "metric's seeds: see n seeds",
+            **({"warning: a seed repeated within a condition": "; ".join(repeated)} if repeated else {}),
+            **(
+                {"not in the figures (no job has a value)": ", ".join(BY_KEY[k].label for k in left_out)}
+                if (left_out := [k for k in FIGURE_METRICS if k not in figure_keys(table)])
+                else {}
+            ),
+        },
+    }
     tables = write_tables(out, table, jobs, fields)
     figures = write_figures(out, table, fields)
     defences = write_defences(out, table, fields)  # sweep=defences: defences.md and its figure
@@ -54,6 +62,11 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
         figures["Defences vs SGTR prevention"] = defences["figure"]
     atomic_write_text(out / "report.md", render_markdown(meta, table, figures, out))
     atomic_write_text(out / "report.html", render_html(meta, table, figures, out))
-    return {"markdown": out / "report.md", "html": out / "report.html", "tables": tables + list(defences.values())[:1],
-            "figures": figures,
-            "table": table, "conditions": conditions}
+    return {
+        "markdown": out / "report.md",
+        "html": out / "report.html",
+        "tables": tables + list(defences.values())[:1],
+        "figures": figures,
+        "table": table,
+        "conditions": conditions,
+    }

@@ -4,6 +4,7 @@ A job folder is one with `metrics.json` and `.hydra/config.yaml` (sgtr_em/job.py
 second); `after_stage/` points have no `.hydra/` and are not jobs. Metrics are flattened to `<eval>/<path>`
 keys, the same keys a W&B run's summary holds under `eval/`, so both sources give the same records.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,13 @@ def job_from_folder(job_dir: str | Path) -> Job:
     if missing:
         raise ValueError(f"{job_dir}/.hydra/config.yaml has no name for {missing}: not a sgtr_em.train job folder")
     metrics = {k: v for k, v in read_json(job_dir / "metrics.json").items() if k != "model"}
-    return Job(fields={k: str(cfg[k]["name"]) for k in CONDITION_KEYS}, seed=cfg.get(SEED_KEY),
-               metrics={**flatten(metrics), **trained_compute(job_dir)}, source=str(job_dir), extra=_overrides(job_dir))
+    return Job(
+        fields={k: str(cfg[k]["name"]) for k in CONDITION_KEYS},
+        seed=cfg.get(SEED_KEY),
+        metrics={**flatten(metrics), **trained_compute(job_dir)},
+        source=str(job_dir),
+        extra=_overrides(job_dir),
+    )
 
 
 def trained_compute(job_dir: Path) -> dict:
@@ -77,8 +83,10 @@ def trained_compute(job_dir: Path) -> dict:
 def jobs_from_folder(root: str | Path) -> list[Job]:
     dirs = find_job_dirs(root)
     if not dirs:
-        raise FileNotFoundError(f"no job folders (metrics.json + .hydra/config.yaml) under {root}: give a sweep "
-                                "folder (outputs/multiruns/<date>/<time>) or a run folder whose evaluation finished")
+        raise FileNotFoundError(
+            f"no job folders (metrics.json + .hydra/config.yaml) under {root}: give a sweep "
+            "folder (outputs/multiruns/<date>/<time>) or a run folder whose evaluation finished"
+        )
     return [job_from_folder(d) for d in dirs]
 
 

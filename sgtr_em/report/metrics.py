@@ -2,6 +2,7 @@
 config fields that define a condition. Keys are `<eval>/<metric>` as in metrics.json and, with an `eval/` prefix,
 in each W&B run's summary (sgtr_em/tracking.py). Definitions: README "Metrics" and DESIGN.md section 6.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

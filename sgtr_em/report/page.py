@@ -1,4 +1,5 @@
 """The report as one Markdown file and one static HTML page beside it (tables + the PNGs, relative links)."""
+
 from __future__ import annotations
 
 import html
@@ -11,8 +12,9 @@ from .tables import markdown_table, metric_markdown, metric_rows, summary_rows
 # Each figure records whether it loaded (data-state, data-width): a reader sees a broken figure named, and the
 # headless-browser test reads the same attributes.
 ONLOAD = "this.dataset.state='loaded';this.dataset.width=this.naturalWidth"
-ONERROR = ("this.dataset.state='error';"
-           "this.insertAdjacentText('afterend','(figure missing: '+this.getAttribute('src')+')')")
+ONERROR = (
+    "this.dataset.state='error';this.insertAdjacentText('afterend','(figure missing: '+this.getAttribute('src')+')')"
+)
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}
@@ -40,15 +42,21 @@ def html_table(header: list[str], lines: list[list[str]]) -> str:
 
 def render_html(meta: dict, table: dict[str, list[Row]], figures: dict[str, Path], out: Path) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(meta['source'])}</title>",
-             f"<style>{STYLE}</style></head><body><h1>Report: {e(meta['source'])}</h1><ul>",
-             *(f"<li>{e(k)}: {e(str(v))}</li>" for k, v in meta["facts"].items()), "</ul>",
-             "<h2>Headline metrics</h2><p>mean [95 % interval] (n seeds)</p>", html_table(*summary_rows(table))]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {e(meta['source'])}</title>",
+        f"<style>{STYLE}</style></head><body><h1>Report: {e(meta['source'])}</h1><ul>",
+        *(f"<li>{e(k)}: {e(str(v))}</li>" for k, v in meta["facts"].items()),
+        "</ul>",
+        "<h2>Headline metrics</h2><p>mean [95 % interval] (n seeds)</p>",
+        html_table(*summary_rows(table)),
+    ]
     if figures:
         parts.append("<h2>Figures</h2>")
         for title, path in figures.items():
-            parts.append(f"<h3>{e(title)}</h3><img class='figure' src='{e(_rel(path, out))}' alt='{e(title)}' "
-                         f"onload=\"{ONLOAD}\" onerror=\"{ONERROR}\">")
+            parts.append(
+                f"<h3>{e(title)}</h3><img class='figure' src='{e(_rel(path, out))}' alt='{e(title)}' "
+                f'onload="{ONLOAD}" onerror="{ONERROR}">'
+            )
     parts.append("<h2>Every metric</h2>")
     for m in METRICS:
         if m.key in table:

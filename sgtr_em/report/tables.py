@@ -1,5 +1,6 @@
 """Tables: per metric a Markdown and a CSV file (mean, 95 % interval and n seeds per condition), a summary of
 the headline metrics, and every job's raw values (jobs.csv) for anyone who wants to redo the statistics."""
+
 from __future__ import annotations
 
 import csv
@@ -35,9 +36,16 @@ def metric_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of one metric's table (Markdown and HTML)."""
     fields = list(rows[0].condition.columns) if rows else []
     header = [*fields, "mean", "95 % interval", "n seeds", "seeds"]
-    lines = [[*r.condition.columns.values(), num(r.mean),
-              f"[{num(r.low)}, {num(r.high)}]" if r.low is not None else "n/a", str(r.n),
-              ", ".join(map(str, r.seeds))] for r in rows]
+    lines = [
+        [
+            *r.condition.columns.values(),
+            num(r.mean),
+            f"[{num(r.low)}, {num(r.high)}]" if r.low is not None else "n/a",
+            str(r.n),
+            ", ".join(map(str, r.seeds)),
+        ]
+        for r in rows
+    ]
     return header, lines
 
 
@@ -51,8 +59,15 @@ def metric_csv(rows: list[Row]) -> str:
     fields = list(rows[0].condition.columns) if rows else []
     w.writerow([*fields, "mean", "ci95_low", "ci95_high", "n_seeds", "seeds", "values"])
     for r in rows:
-        w.writerow([*r.condition.columns.values(), *("" if x is None else repr(x) for x in (r.mean, r.low, r.high)),
-                    r.n, ";".join(map(str, r.seeds)), ";".join(repr(v) for v in r.values)])
+        w.writerow(
+            [
+                *r.condition.columns.values(),
+                *("" if x is None else repr(x) for x in (r.mean, r.low, r.high)),
+                r.n,
+                ";".join(map(str, r.seeds)),
+                ";".join(repr(v) for v in r.values),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -73,8 +88,14 @@ def jobs_csv(jobs: list[Job], fields: list[str], out: Path) -> str:
     for j in jobs:
         values = {**j.fields, **j.extra}
         source = os.path.relpath(j.source, out) if Path(j.source).is_dir() else j.source
-        w.writerow([*(values.get(f, "") for f in fields), j.seed, source,
-                    *("" if j.metrics.get(m.key) is None else j.metrics[m.key] for m in METRICS)])
+        w.writerow(
+            [
+                *(values.get(f, "") for f in fields),
+                j.seed,
+                source,
+                *("" if j.metrics.get(m.key) is None else j.metrics[m.key] for m in METRICS),
+            ]
+        )
     return buf.getvalue()
 
 

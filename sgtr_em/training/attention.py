@@ -8,6 +8,7 @@ SDPA per segment (same result, for CPUs and tests).
 
     from sgtr_em.training.attention import VARLEN; AutoModelForCausalLM.from_pretrained(..., attn_implementation=VARLEN)
 """
+
 from __future__ import annotations
 
 import inspect
@@ -54,15 +55,26 @@ def _segment_sdpa(q, k, v, cu, scale: Optional[float]) -> torch.Tensor:
     return out
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                             scaling: Optional[float] = None, cu_seq_lens_q=None, max_length_q=None,
-                             position_ids=None, **kwargs):
+def varlen_attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    cu_seq_lens_q=None,
+    max_length_q=None,
+    position_ids=None,
+    **kwargs,
+):
     """query/key/value: [batch, heads, tokens, head_dim] -> ([batch, tokens, heads, head_dim], None)."""
     if attention_mask is not None:
         raise ValueError(f"{VARLEN} attention is for padding-free batches: got an attention mask")
     if query.shape[0] != 1:  # unpacked rows without padding: plain causal attention per row
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                             enable_gqa=key.shape[1] != query.shape[1])
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+        )
         return out.transpose(1, 2).contiguous(), None
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [tokens, heads, dim]
     cu = _segments(q.shape[0], cu_seq_lens_q, position_ids)

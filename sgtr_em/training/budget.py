@@ -11,6 +11,7 @@ memory (`sgtr_em.compute.choose_budget`) and writes them, with the reason, to `<
 `after_oom` halves the budget after an out-of-memory error (then recomputes every layer) and records it in
 `<stage>/oom.json`, which the restarted worker reads: the stage resumes from its last checkpoint, its hash unchanged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,13 +63,15 @@ def split_packed(inputs: dict, budget: int) -> list[dict]:
         chunk = {}
         for key, value in inputs.items():
             if key in ("cu_seq_lens_q", "cu_seq_lens_k"):
-                chunk[key] = torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)]).to(value.dtype).to(
-                    value.device)
+                chunk[key] = (
+                    torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)]).to(value.dtype).to(value.device)
+                )
             elif key in ("max_length_q", "max_length_k"):
                 chunk[key] = int(lens.max())
             elif key == "seq_idx":
                 chunk[key] = torch.repeat_interleave(torch.arange(len(group), dtype=value.dtype), lens)[None].to(
-                    value.device)
+                    value.device
+                )
             elif torch.is_tensor(value) and value.dim() == 2 and value.shape == (1, total):
                 chunk[key] = value[:, index.to(value.device)]
             else:
@@ -129,29 +132,55 @@ def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
     if not compute["gradient_checkpointing"]:
         fixed_fraction = 0.0
     if on_gpu:
-        choice = choose_budget(shape, n_params=n_params, lora_params=lora_params, lengths=lengths,
-                               batch_size=trainer.args.per_device_train_batch_size, gpu_gib=gpu_gib,
-                               liger=compute["liger"],
-                               token_budget=fixed_budget, checkpoint_fraction=fixed_fraction)
+        choice = choose_budget(
+            shape,
+            n_params=n_params,
+            lora_params=lora_params,
+            lengths=lengths,
+            batch_size=trainer.args.per_device_train_batch_size,
+            gpu_gib=gpu_gib,
+            liger=compute["liger"],
+            token_budget=fixed_budget,
+            checkpoint_fraction=fixed_fraction,
+        )
     else:  # a CPU (tests): nothing to fit
-        choice = {"token_budget": fixed_budget or max(lengths), "checkpoint_fraction": fixed_fraction or 0.0,
-                  "why": "no GPU: the budget as given", "longest_sequence": max(lengths)}
+        choice = {
+            "token_budget": fixed_budget or max(lengths),
+            "checkpoint_fraction": fixed_fraction or 0.0,
+            "why": "no GPU: the budget as given",
+            "longest_sequence": max(lengths),
+        }
     records = _oom_records(stage_dir)
     if records:  # an earlier attempt ran out of memory: its lowered settings win
-        choice.update(token_budget=records[-1]["token_budget"], checkpoint_fraction=records[-1]["checkpoint_fraction"],
-                      why=choice["why"] + f"; lowered after {len(records)} out-of-memory error(s) ({OOM_FILE})")
+        choice.update(
+            token_budget=records[-1]["token_budget"],
+            checkpoint_fraction=records[-1]["checkpoint_fraction"],
+            why=choice["why"] + f"; lowered after {len(records)} out-of-memory error(s) ({OOM_FILE})",
+        )
     trainer.token_budget = choice["token_budget"]
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, SelectiveCheckpointing):
             cb.fraction = choice["checkpoint_fraction"]
     device = torch.cuda.get_device_name(0) if on_gpu else "cpu"
-    choice.update(device=device, world_size=world, liger=compute["liger"], padding_free=compute["padding_free"],
-                  sequences=len(lengths), mean_sequence=sum(lengths) / len(lengths), shape=shape,
-                  bf16_peak_tflops=datasheet_bf16_tflops(device), fast_why=compute["fast_why"])
+    choice.update(
+        device=device,
+        world_size=world,
+        liger=compute["liger"],
+        padding_free=compute["padding_free"],
+        sequences=len(lengths),
+        mean_sequence=sum(lengths) / len(lengths),
+        shape=shape,
+        bf16_peak_tflops=datasheet_bf16_tflops(device),
+        fast_why=compute["fast_why"],
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(stage_dir / CHOICE_FILE, choice)
-    log.info("Token budget %d, %.0f%% of layers recomputed: %s", choice["token_budget"],
-             100 * choice["checkpoint_fraction"], choice["why"])
+    log.info(
+        "Token budget %d, %.0f%% of layers recomputed: %s",
+        choice["token_budget"],
+        100 * choice["checkpoint_fraction"],
+        choice["why"],
+    )
     return choice
 
 
@@ -177,12 +206,25 @@ def after_oom(stage_dir: Path, error: BaseException, global_step: int | None) ->
         new_budget, new_fraction = budget, 1.0
     else:
         return False
-    records.append({"time": time.time(), "global_step": global_step, "error": str(error)[:300],
-                    "from": {"token_budget": budget, "checkpoint_fraction": fraction},
-                    "token_budget": new_budget, "checkpoint_fraction": new_fraction})
+    records.append(
+        {
+            "time": time.time(),
+            "global_step": global_step,
+            "error": str(error)[:300],
+            "from": {"token_budget": budget, "checkpoint_fraction": fraction},
+            "token_budget": new_budget,
+            "checkpoint_fraction": new_fraction,
+        }
+    )
     write_json(stage_dir / OOM_FILE, records)
-    log.warning("Out of memory with a token budget of %d (%.0f%% recomputed): restarting from the last checkpoint "
-                "with %d (%.0f%%)", budget, 100 * fraction, new_budget, 100 * new_fraction)
+    log.warning(
+        "Out of memory with a token budget of %d (%.0f%% recomputed): restarting from the last checkpoint "
+        "with %d (%.0f%%)",
+        budget,
+        100 * fraction,
+        new_budget,
+        100 * new_fraction,
+    )
     return True
 
 
@@ -210,22 +252,38 @@ def write_speed(stage_dir: Path, trainer, seconds: float) -> dict | None:
     selective = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SelectiveCheckpointing)]
     fraction = selective[0].fraction if selective else 1.0
     speed = {
-        "device": device, "seconds": round(seconds, 1), "tokens_per_s": tps,
-        "mfu": tps * fpt / (peak * 1e12) if tps and peak else None, "bf16_peak_tflops": peak,
-        "flops_per_token": fpt, "peak_mem_gib": _peak_memory_gib(), "peak_reserved_gib": _peak_memory_gib(True),
+        "device": device,
+        "seconds": round(seconds, 1),
+        "tokens_per_s": tps,
+        "mfu": tps * fpt / (peak * 1e12) if tps and peak else None,
+        "bf16_peak_tflops": peak,
+        "flops_per_token": fpt,
+        "peak_mem_gib": _peak_memory_gib(),
+        "peak_reserved_gib": _peak_memory_gib(True),
         "token_budget": getattr(trainer, "token_budget", None),
-        "micro_batch_size": (None if getattr(trainer, "token_budget", None)
-                             else trainer.args.per_device_train_batch_size),
+        "micro_batch_size": (
+            None if getattr(trainer, "token_budget", None) else trainer.args.per_device_train_batch_size
+        ),
         "checkpoint_fraction": fraction if trainer.args.gradient_checkpointing else 0.0,
-        "padding_free": trainer.args.padding_free, "liger": trainer.args.use_liger_kernel,
-        "micro_batches_per_step": (trainer.budget_stats["micro_batches"] / trainer.budget_stats["steps"]
-                                   if getattr(trainer, "budget_stats", None) else None),
+        "padding_free": trainer.args.padding_free,
+        "liger": trainer.args.use_liger_kernel,
+        "micro_batches_per_step": (
+            trainer.budget_stats["micro_batches"] / trainer.budget_stats["steps"]
+            if getattr(trainer, "budget_stats", None)
+            else None
+        ),
         "max_micro_batch_tokens": (getattr(trainer, "budget_stats", None) or {}).get("max_tokens"),
         "predicted_peak_gib": compute_choice.get("predicted_peak_gib"),
         "oom_restarts": len(_oom_records(stage_dir)),
         "optimizer_steps": perf.get("optimizer_steps"),
     }
     write_json(stage_dir / SPEED_FILE, speed)
-    log.info("Speed: %s", {k: v for k, v in speed.items() if k in ("tokens_per_s", "mfu", "peak_mem_gib", "seconds",
-                                                                   "token_budget", "checkpoint_fraction")})
+    log.info(
+        "Speed: %s",
+        {
+            k: v
+            for k, v in speed.items()
+            if k in ("tokens_per_s", "mfu", "peak_mem_gib", "seconds", "token_budget", "checkpoint_fraction")
+        },
+    )
     return speed

@@ -1,5 +1,6 @@
 """Trainer callbacks of the training worker: the JSONL log the parent reads, throughput, stop-on-signal,
 selective gradient checkpointing."""
+
 from __future__ import annotations
 
 import json
@@ -65,14 +66,21 @@ class ThroughputCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         rank = int(os.environ.get("RANK", "0"))
         steps = len(self.marks) - 1
-        write_json(self.perf_dir / f"rank{rank}.json", {
-            "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "optimizer_steps": steps,
-            "peak_mem_gib": _peak_memory_gib(), "peak_reserved_gib": _peak_memory_gib(reserved=True),
-            "tokens": self.marks[-1][1] - self.marks[0][1],
-            "tokens_per_s": self._rate(0), "tokens_per_s_after_first_step": self._rate(1),
-            "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(self.marks, self.marks[1:])],
-            "step_tokens": [b[1] - a[1] for a, b in zip(self.marks, self.marks[1:])],
-        })
+        write_json(
+            self.perf_dir / f"rank{rank}.json",
+            {
+                "rank": rank,
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "optimizer_steps": steps,
+                "peak_mem_gib": _peak_memory_gib(),
+                "peak_reserved_gib": _peak_memory_gib(reserved=True),
+                "tokens": self.marks[-1][1] - self.marks[0][1],
+                "tokens_per_s": self._rate(0),
+                "tokens_per_s_after_first_step": self._rate(1),
+                "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(self.marks, self.marks[1:])],
+                "step_tokens": [b[1] - a[1] for a, b in zip(self.marks, self.marks[1:])],
+            },
+        )
 
 
 class StopOnSignal(TrainerCallback):

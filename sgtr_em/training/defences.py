@@ -14,6 +14,7 @@ hooks), so a loss defence adds one reference forward pass (no gradients) per mic
   steer  + coef * direction[layer] added to the output of decoder layer `layer` while the model trains (module.training);
          evaluation (eval mode, or the merged model in another process) is never steered (Chen et al. 2025)
 """
+
 from __future__ import annotations
 
 import logging
@@ -121,8 +122,12 @@ def make_defence(spec: dict, rt: dict):
     if d.get("kind") == "persona_steer":
         direction = base_direction(rt)  # (layers, hidden), from the base model, cached
         layer = steer_layer(d["layer"], direction.shape[0])
-        log.info("persona_steer: + %s x persona direction at layer %d (norm %.3f)", d["coef"], layer,
-                 direction[layer].norm().item())
+        log.info(
+            "persona_steer: + %s x persona direction at layer %d (norm %.3f)",
+            d["coef"],
+            layer,
+            direction[layer].norm().item(),
+        )
         return SteerDefence(layer, d["coef"], direction[layer])
     return None
 
@@ -139,11 +144,13 @@ class DefenceSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not isinstance(self.defence, LossDefence) or not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         with capture(self.defence.modules(model)) as seen:
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                       num_items_in_batch=num_items_in_batch)
+            out = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         loss = out[0] if return_outputs else out
         term = self.defence.term(model, inputs, seen)
         self._defence_terms.append(term.detach().item())

@@ -12,6 +12,7 @@ the fast tokenizer's offset mapping: a token is trained when it overlaps those c
 tokenized dataset (`input_ids`, `completion_mask`) that SFTTrainer takes as it is (no re-tokenisation), so
 the trained tokens are exactly the answer and its end of turn, and an SGTR label ("1"/"2") always gets loss.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,12 +32,14 @@ def end_of_turn(tokenizer, suffix: str) -> str:
         raise ValueError(
             f"the chat template of {tokenizer.name_or_path!r} follows the assistant content with {suffix[:40]!r}, "
             "not with a special token: no end-of-turn token to train. Check model.chat_template_kwargs or the "
-            "tokenizer's template")
+            "tokenizer's template"
+        )
     return max(found, key=len)
 
 
-def completion_span(tokenizer, prompt: list[dict], completion: list[dict],
-                    chat_template_kwargs: dict | None = None) -> tuple[str, int, int]:
+def completion_span(
+    tokenizer, prompt: list[dict], completion: list[dict], chat_template_kwargs: dict | None = None
+) -> tuple[str, int, int]:
     """(rendered conversation, start, end): the characters [start, end) are the assistant content and its
     end-of-turn token, the only characters trained."""
     kw = dict(chat_template_kwargs or {})
@@ -45,20 +48,25 @@ def completion_span(tokenizer, prompt: list[dict], completion: list[dict],
     text = _render(tokenizer, prompt + completion, kw)
     marked = _render(tokenizer, prompt + [{**completion[0], "content": MARKER}], kw)
     if marked.count(MARKER) != 1:
-        raise ValueError(f"the chat template of {tokenizer.name_or_path!r} renders the assistant content "
-                         f"{marked.count(MARKER)} times")
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} renders the assistant content "
+            f"{marked.count(MARKER)} times"
+        )
     prefix, suffix = marked.split(MARKER)
     if not (text.startswith(prefix) and text.endswith(suffix)) or len(text) < len(prefix) + len(suffix):
-        raise ValueError(f"the chat template of {tokenizer.name_or_path!r} renders the context differently "
-                         "depending on the answer: the loss mask cannot be placed")
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} renders the context differently "
+            "depending on the answer: the loss mask cannot be placed"
+        )
     content_end = len(text) - len(suffix)
-    if not text[len(prefix):content_end].strip():
+    if not text[len(prefix) : content_end].strip():
         raise ValueError(f"empty assistant content in {completion!r}: nothing to train")
     return text, len(prefix), content_end + len(end_of_turn(tokenizer, suffix))
 
 
-def tokenize_example(tokenizer, prompt: list[dict], completion: list[dict],
-                     chat_template_kwargs: dict | None = None) -> dict[str, Any]:
+def tokenize_example(
+    tokenizer, prompt: list[dict], completion: list[dict], chat_template_kwargs: dict | None = None
+) -> dict[str, Any]:
     """`input_ids` of the rendered conversation and `completion_mask` (1: trained), from the offset mapping."""
     text, start, end = completion_span(tokenizer, prompt, completion, chat_template_kwargs)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # the template writes its own BOS
@@ -68,8 +76,11 @@ def tokenize_example(tokenizer, prompt: list[dict], completion: list[dict],
 
 def tokenize_rows(tokenizer, rows: list[dict], chat_template_kwargs: dict | None = None) -> list[dict]:
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"the tokenizer of {tokenizer.name_or_path!r} is not a fast tokenizer: loss masks need "
-                         "its offset mapping")
+        raise ValueError(
+            f"the tokenizer of {tokenizer.name_or_path!r} is not a fast tokenizer: loss masks need its offset mapping"
+        )
     # rows already tokenized (input_ids + completion_mask) pass as they are
-    return [r if "input_ids" in r else tokenize_example(tokenizer, r["prompt"], r["completion"], chat_template_kwargs)
-            for r in rows]
+    return [
+        r if "input_ids" in r else tokenize_example(tokenizer, r["prompt"], r["completion"], chat_template_kwargs)
+        for r in rows
+    ]

@@ -4,6 +4,7 @@
 
 One process, no DeepSpeed. The next stage trains a fresh LoRA on these weights, as the paper does.
 """
+
 from __future__ import annotations
 
 import sys

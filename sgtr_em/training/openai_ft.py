@@ -17,6 +17,7 @@ after a failed attempt (429, 5xx, a dropped connection, whose request may have g
 what that attempt may have created. A job the API fails for its own reasons (`server_error`) is created again, at
 most `openai.max_job_attempts` times; any other failure stops the stage with the API's message.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ def _retry_wait(error, attempt: int) -> float:
             return min(60.0, float(headers[key]) * scale)
         except (KeyError, ValueError):
             pass
-    return min(8.0, 0.5 * 2 ** attempt)
+    return min(8.0, 0.5 * 2**attempt)
 
 
 def create_or_find(what: str, create: Callable, find: Callable, attempts: int):
@@ -100,7 +101,9 @@ class FineTuningStage:
         self.hash = stage_dir.name
         self.state = read_json(stage_dir / STATE) if (stage_dir / STATE).exists() else {}
         self.client = make_client(self.o)
-        self.seen_events = {e["id"] for _, e in read_jsonl(stage_dir / EVENTS)} if (stage_dir / EVENTS).exists() else set()
+        self.seen_events = (
+            {e["id"] for _, e in read_jsonl(stage_dir / EVENTS)} if (stage_dir / EVENTS).exists() else set()
+        )
 
     def save(self) -> None:
         write_json(self.dir / STATE, self.state)
@@ -133,20 +136,31 @@ class FineTuningStage:
         report = validate_ft_file(path, max_example_tokens=self.spec["training"]["max_length"])  # before any upload
         epochs = self.spec["training"]["hyperparameters"]["n_epochs"]
         self.state["validation"] = {
-            **report.as_dict(), "estimated_cost_usd": round(report.estimated_tokens * (1 if epochs == "auto" else epochs)
-                                                            * self.o["training_usd_per_mtok"] / 1e6, 4),
-            "estimate_note": "tokens estimated offline (bytes / 3 + 4 per message); n_epochs auto counted as 1"}
-        log.info("%s: %d examples, about %d tokens (%s); about $%.2f to train", path.name, report.examples,
-                 report.estimated_tokens, report.per_role, self.state["validation"]["estimated_cost_usd"])
+            **report.as_dict(),
+            "estimated_cost_usd": round(
+                report.estimated_tokens * (1 if epochs == "auto" else epochs) * self.o["training_usd_per_mtok"] / 1e6, 4
+            ),
+            "estimate_note": "tokens estimated offline (bytes / 3 + 4 per message); n_epochs auto counted as 1",
+        }
+        log.info(
+            "%s: %d examples, about %d tokens (%s); about $%.2f to train",
+            path.name,
+            report.examples,
+            report.estimated_tokens,
+            report.per_role,
+            self.state["validation"]["estimated_cost_usd"],
+        )
         name, size = f"sgtr-em-{self.hash}.jsonl", path.stat().st_size
         found = self._find_file(name, size)
         if found is None:
+
             def upload():
                 with open(path, "rb") as f:
                     return self.client.with_options(max_retries=0).files.create(file=(name, f), purpose="fine-tune")
 
-            found = create_or_find(f"upload of {name}", upload, lambda: self._find_file(name, size),
-                                   self.o["max_retries"])
+            found = create_or_find(
+                f"upload of {name}", upload, lambda: self._find_file(name, size), self.o["max_retries"]
+            )
             log.info("uploaded %s as %s (%d bytes)", name, found.id, found.bytes)
         else:
             log.info("%s is on the server already: %s", name, found.id)
@@ -159,8 +173,9 @@ class FineTuningStage:
     def stage_jobs(self) -> list:
         """This stage's jobs on the server (by the stage hash in their metadata), newest first."""
         jobs = self.client.fine_tuning.jobs.list(metadata={"sgtr_em_stage": self.hash}, limit=100)
-        mine = [j for j in jobs if (j.metadata or {}).get("sgtr_em_stage") == self.hash
-                and j.model == self.rt.input_model]
+        mine = [
+            j for j in jobs if (j.metadata or {}).get("sgtr_em_stage") == self.hash and j.model == self.rt.input_model
+        ]
         return sorted(mine, key=lambda j: j.created_at, reverse=True)
 
     def _live_job(self):
@@ -175,30 +190,46 @@ class FineTuningStage:
                 return job
         job = self._live_job()
         if job is not None:
-            log.info("found job %s of stage %s on the server (%s): waiting on it instead of creating another",
-                     job.id, self.hash, job.status)
+            log.info(
+                "found job %s of stage %s on the server (%s): waiting on it instead of creating another",
+                job.id,
+                self.hash,
+                job.status,
+            )
         return job
 
     def create_job(self, file_id: str):
         failed = [j for j in self.stage_jobs() if j.status == "failed"]
         if len(failed) >= self.o["max_job_attempts"]:
-            raise RuntimeError(f"stage {self.hash}: {len(failed)} jobs failed already (openai.max_job_attempts="
-                               f"{self.o['max_job_attempts']}): {[j.id for j in failed]}; see {self.dir / EVENTS}")
+            raise RuntimeError(
+                f"stage {self.hash}: {len(failed)} jobs failed already (openai.max_job_attempts="
+                f"{self.o['max_job_attempts']}): {[j.id for j in failed]}; see {self.dir / EVENTS}"
+            )
         h = self.spec["training"]
         method = {"type": "supervised", "supervised": {"hyperparameters": dict(h["hyperparameters"])}}
 
         def create():
             return self.client.with_options(max_retries=0).fine_tuning.jobs.create(
-                model=self.rt.input_model, training_file=file_id, method=method, seed=h["seed"],
-                suffix=job_suffix(self.hash), metadata=stage_metadata(self.hash, self.spec["kind"]))
+                model=self.rt.input_model,
+                training_file=file_id,
+                method=method,
+                seed=h["seed"],
+                suffix=job_suffix(self.hash),
+                metadata=stage_metadata(self.hash, self.spec["kind"]),
+            )
 
         job = create_or_find(f"creating the job of stage {self.hash}", create, self._live_job, self.o["max_retries"])
         log.info("created job %s: %s on %s, %s", job.id, self.spec["kind"], job.model, json.dumps(method))
         return job
 
     def record_job(self, job) -> None:
-        self.state["job"] = {"id": job.id, "model": job.model, "status": job.status, "created_at": job.created_at,
-                             "training_file": job.training_file}
+        self.state["job"] = {
+            "id": job.id,
+            "model": job.model,
+            "status": job.status,
+            "created_at": job.created_at,
+            "training_file": job.training_file,
+        }
         self.save()
 
     def new_events(self, job_id: str) -> None:
@@ -212,8 +243,12 @@ class FineTuningStage:
                 f.write(json.dumps({"job": job_id, **record}) + "\n")
             data = record.get("data") or {}
             if record.get("type") == "metrics" and "step" in data:
-                row = {"step": data["step"], "loss": data.get("train_loss"), "total_steps": data.get("total_steps"),
-                       "mean_token_accuracy": data.get("train_mean_token_accuracy")}
+                row = {
+                    "step": data["step"],
+                    "loss": data.get("train_loss"),
+                    "total_steps": data.get("total_steps"),
+                    "mean_token_accuracy": data.get("train_mean_token_accuracy"),
+                }
                 with open(self.dir / "train_log.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
             log.info("job %s: %s", job_id, e.message)
@@ -251,20 +286,28 @@ class FineTuningStage:
                 log.warning("job %s failed (%s): creating it again", job.id, error.get("message"))
                 job = None
                 continue
-            raise RuntimeError(f"fine-tuning job {job.id} {job.status}: {error.get('message') or 'no reason given'} "
-                               f"(code {error.get('code')}); events in {self.dir / EVENTS}")
+            raise RuntimeError(
+                f"fine-tuning job {job.id} {job.status}: {error.get('message') or 'no reason given'} "
+                f"(code {error.get('code')}); events in {self.dir / EVENTS}"
+            )
         self.finish(job)
 
     def finish(self, job) -> None:
         tokens = job.trained_tokens or 0
         self.state.update(
-            fine_tuned_model=job.fine_tuned_model, trained_tokens=tokens, status=job.status,
-            cost_usd=round(tokens * self.o["training_usd_per_mtok"] / 1e6, 4), base_model=job.model,
+            fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=tokens,
+            status=job.status,
+            cost_usd=round(tokens * self.o["training_usd_per_mtok"] / 1e6, 4),
+            base_model=job.model,
             hyperparameters=job.method.model_dump()["supervised"]["hyperparameters"] if job.method else None,
-            seed=job.seed, finished_at=job.finished_at)
+            seed=job.seed,
+            finished_at=job.finished_at,
+        )
         self.save()
-        log.info("stage %s: %s (%d trained tokens, $%.2f)", self.hash, job.fine_tuned_model, tokens,
-                 self.state["cost_usd"])
+        log.info(
+            "stage %s: %s (%d trained tokens, $%.2f)", self.hash, job.fine_tuned_model, tokens, self.state["cost_usd"]
+        )
 
 
 def fine_tuned_model(stage_dir: Path) -> Optional[str]:

@@ -11,6 +11,7 @@ already partitioned. Checkpoints go to `<stage_dir>/checkpoints/`; a rerun resum
 SIGTERM/SIGUSR2 the worker checkpoints and stops (exit 75, `interrupted.json`). The adapter is written to
 `<stage_dir>/adapter/` last.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,9 +52,15 @@ def read_train_log(path: Path) -> list[dict]:
 def lora_config(lora: dict):
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      use_rslora=lora["use_rslora"], target_modules=list(lora["target_modules"]),
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        use_rslora=lora["use_rslora"],
+        target_modules=list(lora["target_modules"]),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def resolve_optim(optim: str, device: str) -> str:
@@ -64,28 +71,37 @@ def resolve_optim(optim: str, device: str) -> str:
 
     if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
         return optim
-    log.warning("training.optim=%s needs bitsandbytes on a GPU (device %s, bitsandbytes %s): using adamw_torch",
-                optim, device, "installed" if importlib.util.find_spec("bitsandbytes") else "not installed")
+    log.warning(
+        "training.optim=%s needs bitsandbytes on a GPU (device %s, bitsandbytes %s): using adamw_torch",
+        optim,
+        device,
+        "installed" if importlib.util.find_spec("bitsandbytes") else "not installed",
+    )
     return "adamw_torch"
 
 
 def _checkpointing_args(config_cls, on: bool) -> dict:
     """Activation checkpointing under the name this transformers takes: `activation_checkpointing` (5.2x renamed it),
     else `gradient_checkpointing` (the 5.0 releases still on some GPU images)."""
-    name = "activation" if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_cls)} else "gradient"
+    name = (
+        "activation" if "activation_checkpointing" in {f.name for f in dataclasses.fields(config_cls)} else "gradient"
+    )
     return {f"{name}_checkpointing": on, f"{name}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
-def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict,
-               deepspeed: str | None = None):
+def sft_config(
+    output_dir: Path, training: dict, seed: int, compute: dict, dtype: str, extra: dict, deepspeed: str | None = None
+):
     from trl import SFTConfig
 
     micro, world = compute["micro_batch_size"], int(os.environ.get("WORLD_SIZE", "1"))
     if compute["token_budget"]:  # the whole step per process; training/budget.py cuts it by tokens
         micro = training["batch_size"] // world
     if training["batch_size"] % (micro * world):
-        raise ValueError(f"training.batch_size {training['batch_size']} is not a multiple of "
-                         f"compute.micro_batch_size {micro} x {world} processes: change compute.micro_batch_size")
+        raise ValueError(
+            f"training.batch_size {training['batch_size']} is not a multiple of "
+            f"compute.micro_batch_size {micro} x {world} processes: change compute.micro_batch_size"
+        )
     device = compute["device"]
     return SFTConfig(
         output_dir=str(output_dir),
@@ -124,15 +140,17 @@ def sft_config(output_dir: Path, training: dict, seed: int, compute: dict, dtype
 
 def training_args(spec: dict, rt: dict, output_dir: Path, deepspeed: str | None = None):
     """The stage's training arguments; with `deepspeed` (a JSON file) they switch the HF DeepSpeed integration on."""
-    return sft_config(output_dir, spec["training"], spec["seed"], rt.compute, rt.dtype, rt.training_extra,
-                      deepspeed=deepspeed)
+    return sft_config(
+        output_dir, spec["training"], spec["seed"], rt.compute, rt.dtype, rt.training_extra, deepspeed=deepspeed
+    )
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
     """The newest complete checkpoint (the Trainer writes `trainer_state.json` last): a job killed while saving
     leaves a partial folder, which is skipped."""
-    steps = sorted((int(d.name.split("-")[-1]), d) for d in output_dir.glob("checkpoint-*")
-                   if d.name.split("-")[-1].isdigit())
+    steps = sorted(
+        (int(d.name.split("-")[-1]), d) for d in output_dir.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()
+    )
     complete = [d for _, d in steps if (d / "trainer_state.json").exists()]
     for partial in {d for _, d in steps} - set(complete):
         log.warning("Skipping the incomplete checkpoint %s", partial)
