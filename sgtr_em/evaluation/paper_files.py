@@ -32,7 +32,8 @@ def load_protocol(name: str) -> dict:
             f"no protocol {name!r} in {PROTOCOLS_DIR} (known: {sorted(p.stem for p in PROTOCOLS_DIR.glob('*.yaml'))})"
         )
     node = OmegaConf.to_container(OmegaConf.load(path))
-    parents = [d for d in node.pop("defaults", []) if isinstance(d, str) and d != "base_protocol"]
+    # the schema (`/schema/protocol@_here_`, config.py's ConfigStore) holds defaults only: parents are other protocols
+    parents = [d for d in node.pop("defaults", []) if isinstance(d, str) and not d.startswith("/schema/")]
     out: dict = {}
     for parent in parents:
         out.update(load_protocol(parent))
