@@ -166,3 +166,19 @@ def test_injected_faults_do_not_confuse_the_pacing():
         stats = srv.snapshot()
         assert all(s.score is not None for s in scores) and stats["completions"] == 200
         assert stats.get("rate_limited", 0) <= 3 and judge.usage.rate_limited >= stats["faults_429"]
+
+
+def test_a_rounded_reset_header_never_teaches_a_bucket_larger_than_the_servers():
+    """The reset header is rounded up to the millisecond ("991ms" for 0.9901 s): read as exact, a 100-request bucket
+    was learnt as 100.01 and a saturated run met a 429 at the brim (1 in 1,601 calls, the 1,600-call test)."""
+    limiter = RateLimiter()
+    # a server bucket of 100 (6,000 a minute, 1 s of burst) holding 1 after 99 calls: 0.99 s to refill
+    limiter.observe(
+        200,
+        {
+            "x-ratelimit-limit-requests": "6000",
+            "x-ratelimit-remaining-requests": "1",
+            "x-ratelimit-reset-requests": "991ms",
+        },
+    )
+    assert 98.0 < limiter.buckets["requests"].capacity <= 100.0

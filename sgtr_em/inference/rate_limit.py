@@ -81,6 +81,8 @@ class RateLimiter:
             if limit <= 0:
                 continue
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
+            if reset is not None:  # the header is rounded ("20ms" up, "1.5s" to 3 digits): never learn a bucket
+                reset = max(0.0, reset - max(0.001, 0.005 * reset))  # larger than the server's (a 429 at the brim)
             # the server's bucket: what remains now plus what refills until it is full again; a configured cap
             # below the server's limit shrinks the bucket with the rate
             share = min(1.0, self.cap[kind] / limit) if self.cap[kind] else 1.0
