@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Optional
 from ..openai_limits import Bucket, parse_duration
 
 KINDS = ("requests", "tokens")
+JITTER_S = 0.05  # the refill the client keeps in hand at the limit (RateLimiter.acquire)
 
 
 class RateLimiter:
@@ -51,7 +52,9 @@ class RateLimiter:
                 await asyncio.sleep(0.005)
                 continue
             need = {"requests": 1, "tokens": tokens}
-            wait = max((b.wait_for(need[k]) for k, b in self.buckets.items()), default=0.0)
+            # JITTER_S of refill stays in hand: calls reach the server later than we take them, and not evenly (the
+            # connection pool, a busy event loop), so at the brim a bunched arrival would find its bucket empty
+            wait = max((b.wait_for(need[k] + JITTER_S * b.rate) for k, b in self.buckets.items()), default=0.0)
             if wait <= 0:
                 for k, b in self.buckets.items():
                     b.take(need[k])
