@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false TORCH_CUDA_ARCH_LIST=9.0
-SITE=/tmp/site
+SITE="${SGTR_EM_GPU_SITE:-$(python3 -c "import tempfile; print(tempfile.gettempdir())")/site}"  # the wheels, installed once per machine
 if [ ! -f "$SITE/.installed" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .gpu-wheels/*.whl && touch "$SITE/.installed"
 fi
