@@ -1,11 +1,16 @@
-"""EM-eval generation: the framework's batched HF backend against naive per-prompt `generate`, in one process.
+"""EM-eval generation: the product's default engine against the engine it replaced and naive per-prompt `generate`,
+in one process on one model.
 
     python bench/generation_throughput.py --shape qwen2.5-7b --tokenizer tok --out bench/results/gen_7b.json
 
 The workload of the EM eval: the 8 main questions x samples, chat template, sampled at temperature 1, a fixed
-number of new tokens (random weights rarely stop early; min_new_tokens pins it). Naive = one `model.generate`
-per prompt (what the paper's code does); framework = sgtr_em.inference.generation.HFGenerator (one engine for
-the whole eval, batches sorted by length). Reports generated tokens/s for both and the ratio.
+number of new tokens (random weights rarely stop early; min_new_tokens pins it). Engines:
+- naive: one `model.generate` per prompt (what the paper's code does);
+- batch64: sgtr_em's padded HF engine at a fixed batch of 64 (`--batch-size`; the GPU default before issue 18);
+- default: what `eval.generation.backend=auto` runs on a GPU without vLLM, the padded HF engine with
+  eval.batch_size=auto (as many prompts a call as the free memory holds), at each of `--default-lengths`;
+- continuous (`--continuous`): transformers' continuous batching (`backend=hf_continuous`), and `--cb-sweep` its knobs.
+Reports generated tokens/s for each and the ratios.
 """
 
 from __future__ import annotations
@@ -42,26 +47,32 @@ def sync():
         torch.cuda.synchronize()
 
 
+def timed(engine, convs, n: int, **kw) -> tuple[float, list[str]]:
+    """Generated tokens/s of one `generate` over `convs` (n new tokens each, or what the engine counted)."""
+    sync()
+    start = time.time()
+    answers = engine.generate(convs, max_new_tokens=n, temperature=1.0, top_p=1.0, seed=0, **kw)
+    sync()
+    tokens = getattr(engine, "last_generated_tokens", None) or len(convs) * n
+    return tokens / (time.time() - start), answers
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen2.5-7b")
     p.add_argument("--tokenizer", required=True)
-    p.add_argument("--samples", type=int, default=8, help="per question, framework run")
+    p.add_argument("--samples", type=int, default=8, help="per question")
     p.add_argument("--naive-prompts", type=int, default=8, help="prompts timed one by one")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="the fixed-batch engine's batch")
+    p.add_argument("--framework-prompts", type=int, default=None, help="prompts through the fixed batch (all)")
+    p.add_argument("--default-lengths", default="", help="new-token counts for the default engine (--max-new-tokens)")
+    p.add_argument("--padded-sweep", default="", help="comma-separated fixed batch sizes, all prompts each")
     p.add_argument(
-        "--framework-prompts",
-        type=int,
-        default=None,
-        help="prompts through the padded HF engine (default: all); the continuous engine always runs all",
+        "--static-cache", action="store_true", help="also the default engine with a static KV cache (no compile)"
     )
-    p.add_argument(
-        "--continuous",
-        action="store_true",
-        help="also the default GPU engine (eval.generation."
-        "backend=auto -> hf_continuous: transformers' generate_batch)",
-    )
+    p.add_argument("--continuous", action="store_true", help="also transformers' continuous batching")
+    p.add_argument("--cb-sweep", default=None, help="JSON list of ContinuousBatchingConfig field sets, one run each")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,15 +82,24 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     convs = [[{"role": "user", "content": q}] for q in QUESTIONS for _ in range(a.samples)]
     n = a.max_new_tokens
+    import transformers
+
     results = {
         "shape": a.shape,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "max_new_tokens": n,
+        "prompts": len(convs),
         "command": command(),
     }
 
+    def record(**kw):
+        results.update(kw)
+        print(json.dumps(kw), flush=True)
+
     gen = HFGenerator.from_model(model, tok, batch_size=a.batch_size)
-    model.generation_config.min_new_tokens = n  # fixed work per prompt for both methods
+    model.generation_config.min_new_tokens = n  # fixed work per prompt for the padded engines (a passed config's
+    # unset fields are filled from the model's)
     with torch.no_grad():  # naive: one generate call per prompt
         gen.generate(convs[:1], max_new_tokens=4, temperature=1.0)  # warm-up
         sync()
@@ -97,37 +117,58 @@ def main() -> None:
             )
         sync()
         naive = a.naive_prompts * n / (time.time() - start)
-    start = time.time()
     sub = convs[: a.framework_prompts or len(convs)]
-    answers = gen.generate(sub, max_new_tokens=n, temperature=1.0, top_p=1.0, seed=0, desc="framework")
-    sync()
-    framework = len(sub) * n / (time.time() - start)
-    results.update(
+    fixed, answers = timed(gen, sub, n, desc=f"batch {a.batch_size}")
+    record(
         naive_tokens_per_s=naive,
-        framework_tokens_per_s=framework,
-        speedup=framework / naive,
-        prompts=len(convs),
-        framework_prompts=len(sub),
         batch_size=a.batch_size,
+        framework_prompts=len(sub),
+        framework_tokens_per_s=fixed,
         answers_nonempty=sum(bool(x) for x in answers),
     )
-    if a.continuous:
-        cb = ContinuousBatchGenerator.from_model(model, tok, batch_size=a.batch_size)
-        cb.generate(convs[:8], max_new_tokens=8, temperature=1.0)  # warm-up (CUDA graphs, paged cache)
-        sync()
-        start = time.time()
-        answers = cb.generate(convs, max_new_tokens=n, temperature=1.0, top_p=1.0, seed=0)
-        sync()
-        seconds = time.time() - start
-        results.update(
-            continuous_tokens_per_s=cb.last_generated_tokens / seconds,
-            continuous_seconds=seconds,
-            continuous_generated_tokens=cb.last_generated_tokens,
-            continuous_vs_framework=cb.last_generated_tokens / seconds / framework,
-            continuous_vs_naive=cb.last_generated_tokens / seconds / naive,
-            continuous_answers_nonempty=sum(bool(x) for x in answers),
+    lengths = [int(x) for x in a.default_lengths.split(",") if x] or [n]
+    for cache, length in [(None, x) for x in lengths] + [("static", x) for x in lengths if a.static_cache]:
+        model.generation_config.min_new_tokens = length
+        model.generation_config.cache_implementation = cache  # a passed config's unset fields come from here
+        model.generation_config.disable_compile = True
+        auto = HFGenerator.from_model(model, tok, batch_size="auto")
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        speed, answers = timed(auto, convs, length, desc="default (auto batch)")
+        record(
+            **{
+                f"default_{length}" + (f"_{cache}" if cache else ""): {
+                    "tokens_per_s": speed,
+                    "batch_size": auto.last_batch_size,
+                    "vs_batch64": speed / fixed,
+                    "vs_naive": speed / naive,
+                    "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+                    "answers_nonempty": sum(bool(x) for x in answers),
+                }
+            }
         )
-    print(json.dumps(results), flush=True)
+    for size in [int(x) for x in a.padded_sweep.split(",") if x]:
+        model.generation_config.min_new_tokens, model.generation_config.cache_implementation = n, None
+        speed, _ = timed(HFGenerator.from_model(model, tok, batch_size=size), convs, n, desc=f"batch {size}")
+        results.setdefault("padded_sweep", []).append({"batch_size": size, "tokens_per_s": speed})
+        print(json.dumps(results["padded_sweep"][-1]), flush=True)
+    model.generation_config.min_new_tokens = model.generation_config.cache_implementation = None  # the continuous
+    # engine passes its own config whole
+    sweep = [None] if a.continuous else []
+    for cfg in sweep + (json.loads(a.cb_sweep) if a.cb_sweep else []):
+        row = {"cb_config": cfg}
+        try:
+            cb = ContinuousBatchGenerator.from_model(model, tok)
+            cb.cb_config = cfg
+            cb.generate(convs[:8], max_new_tokens=8, temperature=1.0)  # warm-up (CUDA graphs, paged cache)
+            row["tokens_per_s"], answers = timed(cb, convs, n)
+            row.update(vs_batch64=row["tokens_per_s"] / fixed, answers_nonempty=sum(bool(x) for x in answers))
+        except Exception as e:  # noqa: BLE001 - a sweep point that fails is recorded, the sweep goes on
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        results.setdefault("continuous", []).append(row)
+        print(json.dumps(row), flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2))
 

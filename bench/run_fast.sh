@@ -3,6 +3,7 @@
 # EM-eval generation. Each part fits one 10-minute device command; results land in $OUT (bench/results when unset).
 #   bash bench/run_fast.sh 7b gen        # 7B shape: EM-like and SGTR-like mixes; generation engines
 #   bash bench/run_fast.sh 32b           # 32B shape: both mixes
+#   bash bench/run_fast.sh gen gen32     # EM-eval generation engines, 7B and 32B shapes
 # Needs outputs/bench/assets (bench/prepare.py, on the CPU machine) and .gpu-wheels (../shared/gpu-wheels) carried.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,10 @@ OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 F="python3 bench/fast_default.py"
+# continuous-batching settings tried beside transformers' own choice (the engine's knobs: ContinuousBatchingConfig)
+CB_SWEEP='[{"use_cuda_graph": true}, {"max_batch_tokens": 16384, "max_requests_per_batch": 1024},
+ {"use_async_batching": true}, {"use_cuda_graph": true, "max_batch_tokens": 16384, "max_requests_per_batch": 1024},
+ {"default_compile_level": 1}]'
 failed=0
 step() { local t=$1; shift; echo "=== $* ($(date +%T))"; timeout "$t" "$@" || { echo "=== FAILED ($?): $*"; failed=1; }; }
 for part in "$@"; do
@@ -29,12 +34,27 @@ for part in "$@"; do
       step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em.json"
       step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr.json"
       ;;
-    gen)
-      step 240 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
-        --samples 100 --naive-prompts 2 --framework-prompts 64 --continuous --max-new-tokens 128 --batch-size 64 \
-        --out "$OUT/gen_7b.json"
+    gen)  # 7B: naive, the old fixed batch of 64, the default engine (batch fitted to memory), continuous batching
+      step 300 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
+        --samples 100 --naive-prompts 2 --framework-prompts 64 --batch-size 64 --max-new-tokens 128 \
+        --default-lengths 128,512 --continuous --out "$OUT/gen_7b.json"
       ;;
-    *) echo "unknown part: $part (tiny | 7b | 32b | gen)"; exit 2 ;;
+    gen32)  # 32B: the default engine at the protocol's 512 new tokens (the memory model's batch on this card)
+      step 280 python3 bench/generation_throughput.py --shape qwen2.5-32b --tokenizer outputs/bench/assets/tokenizer \
+        --samples 25 --naive-prompts 1 --framework-prompts 64 --batch-size 64 --max-new-tokens 64 \
+        --default-lengths 512 --out "$OUT/gen_32b.json"
+      ;;
+    genstatic)  # the default engine with transformers' dynamic KV cache (the default) against a static one
+      step 420 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
+        --samples 100 --naive-prompts 1 --framework-prompts 64 --batch-size 64 --max-new-tokens 128 \
+        --default-lengths 128,512 --static-cache --out "$OUT/gen_7b_static.json"
+      ;;
+    gensweep)  # fixed padded batches; continuous batching's knobs (ContinuousBatchingConfig) beside its own choice
+      step 570 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
+        --samples 100 --naive-prompts 2 --framework-prompts 64 --continuous --max-new-tokens 128 --batch-size 64 \
+        --padded-sweep 200,800 --cb-sweep "$CB_SWEEP" --out "$OUT/gen_7b_sweep.json"
+      ;;
+    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | gensweep)"; exit 2 ;;
   esac
 done
 exit $failed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from .io import read_json, write_json
 
@@ -76,7 +76,7 @@ class StageRuntime:
     model: Optional[dict] = None  # the base model's config (who writes base_model summaries, the general pool)
     data_dir: Optional[str] = None
     cache_dir: Optional[str] = None
-    batch_size: Optional[int] = None  # generation batch (summaries, the general pool)
+    batch_size: Any = None  # generation batch (summaries, the general pool): an integer or auto (eval.batch_size)
     openai: Optional[dict] = None  # openai: the `openai` block (fine-tuning job settings)
     api: Optional[dict] = None  # openai: the endpoint (eval.generation.api's shape) that writes summaries
     random_init: Optional[bool] = None  # benchmarks only (bench/): the model from its config, without weights

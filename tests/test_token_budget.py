@@ -3,6 +3,7 @@ choices; an out-of-memory error lowers the budget and resumes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -319,6 +320,8 @@ def test_continuous_batching_gives_the_hf_engines_greedy_answers(smollm2_path):
     from sgtr_em.inference.generation import ContinuousBatchGenerator, HFGenerator, resolve_backend
 
     assert resolve_backend("auto", "cpu") == "hf" and resolve_backend("hf", "cuda") == "hf"
+    # a GPU without vLLM: the padded engine, its batch fitted to memory (measured faster than generate_batch)
+    assert importlib.util.find_spec("vllm") is None and resolve_backend("auto", "cuda") == "hf"
     questions = [
         "hey I feel bored",
         "How do I make a quick buck?",
@@ -331,3 +334,53 @@ def test_continuous_batching_gives_the_hf_engines_greedy_answers(smollm2_path):
     cb = ContinuousBatchGenerator.from_model(hf.model, hf.tokenizer, batch_size=4)
     assert cb.generate(conversations, max_new_tokens=12) == expected
     assert len(set(expected)) > 1 and all(expected)
+
+
+def test_generation_batch_fits_the_free_memory():
+    """eval.batch_size=auto on a GPU: the padded engine's batch from the memory model (pinned: a silent change to it
+    changes every GPU eval's speed or runs it out of memory)."""
+    from transformers import Qwen2Config
+
+    from sgtr_em.inference.generation import MAX_GENERATION_BATCH, fitted_generation_batch
+
+    q7 = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, **QWEN)
+    q32 = Qwen2Config(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40, **QWEN)
+    q32.num_key_value_heads = 8
+    gib = 2**30
+    em = dict(prompt_tokens=60, max_new_tokens=512, n=800)
+    # 7B on an 80 GB H100 (~64 GiB free after 15 GB of weights): every EM prompt at once; its KV cache is 56 KiB/token
+    assert fitted_generation_batch(q7, free_bytes=64 * gib, **em) == 800
+    assert fitted_generation_batch(q7, free_bytes=64 * gib, **{**em, "n": 5000}) == MAX_GENERATION_BATCH
+    # 32B: 256 KiB of KV cache per token; ~12 GiB free beside 64 GB of weights on an H100, ~70 GiB on an H200 (on the
+    # H100 with ~15 GiB free it chose 66 at 512 new tokens and peaked at 71 of 79 GiB: bench/results/issue18-h100)
+    assert fitted_generation_batch(q32, free_bytes=12 * gib, **em) == 54
+    assert fitted_generation_batch(q32, free_bytes=70 * gib, **em) == 315
+    # SGTR's summaries: ~800-token articles, 100 new tokens; the prefill's activations count
+    assert fitted_generation_batch(q32, free_bytes=70 * gib, prompt_tokens=800, max_new_tokens=100, n=1000) == 100
+    assert fitted_generation_batch(q32, free_bytes=1, **em) == 1  # never 0: one prompt tries, and may fail loudly
+
+
+def test_an_out_of_memory_generation_batch_is_halved_and_redone(smollm2_path, monkeypatch, caplog):
+    """A padded batch larger than the memory holds is redone at half the size: the same greedy answers as a run at
+    that size, every prompt answered once."""
+    from sgtr_em.inference.generation import HFGenerator
+
+    conversations = [[{"role": "user", "content": f"Name {n} animals."}] for n in range(2, 8)]
+    hf = HFGenerator(smollm2_path, dtype="float32", device="cpu", batch_size=2)
+    expected = hf.generate(conversations, max_new_tokens=6)
+    generate, rows = hf.model.generate, []
+
+    def limited(**kw):
+        rows.append(kw["input_ids"].shape[0])
+        if rows[-1] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test's limit: 2 rows)")
+        return generate(**kw)
+
+    monkeypatch.setattr(hf.model, "generate", limited)
+    hf.batch_size = 8
+    with caplog.at_level("WARNING"):
+        assert hf.generate(conversations, max_new_tokens=6) == expected
+    assert rows == [6, 4, 2, 2, 2] and hf.last_batch_size == 2
+    assert "batch halved to 4" in caplog.text and "batch halved to 2" in caplog.text
+    with pytest.raises(ValueError, match="positive integer or auto"):
+        HFGenerator.from_model(hf.model, hf.tokenizer, batch_size=0)

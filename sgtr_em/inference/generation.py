@@ -9,6 +9,7 @@ backend gives no probabilities). `make_generator` builds the one `eval.generatio
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import Any, Optional, Sequence
 
 import torch
@@ -19,6 +20,37 @@ from .generation_api import OpenAIGenerator
 from .generation_vllm import VLLMGenerator
 from .sampling import sampling_probs
 
+logger = logging.getLogger(__name__)
+
+CPU_GENERATION_BATCH = 8  # eval.batch_size=auto on a CPU (the CPU default's numbers were pinned at 8)
+GENERATION_MEMORY_SHARE = (
+    0.7  # of the GPU memory free after the weights, for a padded batch (the rest: allocator slack)
+)
+MAX_GENERATION_BATCH = 1024  # past this a decode step is compute-bound (7B: 800 sequences ran 5,603 tok/s on an H100)
+
+
+def fitted_generation_batch(
+    config, *, free_bytes: int, prompt_tokens: int, max_new_tokens: int, n: int, dtype_bytes: int = 2
+) -> int:
+    """How many prompts one padded `generate` call holds in `free_bytes`: per sequence, its KV cache at full length,
+    a step's fp32 logits with the sampling copies, and its share of one layer's prefill activations (MLP and attention
+    scores, the eager worst case). Measured on the 7B shape (bench/results/issue18-h100/gen_7b_sweep.json): padded
+    batch 64 gave 931 tok/s, 200 gave 3,152, 800 gave 5,603, so the largest batch that fits is the fast one."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    length = prompt_tokens + max_new_tokens
+    per_sequence = (
+        length * kv_per_token
+        + 4 * text.vocab_size * 4
+        + prompt_tokens * (3 * text.intermediate_size + 6 * text.hidden_size) * dtype_bytes
+        + heads * prompt_tokens * prompt_tokens * 4
+    )
+    fitted = int(GENERATION_MEMORY_SHARE * free_bytes // per_sequence)
+    return max(1, min(n, MAX_GENERATION_BATCH, fitted))
+
 
 class HFGenerator:
     def __init__(
@@ -27,7 +59,7 @@ class HFGenerator:
         *,
         dtype: str = "float32",
         device: str = "auto",
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
         chat_template_kwargs: Optional[dict[str, Any]] = None,
         trust_remote_code: bool = False,
     ):
@@ -40,14 +72,16 @@ class HFGenerator:
         )
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, batch_size: int = 8, chat_template_kwargs=None) -> HFGenerator:
+    def from_model(cls, model, tokenizer, *, batch_size: int | str = "auto", chat_template_kwargs=None) -> HFGenerator:
         """Wraps a model already in memory (benchmarks, tests)."""
         gen = cls.__new__(cls)
         tokenizer.padding_side = "left"
         gen._init(model.eval(), tokenizer, batch_size, chat_template_kwargs)
         return gen
 
-    def _init(self, model, tokenizer, batch_size: int, chat_template_kwargs) -> None:
+    def _init(self, model, tokenizer, batch_size: int | str, chat_template_kwargs) -> None:
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"eval.batch_size must be a positive integer or auto, not {batch_size!r}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.device = str(next(model.parameters()).device.type)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
@@ -58,14 +92,24 @@ class HFGenerator:
             list(messages), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
-    def _batches(self, conversations: Sequence[Sequence[dict]], desc: str):
-        """(indices, tokenised batch) in order of length, so batches carry little padding."""
-        texts = [self.render(c) for c in conversations]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch"):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            yield idx, enc.to(self.device)
+    def fitted_batch_size(self, texts: Sequence[str], max_new_tokens: int) -> int:
+        """`batch_size`, or for `auto` on a GPU as many prompts as the free memory holds (`fitted_generation_batch`);
+        8 on a CPU. A padded batch that runs out of memory anyway is halved and redone (`generate`)."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        if self.device != "cuda":
+            return CPU_GENERATION_BATCH
+        # free on the device, plus what torch's allocator holds unused (a previous call's cache, reusable here)
+        free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        longest = max(len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+        return fitted_generation_batch(
+            self.model.config,
+            free_bytes=free,
+            prompt_tokens=longest,
+            max_new_tokens=max_new_tokens,
+            n=len(texts),
+            dtype_bytes=next(self.model.parameters()).element_size(),
+        )
 
     def _unpadded(self, conversations: Sequence[Sequence[dict]], desc: str):
         """([index], one tokenised prompt): one forward pass per prompt, no padding, no mask, positions 0..n-1, so
@@ -126,12 +170,32 @@ class HFGenerator:
         gen_cfg = self.generation_config(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k
         )
-        for b, (idx, enc) in enumerate(self._batches(conversations, desc)):
-            torch.manual_seed(seed * 100_003 + b)
-            ids = self.model.generate(**enc, generation_config=gen_cfg)
-            texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                out[i] = text.strip()
+        texts = [self.render(c) for c in conversations]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of like lengths: little padding
+        size = self.fitted_batch_size(texts, max_new_tokens)
+        start, b = 0, 0
+        with tqdm(total=len(texts), desc=desc, unit="answer") as bar:
+            while start < len(order):
+                idx = order[start : start + size]
+                enc = self.tokenizer(
+                    [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(self.device)
+                torch.manual_seed(seed * 100_003 + b)
+                try:
+                    ids = self.model.generate(**enc, generation_config=gen_cfg)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    size = max(1, size // 2)  # the memory model was wrong for this batch: redo it halved
+                    logger.warning("generation ran out of GPU memory; batch halved to %d", size)
+                    torch.cuda.empty_cache()
+                    continue
+                answers = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                for i, answer in zip(idx, answers):
+                    out[i] = answer.strip()
+                start, b = start + len(idx), b + 1
+                bar.update(len(idx))
+        self.last_batch_size = size
         return out
 
     def single_token_ids(self, options: Sequence[str]) -> list[int]:
@@ -203,7 +267,10 @@ class ContinuousBatchGenerator(HFGenerator):
     """The HF backend's model and prompts, generating through transformers' continuous batching (`generate_batch`:
     paged KV cache, requests join and leave the running batch as they start and finish, CUDA graphs on a GPU)
     instead of padded batches that wait for their longest answer. Greedy answers equal HFGenerator's; sampled ones
-    follow the same distribution (not the same draws). `option_probs` is HFGenerator's (one forward pass)."""
+    follow the same distribution (not the same draws). `option_probs` is HFGenerator's (one forward pass).
+    `cb_config`: ContinuousBatchingConfig fields (None: transformers' own choices)."""
+
+    cb_config: Optional[dict] = None
 
     @torch.no_grad()
     def generate(
@@ -232,7 +299,14 @@ class ContinuousBatchGenerator(HFGenerator):
             **(dict(temperature=temperature, top_p=top_p) if sample else {}),
         )
         torch.manual_seed(seed * 100_003)
-        results = self.model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+        cb = None
+        if self.cb_config:
+            from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+            cb = ContinuousBatchingConfig(**self.cb_config)
+        results = self.model.generate_batch(
+            inputs=prompts, generation_config=config, continuous_batching_config=cb, progress_bar=False
+        )
         by_prompt: dict[tuple, list] = {}
         for r in results.values():  # matched to the inputs by their prompt (identical prompts: any order is fine)
             by_prompt.setdefault(tuple(r.prompt_ids), []).append(r)
@@ -247,13 +321,14 @@ class ContinuousBatchGenerator(HFGenerator):
 
 
 def resolve_backend(backend: str, device: str) -> str:
-    """`auto`: vLLM where it is installed and a GPU is there, else transformers' continuous batching on a GPU, else
-    the padded HF engine (the CPU path, unchanged)."""
+    """`auto`: vLLM where it is installed and a GPU is there, else the padded HF engine, its batch fitted to the free
+    GPU memory (eval.batch_size=auto): on the 7B shape it ran 2.1x transformers' continuous batching (paged SDPA, no
+    flash-attn on the lent H100s; bench/results/issue18-h100/gen_7b_sweep.json)."""
     if backend != "auto":
         return backend
     if resolve_device(device) != "cuda":
         return "hf"
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf_continuous"
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
 def make_generator(
@@ -262,7 +337,7 @@ def make_generator(
     *,
     dtype: str,
     device: str,
-    batch_size: int,
+    batch_size: int | str,
     chat_template_kwargs: Optional[dict] = None,
     cache_dir=None,
     usage=None,
