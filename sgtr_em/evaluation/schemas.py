@@ -33,7 +33,7 @@ OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run
 class GenerationConfig:
     """How the model under test is run."""
 
-    # auto | hf (padded batches) | hf_continuous (generate_batch) | openai (API model) | vllm
+    # auto (vllm where installed on a GPU, else hf) | hf (padded batches) | hf_continuous (generate_batch) | openai | vllm
     backend: GenerationBackend = GenerationBackend.auto
     api: ApiConfig = field(default_factory=ApiConfig)
     top_logprobs: int = 20  # openai backend: option probabilities come from the first token's top logprobs
