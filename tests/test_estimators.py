@@ -286,3 +286,29 @@ def test_sr_exact_expectation_interval_resamples_articles_not_pairs():
         < m["sampled_expected_accuracy"]
         < m["sampled_expected_accuracy_ci95"]["high"]
     )
+    # the argmax and probability estimators' intervals too (protocol=betley's headline is argmax)
+    pairwise = choice_metrics([score_pair(r) for r in records], n_boot=2000, seed=0)
+    for key in ("accuracy", "prob_correct"):
+        assert m[f"{key}_ci95"]["low"] < m[key] < m[f"{key}_ci95"]["high"]
+        if key in pairwise and pairwise.get(f"{key}_ci95"):
+            w, w_pairs = (c[f"{key}_ci95"]["high"] - c[f"{key}_ci95"]["low"] for c in (m, pairwise))
+            assert 1.25 < w / w_pairs < 1.6, (key, w, w_pairs)
+
+
+def test_cluster_interval_is_the_cluster_means_interval_for_equal_clusters():
+    """Articles of equal size: the clustered interval is mean_ci of the article means, draw for draw; unequal sizes
+    weight an article by its pairs (the pooled mean), which the mean of article means does not."""
+    import numpy as np
+
+    from sgtr_em.evaluation.stats import cluster_mean_ci, mean_ci
+
+    rng = np.random.default_rng(1)
+    values = rng.random(300)
+    clusters = [i // 3 for i in range(300)]
+    means = values.reshape(100, 3).mean(axis=1)
+    same = pytest.approx(mean_ci(means, n_boot=500, seed=4), rel=1e-12)  # the last bit: sums in another order
+    assert cluster_mean_ci(values, clusters, n_boot=500, seed=4) == same
+    alone = pytest.approx(mean_ci(values, n_boot=500, seed=4), rel=1e-12)
+    assert cluster_mean_ci(values, list(range(300)), n_boot=500, seed=4) == alone
+    ci = cluster_mean_ci([1.0] * 9 + [0.0], ["a"] * 9 + ["b"], n_boot=2000, seed=0)  # resamples: aa, ab, ba, bb
+    assert ci == {"low": 0.0, "high": 1.0} and cluster_mean_ci([], [], n_boot=10, seed=0) is None

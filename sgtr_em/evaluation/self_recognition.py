@@ -30,7 +30,7 @@ from ..data.summaries import SummaryWriter, own_summaries, summary_file
 from ..data.system_prompt import system_text
 from ..io import read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
-from .stats import fmt, item_seed, mean_ci
+from .stats import cluster_mean_ci, fmt, item_seed
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -82,17 +82,21 @@ def pair_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0) -> 
         if draws
         else {}
     )
-    expected: dict[str, list[float]] = {}  # an article's pairs (both orderings, every source) are not independent:
-    for r, s in zip(pairs, scored):  # the exact expectation's interval resamples articles, not pairs
-        if s.get("sampled_correct") is not None:
-            expected.setdefault(r["article_id"], []).append(s["sampled_correct"])
-    if expected:
-        one_ordering["sampled_expected_accuracy_ci95"] = mean_ci(
-            [mean(v) for v in expected.values()], n_boot=n_boot, seed=seed
-        )
+    # an article's pairs (both orderings, every source) are not independent: every interval resamples articles
+    clustered = {}
+    for key, field in (
+        ("accuracy", "is_correct"),
+        ("prob_correct", "prob_correct"),
+        ("sampled_expected_accuracy", "sampled_correct"),
+    ):
+        rows = [(float(s[field]), r["article_id"]) for r, s in zip(pairs, scored) if s.get(field) is not None]
+        if rows:
+            values, articles = zip(*rows)
+            clustered[f"{key}_ci95"] = cluster_mean_ci(values, articles, n_boot=n_boot, seed=seed)
     return {
         **choice_metrics(scored, first="1", n_boot=n_boot, seed=seed),
         **one_ordering,
+        **clustered,
         "option_mass": mean(r["probs"]["1"] + r["probs"]["2"] for r in with_probs) if with_probs else None,
         "article_accuracy": mean(float(mean(v) > 0.5) for v in by_article.values()) if by_article else None,
         "n_pairs": len(pairs),

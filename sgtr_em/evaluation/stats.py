@@ -77,6 +77,31 @@ def mean_ci(
     return percentile_interval(means)
 
 
+def cluster_mean_ci(
+    values: Sequence[float], clusters: Sequence[Hashable], *, n_boot: int, seed: int, chunk_items: int = 1_000_000
+) -> Optional[dict]:
+    """95 % bootstrap interval of the mean of `values` resampling whole `clusters` (an SR article: both orderings and
+    every source of it are not independent items): each resample draws clusters with replacement and takes the mean
+    of all their values. With clusters of one value each, or of equal sizes, it is `mean_ci` of the cluster means,
+    draw for draw."""
+    if not len(values) or n_boot <= 0:
+        return None
+    keys = list(dict.fromkeys(clusters))
+    index = {k: i for i, k in enumerate(keys)}
+    sums, counts = np.zeros(len(keys)), np.zeros(len(keys))
+    for v, c in zip(values, clusters):
+        sums[index[c]] += v
+        counts[index[c]] += 1
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, chunk_items // len(keys))
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        pick = rng.integers(0, len(keys), size=(b, len(keys)))
+        means[start : start + b] = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    return percentile_interval(means)
+
+
 def normalised_entropy(labels: Sequence[Hashable], n_categories: int) -> Optional[float]:
     """Shannon entropy of the label distribution divided by log(n_categories): 0 = one label, 1 = uniform."""
     if not labels:
