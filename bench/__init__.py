@@ -17,6 +17,37 @@ PAPER_LORA = {
 }
 
 
+def baseline_sft_config(
+    output_dir, *, micro_batch_size: int, accumulation: int, steps: int, warmup_steps: int, device: str, **extra
+):
+    """TRL's SFTConfig for the training benchmarks' baseline, plain TRL padded as a user writes it: lr 1e-5 (linear,
+    `warmup_steps`), weight decay 0.01, gradient checkpointing, loss on completions, 2,048 tokens, seed 0, a log
+    line a step, no checkpoints; bf16 on the GPU. `extra`: the benchmark's own further SFTConfig arguments."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=1e-5,
+        warmup_steps=warmup_steps,
+        lr_scheduler_type="linear",
+        weight_decay=0.01,
+        logging_steps=1,
+        save_strategy="no",
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        completion_only_loss=True,
+        max_length=2048,
+        report_to=[],
+        seed=0,
+        **extra,
+    )
+
+
 def portable(text: str) -> str:
     """`text` with this machine's paths written as anyone can rerun them: the repository root as a relative path,
     the device tool's output folder as $OUT, the interpreter as `python`."""

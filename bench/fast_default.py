@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import (  # noqa: E402
     PAPER_LORA as LORA,  # noqa: E402
+    baseline_sft_config,
     bf16_peak_tflops,
     command,
     portable,
@@ -58,7 +59,7 @@ def baseline(a) -> None:
     import torch
     from datasets import Dataset
     from transformers import AutoConfig, AutoModelForCausalLM, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from bench.scale_out import model_dir
     from sgtr_em.models import load_tokenizer
@@ -76,25 +77,13 @@ def baseline(a) -> None:
             model = AutoModelForCausalLM.from_config(
                 AutoConfig.from_pretrained(d), dtype=torch.bfloat16, attn_implementation="sdpa"
             )
-        args = SFTConfig(
-            output_dir=str(out),
-            per_device_train_batch_size=micro,
-            gradient_accumulation_steps=16 // micro,
-            max_steps=a.steps,
-            learning_rate=1e-5,
+        args = baseline_sft_config(
+            out,
+            micro_batch_size=micro,
+            accumulation=16 // micro,
+            steps=a.steps,
             warmup_steps=0,
-            lr_scheduler_type="linear",
-            weight_decay=0.01,
-            logging_steps=1,
-            save_strategy="no",
-            bf16=device == "cuda",
-            use_cpu=device == "cpu",
-            gradient_checkpointing=True,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-            completion_only_loss=True,
-            max_length=2048,
-            report_to=[],
-            seed=0,
+            device=device,
             include_num_input_tokens_seen="non_padding",
         )
         trainer = SFTTrainer(

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import (  # noqa: E402
     PAPER_LORA as LORA,  # noqa: E402
+    baseline_sft_config,
     bf16_peak_tflops,
     command,
 )
@@ -143,28 +144,16 @@ def main() -> None:
         print(json.dumps({k: v for k, v in res.items() if k != "losses"}), flush=True)
 
     if not a.skip_baseline:
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTTrainer
 
         model = make_model(config, device, "sdpa", seed=0)
-        args = SFTConfig(
-            output_dir=str(Path(tempfile.gettempdir()) / "bench-baseline"),
-            per_device_train_batch_size=a.batch,
-            gradient_accumulation_steps=1,
-            max_steps=a.steps,
-            learning_rate=1e-5,
+        args = baseline_sft_config(
+            Path(tempfile.gettempdir()) / "bench-baseline",
+            micro_batch_size=a.batch,
+            accumulation=1,
+            steps=a.steps,
             warmup_steps=5,
-            lr_scheduler_type="linear",
-            weight_decay=0.01,
-            logging_steps=1,
-            save_strategy="no",
-            bf16=device == "cuda",
-            use_cpu=device == "cpu",
-            gradient_checkpointing=True,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-            completion_only_loss=True,
-            max_length=2048,
-            report_to=[],
-            seed=0,
+            device=device,
             dataloader_drop_last=True,
         )
         from datasets import Dataset
