@@ -9,9 +9,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, TrainerCallback
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from sgtr_em.contracts import StageRuntime
 from sgtr_em.training.attention import VARLEN
 from sgtr_em.training.sft import build_trainer
+
+from .cpu_stage import cpu_stage
 
 CONFIG = dict(
     vocab_size=1000,
@@ -68,41 +69,13 @@ class Spy(TrainerCallback):
 
 
 def train(tokenizer, tmp_path: Path, **compute):
-    compute = {
-        "device": "cpu",
-        "micro_batch_size": 4,
-        "gradient_checkpointing": False,
-        "checkpoint_fraction": 1.0,
-        "padding_free": False,
-        "liger": False,
-        "token_budget": None,
-        **compute,
-    }
-    training = {
-        "learning_rate": 1e-3,
-        "num_train_epochs": 1,
-        "max_steps": 2,
-        "batch_size": 4,
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "lr_scheduler_type": "linear",
-        "optim": "adamw_torch",
-        "max_length": 2048,
-    }
-    rt = StageRuntime(
-        backend="hf",
-        input_model="unused",
-        compute=compute,
-        dtype="float32",
-        chat_template_kwargs={},
-        training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1},
-    )
+    spec, rt = cpu_stage("unused", LORA, micro_batch_size=4, batch_size=4, **compute)
     spy = Spy()
     trainer = build_trainer(
-        tiny(VARLEN if compute["padding_free"] else None),
+        tiny(VARLEN if rt.compute["padding_free"] else None),
         tokenizer,
         rows(),
-        {"training": training, "lora": LORA, "seed": 0},
+        spec,
         rt,
         tmp_path,
         [spy],

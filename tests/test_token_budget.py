@@ -15,8 +15,9 @@ import torch
 from omegaconf import OmegaConf
 
 from sgtr_em.compute import choose_budget, fast_path, training_memory_gib
-from sgtr_em.contracts import StageRuntime
 from sgtr_em.training.budget import pack, split_packed
+
+from .cpu_stage import cpu_stage
 
 LORA = {
     "r": 8,
@@ -166,44 +167,16 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
     from sgtr_em.training.attention import VARLEN
     from sgtr_em.training.sft import build_trainer
 
-    compute = {
-        "device": "cpu",
-        "micro_batch_size": 1,
-        "gradient_checkpointing": False,
-        "checkpoint_fraction": 1.0,
-        "padding_free": False,
-        "liger": False,
-        "token_budget": None,
-        **compute,
-    }
-    training = {
-        "learning_rate": 1e-3,
-        "num_train_epochs": 1,
-        "max_steps": 2,
-        "batch_size": 16,
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "lr_scheduler_type": "linear",
-        "optim": "adamw_torch",
-        "max_length": 2048,
-    }
-    rt = StageRuntime(
-        backend="hf",
-        input_model=path,
-        compute=compute,
-        dtype="float32",
-        chat_template_kwargs={},
-        training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1},
-    )
+    spec, rt = cpu_stage(path, LORA, micro_batch_size=1, batch_size=16, **compute)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=VARLEN if compute["padding_free"] else None
+        path, dtype=torch.float32, attn_implementation=VARLEN if rt.compute["padding_free"] else None
     )
     trainer = build_trainer(
         model,
         load_tokenizer(path, padding_side="right"),
         smollm2_rows(32),
-        {"training": training, "lora": LORA, "seed": 0},
+        spec,
         rt,
         tmp_path,
     )
