@@ -56,8 +56,11 @@ def plain(url: str, n: int, concurrency: int, max_retries: int) -> int:
     return asyncio.run(run())
 
 
-def framework(url: str, n: int, concurrency: int, max_retries: int) -> int:
-    cfg = {
+def judge_cfg(url: str, **api) -> dict:
+    """The judge config for the load-test engine at `url` (its model `load-test`, no API key, no cache, free): the
+    16 requests at once and 8 retries, no configured rate limits (the judge paces from the server's headers);
+    `api` overrides the endpoint's settings. tests/test_rate_limit.py judges with it too."""
+    return {
         "model": "load-test",
         "min_number_mass": 0.0,
         "temperature": 0,
@@ -67,16 +70,21 @@ def framework(url: str, n: int, concurrency: int, max_retries: int) -> int:
         "api": {
             "base_url": url,
             "api_key_env": "SGTR_EM_NO_SUCH_KEY",
-            "max_concurrency": concurrency,
-            "max_retries": max_retries,
+            "max_concurrency": 16,
+            "max_retries": 8,
             "timeout_s": 60,
             "input_usd_per_mtok": 0.0,
             "output_usd_per_mtok": 0.0,
             "cache": False,
             "requests_per_minute": None,
             "tokens_per_minute": None,
+            **api,
         },
     }
+
+
+def framework(url: str, n: int, concurrency: int, max_retries: int) -> int:
+    cfg = judge_cfg(url, max_concurrency=concurrency, max_retries=max_retries)
     try:
         scores = OpenAIJudge(cfg).score([PROMPT.format(i=i) for i in range(n)])
     except RuntimeError:  # a call failed after its retries: the whole run fails

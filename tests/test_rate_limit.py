@@ -14,34 +14,11 @@ import urllib.request
 import pytest
 from openai import AsyncOpenAI
 
+from bench.judge_rate_limit import judge_cfg
 from sgtr_em.evaluation.openai_judge import OpenAIJudge
 from sgtr_em.inference.rate_limit import RateLimiter
 from sgtr_em.openai_limits import Bucket, estimate_tokens, format_duration, parse_duration
 from sgtr_em.openai_server import Faults, LoadTestEngine, OpenAIServer, RateLimits
-
-
-def judge_cfg(url: str, **api) -> dict:
-    return {
-        "model": "load-test",
-        "min_number_mass": 0.0,
-        "temperature": 0,
-        "top_logprobs": 20,
-        "seed": 0,
-        "max_label_tokens": 8,
-        "api": {
-            "base_url": url,
-            "api_key_env": "SGTR_EM_NO_SUCH_KEY",
-            "max_concurrency": 16,
-            "max_retries": 8,
-            "timeout_s": 60,
-            "input_usd_per_mtok": 0.0,
-            "output_usd_per_mtok": 0.0,
-            "cache": False,
-            "requests_per_minute": None,
-            "tokens_per_minute": None,
-            **api,
-        },
-    }
 
 
 def post(url: str, body: dict) -> tuple[int, dict, dict]:
