@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument(
         "--static-cache", action="store_true", help="also the default engine with a static KV cache (no compile)"
     )
+    p.add_argument("--static-lengths", default="", help="new-token counts for the static-cache runs (the defaults')")
     p.add_argument("--continuous", action="store_true", help="also transformers' continuous batching")
     p.add_argument("--cb-sweep", default=None, help="JSON list of ContinuousBatchingConfig field sets, one run each")
     p.add_argument("--out", required=True)
@@ -93,9 +94,11 @@ def main() -> None:
         "command": command(),
     }
 
-    def record(**kw):
+    def record(**kw):  # written as it goes: a run cut short keeps what it measured
         results.update(kw)
         print(json.dumps(kw), flush=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(results, indent=2))
 
     gen = HFGenerator.from_model(model, tok, batch_size=a.batch_size)
     model.generation_config.min_new_tokens = n  # fixed work per prompt for the padded engines (a passed config's
@@ -127,7 +130,8 @@ def main() -> None:
         answers_nonempty=sum(bool(x) for x in answers),
     )
     lengths = [int(x) for x in a.default_lengths.split(",") if x] or [n]
-    for cache, length in [(None, x) for x in lengths] + [("static", x) for x in lengths if a.static_cache]:
+    static = [int(x) for x in a.static_lengths.split(",") if x] or (lengths if a.static_cache else [])
+    for cache, length in [(None, x) for x in lengths] + [("static", x) for x in static]:
         model.generation_config.min_new_tokens = length
         model.generation_config.cache_implementation = cache  # a passed config's unset fields come from here
         model.generation_config.disable_compile = True

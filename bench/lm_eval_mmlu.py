@@ -31,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -223,7 +224,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="the MMLU folder: {dev,test}/<subject>_<split>.csv")
     ap.add_argument("--subjects", nargs="+", default=SUBJECTS)
     ap.add_argument("--shots", nargs="+", type=int, default=[0, 5])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/lm_eval_mmlu"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lm_eval_mmlu")
     ap.add_argument("--out", type=Path, default=None, help="the results JSON (default: <work>/results.json)")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ap.add_argument("--batch-size", type=int, default=16)

@@ -172,7 +172,9 @@ class EvalConfig:
     base: List[str] = field(default_factory=list)  # those of eval.run also run on the base model first (<run>/base/);
     # the final summary then prints each one's effect: the base value against the final headline and its 95 % interval
     # prompts per padded generate call: an integer, or auto (a GPU: as many as its free memory holds, measured 6x
-    # batch 64 on the 7B shape; a CPU: 8). Never changes a probability: option scoring runs one prompt at a time
+    # batch 64 on the 7B shape; a CPU: 8). Never changes a probability: option scoring runs one prompt at a time.
+    # Sampled answers are seeded per batch, so the same draws need the same batches: an integer fixes them on every
+    # card (auto follows the free memory: the same card and model give the same batches)
     batch_size: Any = "auto"
     bootstrap_samples: int = 2000  # resamples for the 95 % intervals (seeded by the job's seed)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
