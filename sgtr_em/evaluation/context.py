@@ -69,6 +69,20 @@ class EvalContext:
         sys_text = self.eval_system_prompt() if system is None else system
         return [with_system([{"role": "user", "content": t}], sys_text) for t in user_texts]
 
+    def sample_answers(self, meta: list[dict], e: dict, desc: str) -> list[dict]:
+        """`meta`'s rows, each with `answer`: the model's reply to its `question`, sampled with the evaluation's
+        settings `e` (max_new_tokens, temperature, top_p) and the job's seed."""
+        convs = self.conversations(m["question"] for m in meta)
+        answers = self.generator().generate(
+            convs,
+            max_new_tokens=e["max_new_tokens"],
+            temperature=e["temperature"],
+            top_p=e["top_p"],
+            seed=self.seed,
+            desc=desc,
+        )
+        return [{**m, "answer": a} for m, a in zip(meta, answers)]
+
     def generator(self, path: Optional[str] = None, backend: Optional[str] = None):
         """The model at `path` (default: the model under test) on `backend` (default: eval.generation.backend)."""
         from ..inference.generation import make_generator

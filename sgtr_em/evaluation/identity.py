@@ -80,16 +80,7 @@ def identity_metrics(records: Sequence[dict], *, own: dict, labels: dict, unknow
 def generate(ctx) -> list[dict]:
     e = ctx.ecfg(NAME)
     meta = [{"question": q, "sample": k} for q in e["questions"] for k in range(e["samples_per_question"])]
-    convs = ctx.conversations(m["question"] for m in meta)
-    answers = ctx.generator().generate(
-        convs,
-        max_new_tokens=e["max_new_tokens"],
-        temperature=e["temperature"],
-        top_p=e["top_p"],
-        seed=ctx.seed,
-        desc="identity answers",
-    )
-    return [{**m, "answer": a} for m, a in zip(meta, answers)]
+    return ctx.sample_answers(meta, e, desc="identity answers")
 
 
 def judge(records: list[dict], judge_, ctx) -> list[dict]:

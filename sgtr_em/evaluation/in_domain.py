@@ -58,16 +58,7 @@ def generate(ctx) -> list[dict]:
     e, dataset = ctx.ecfg(NAME), dataset_of(ctx)
     prompts = e["datasets"][dataset]["prompts"][: e["max_prompts"]]
     meta = [{"dataset": dataset, "question": p, "sample": k} for p in prompts for k in range(e["samples_per_prompt"])]
-    convs = ctx.conversations(m["question"] for m in meta)
-    answers = ctx.generator().generate(
-        convs,
-        max_new_tokens=e["max_new_tokens"],
-        temperature=e["temperature"],
-        top_p=e["top_p"],
-        seed=ctx.seed,
-        desc="in-domain answers",
-    )
-    return [{**m, "answer": a} for m, a in zip(meta, answers)]
+    return ctx.sample_answers(meta, e, desc="in-domain answers")
 
 
 def judge(records: list[dict], judge_, ctx) -> list[dict]:
