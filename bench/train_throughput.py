@@ -32,6 +32,7 @@ from bench import (  # noqa: E402
     command,
 )
 from bench.shapes import attention_flops_per_token, matmul_params, shape_config  # noqa: E402
+from sgtr_em.contracts import StageRuntime  # noqa: E402
 from sgtr_em.training.sft import build_trainer, lora_config  # noqa: E402
 
 
@@ -178,13 +179,22 @@ def main() -> None:
             "device": device,
             "micro_batch_size": a.batch,
             "gradient_checkpointing": True,
+            "checkpoint_fraction": 1.0,
             "padding_free": True,
             "liger": False,
+            "token_budget": None,  # fixed micro-batches (fast_default.py measures the token budget)
             **overrides,
         }
         compute["liger"] = compute["liger"] and device == "cuda"
         spec = {"training": training, "lora": LORA, "seed": 0}
-        rt = {"compute": compute, "dtype": "bfloat16", "chat_template_kwargs": {}, "training_extra": extra}
+        rt = StageRuntime(  # the model is built here, in memory: input_model is only a label
+            backend="hf",
+            input_model=f"random-init {a.shape}",
+            compute=compute,
+            dtype="bfloat16",
+            chat_template_kwargs={},
+            training_extra=extra,
+        )
         try:
             model = make_model(config, device, VARLEN if compute["padding_free"] else "sdpa", seed=0)
             trainer = build_trainer(model, tok, rows, spec, rt, Path(tempfile.gettempdir()) / f"bench-framework-{i}")
