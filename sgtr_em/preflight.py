@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -206,6 +207,23 @@ def data_problems(files, stages) -> list[str]:
     return problems
 
 
+def probe(url: str, timeout_s: float, attempts: int = 3) -> object | None:
+    """None when `url` answers (any HTTP status counts), else why not. A connection refused is final; one dropped
+    or reset is tried again, so a flaky server is not taken for an absent one."""
+    for attempt in range(attempts):
+        try:
+            urllib.request.urlopen(url, timeout=timeout_s).close()
+            return None
+        except urllib.error.HTTPError:
+            return None  # it answered
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ConnectionRefusedError) or attempt == attempts - 1:
+                return reason
+            time.sleep(0.2 * (attempt + 1))
+    return None
+
+
 def endpoint_problems(cfg, timeout_s: float = 10.0, judged: Iterable[str] | None = None) -> list[str]:
     """API endpoints the job will call that refuse connections now (a judge server not started, a wrong port): found
     before any training rather than after it. An answer of any kind (401, 404) counts as reachable."""
@@ -215,12 +233,8 @@ def endpoint_problems(cfg, timeout_s: float = 10.0, judged: Iterable[str] | None
         url = url or os.environ.get("OPENAI_BASE_URL")
         if not url or url.startswith("https://api.openai.com"):
             continue
-        try:
-            urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout_s).close()
-        except urllib.error.HTTPError:
-            pass  # it answered
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        reason = probe(url.rstrip("/") + "/models", timeout_s)
+        if reason is not None:
             problems.append(
                 f"{key}: {url} cannot be reached ({reason}): start the server there, or fix {key} "
                 f"(null: $OPENAI_BASE_URL, else api.openai.com)"

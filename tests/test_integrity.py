@@ -234,6 +234,38 @@ def test_a_judge_url_that_refuses_connections_fails_before_any_work_naming_the_k
     assert endpoint_problems(_compose("judge=openai", "judge.model=smollm2", "eval.run=[]")) == []
 
 
+def test_the_endpoint_probe_tries_a_dropped_connection_again_but_not_a_refused_one():
+    """A server that drops the first connection and answers the second is reachable (a judge server under faults
+    is not an absent one); a refused connection is reported at once."""
+    import socket
+    import threading
+    import time
+
+    from sgtr_em.preflight import probe
+
+    server = socket.create_server(("127.0.0.1", 0))
+    seen = []
+
+    def serve():
+        for n in range(2):
+            conn, _ = server.accept()
+            seen.append(n)
+            if n == 1:  # any HTTP status counts as an answer
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()  # the first: dropped without a word
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/v1/models"
+    assert probe(url, timeout_s=5) is None and seen == [0, 1]
+    thread.join(5)
+    server.close()
+    start = time.monotonic()
+    assert isinstance(probe(url, timeout_s=5), ConnectionRefusedError)  # nobody listens there now
+    assert time.monotonic() - start < 0.15  # refused: not tried again
+
+
 def test_under_slurm_the_folder_is_the_slurm_jobs_on_every_node(monkeypatch):
     from sgtr_em.config import job_suffix
 
