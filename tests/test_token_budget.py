@@ -357,3 +357,16 @@ def test_an_out_of_memory_generation_batch_is_halved_and_redone(smollm2_path, mo
     assert "batch halved to 4" in caplog.text and "batch halved to 2" in caplog.text
     with pytest.raises(ValueError, match="positive integer or auto"):
         HFGenerator.from_model(hf.model, hf.tokenizer, batch_size=0)
+
+
+def test_a_bad_eval_batch_size_fails_when_the_job_is_planned():
+    """eval.batch_size takes an integer or auto: a typo fails at validation, not in the eval worker after training."""
+    from sgtr_em.config import validate
+
+    from .test_config import _compose
+
+    for bad in ("atuo", "0"):
+        with pytest.raises(ValueError, match="eval.batch_size: .* is neither a positive integer nor auto"):
+            validate(_compose(f"eval.batch_size={bad}"))
+    validate(_compose("eval.batch_size=32"))
+    validate(_compose("eval.batch_size=auto"))

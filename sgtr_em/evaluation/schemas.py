@@ -244,6 +244,8 @@ class ProtocolConfig:
 def eval_problems(cfg) -> list[str]:
     """Checks of the eval/judge groups that a schema cannot express; each names the key to fix."""
     ev, problems = cfg.eval, []
+    if ev.batch_size != "auto" and not (isinstance(ev.batch_size, int) and ev.batch_size >= 1):
+        problems.append(f"eval.batch_size: {ev.batch_size!r} is neither a positive integer nor auto")
     for name in ev.run:
         if name not in EVAL_NAMES and name not in ev.plugins:
             problems.append(
