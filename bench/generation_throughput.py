@@ -57,6 +57,37 @@ def timed(engine, convs, n: int, **kw) -> tuple[float, list[str]]:
     return tokens / (time.time() - start), answers
 
 
+def profiled(model, tok, convs, n: int) -> dict:
+    """One default-engine call of `n` new tokens under torch.profiler: wall seconds, the summed device time of its
+    kernels (far below wall when the host is the bound) and the 15 kernels with the most device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.generation_config.min_new_tokens, model.generation_config.cache_implementation = n, None
+    gen = HFGenerator.from_model(model, tok, batch_size="auto")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        sync()
+        start = time.time()
+        gen.generate(convs, max_new_tokens=n, temperature=1.0, top_p=1.0, seed=0, desc="profiled")
+        sync()
+        wall = time.time() - start
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]
+    return {
+        "new_tokens": n,
+        "batch_size": gen.last_batch_size,
+        "wall_s": wall,
+        "device_busy_s": sum(getattr(e, key) for e in kernels) / 1e6,
+        "top_kernels": [
+            {"name": e.key[:120], "device_s": getattr(e, key) / 1e6, "calls": e.count}
+            for e in sorted(kernels, key=lambda e: -getattr(e, key))[:15]
+        ],
+        "top_host_ops": [{"name": e.key[:80], "cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen2.5-7b")
@@ -74,6 +105,7 @@ def main() -> None:
     p.add_argument("--static-lengths", default="", help="new-token counts for the static-cache runs (the defaults')")
     p.add_argument("--continuous", action="store_true", help="also transformers' continuous batching")
     p.add_argument("--cb-sweep", default=None, help="JSON list of ContinuousBatchingConfig field sets, one run each")
+    p.add_argument("--profile", type=int, default=0, help="also profile the default engine at this many new tokens")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -151,6 +183,8 @@ def main() -> None:
                 }
             }
         )
+    if a.profile:  # where a default call's time goes: the top kernels, and GPU busy time against wall time
+        record(profile=profiled(model, tok, convs, a.profile))
     for size in [int(x) for x in a.padded_sweep.split(",") if x]:
         model.generation_config.min_new_tokens, model.generation_config.cache_implementation = n, None
         speed, _ = timed(HFGenerator.from_model(model, tok, batch_size=size), convs, n, desc=f"batch {size}")

@@ -4,6 +4,8 @@
 #   bash bench/run_fast.sh 7b gen        # 7B shape: EM-like and SGTR-like mixes; generation engines
 #   bash bench/run_fast.sh 32b           # 32B shape: both mixes
 #   bash bench/run_fast.sh gen gen32     # EM-eval generation engines, 7B and 32B shapes
+#   bash bench/run_fast.sh genprof newtf genprof  # the default engine profiled, with the machine's transformers, then
+#                                        # with the wheels in .gpu-extra (a newer transformers) for the parts after it
 # Needs outputs/bench/assets (bench/prepare.py, on the CPU machine) and .gpu-wheels (../shared/gpu-wheels) carried.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ CB_SWEEP='[{"use_cuda_graph": true}, {"max_batch_tokens": 16384, "max_requests_p
  {"use_async_batching": true}, {"use_cuda_graph": true, "max_batch_tokens": 16384, "max_requests_per_batch": 1024},
  {"default_compile_level": 1}]'
 failed=0
+TAG=""  # output-name suffix of the parts run after `newtf`
 step() { local t=$1; shift; echo "=== $* ($(date +%T))"; timeout "$t" "$@" || { echo "=== FAILED ($?): $*"; failed=1; }; }
 for part in "$@"; do
   case "$part" in
@@ -59,7 +62,23 @@ for part in "$@"; do
         --samples 100 --naive-prompts 2 --framework-prompts 64 --continuous --max-new-tokens 128 --batch-size 64 \
         --padded-sweep 200,800 --cb-sweep "$CB_SWEEP" --out "$OUT/gen_7b_sweep.json"
       ;;
-    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | genstatic2 | gensweep)"; exit 2 ;;
+    genprof)  # the default engine at 128 and 512 new tokens, then one call of 32 under torch.profiler
+      step 300 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
+        --samples 100 --naive-prompts 1 --framework-prompts 64 --batch-size 64 --max-new-tokens 128 \
+        --default-lengths 128 --profile 32 --out "$OUT/gen_7b_profile$TAG.json"
+      ;;
+    varlen)  # padding-free packed rows through sgtr_varlen = each sequence alone (the CUDA kernel, this transformers)
+      step 200 python3 bench/varlen_check.py --shape qwen2.5-1.5b --out "$OUT/varlen_check$TAG.json"
+      ;;
+    newtf)  # the parts after this one import the wheels in .gpu-extra first (a newer transformers than the machine's)
+      EXTRA="$SITE-extra"
+      [ -f "$EXTRA/.installed" ] || { python3 -m pip install -q --no-index --no-deps --no-compile --target "$EXTRA" \
+        .gpu-extra/*.whl && touch "$EXTRA/.installed"; }
+      export PYTHONPATH="$EXTRA:$PYTHONPATH"
+      TAG="_tf$(python3 -c 'import transformers; print(transformers.__version__)')"
+      echo "=== newtf: transformers ${TAG#_tf}"
+      ;;
+    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | genstatic2 | gensweep | genprof | varlen | newtf)"; exit 2 ;;
   esac
 done
 exit $failed

@@ -192,18 +192,23 @@ def test_generation_uses_exactly_the_protocols_parameters_nothing_from_the_model
             0.3,
             3,
         )
-        for temperature, top_k in ((0.7, 50), (1.0, 0), (0.0, 0)):
+        for temperature, top_k in ((0.7, 50), (1.0, 0)):
             cfg, _ = fp32.model._prepare_generation_config(
-                fp32.generation_config(
-                    max_new_tokens=4, temperature=temperature, top_p=0.9 if temperature else 1.0, top_k=top_k
-                )
+                fp32.generation_config(max_new_tokens=4, temperature=temperature, top_p=0.9, top_k=top_k)
             )
             assert (cfg.repetition_penalty, cfg.top_k, cfg.min_p, cfg.no_repeat_ngram_size) == (1.0, top_k, 0.0, 0)
-            assert cfg.do_sample == (temperature > 0) and (
-                not temperature or (cfg.temperature, cfg.top_p) == (temperature, 0.9)
-            )
+            assert cfg.do_sample and (cfg.temperature, cfg.top_p) == (temperature, 0.9)
+        # greedy: the knobs that act without sampling are neutral; the sampling ones are left unset (transformers
+        # applies none of them to a greedy step), so the answer is the model's own argmax whatever its config says
+        cfg, _ = fp32.model._prepare_generation_config(
+            fp32.generation_config(max_new_tokens=4, temperature=0.0, top_p=1.0, top_k=0)
+        )
+        assert not cfg.do_sample and (cfg.repetition_penalty, cfg.no_repeat_ngram_size) == (1.0, 0)
+        convs = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Count to five.")]
+        poisoned = fp32.generate(convs, max_new_tokens=12)
     finally:
         fp32.model.generation_config = saved
+    assert poisoned == fp32.generate(convs, max_new_tokens=12)
 
 
 # --- the sampled estimators' draws: a seed per item (issue 15) ---

@@ -137,19 +137,26 @@ class HFGenerator:
             repetition_penalty=1.0,
             encoder_repetition_penalty=1.0,
             no_repeat_ngram_size=0,
-            min_p=0.0,
-            typical_p=1.0,
-            epsilon_cutoff=0.0,
-            eta_cutoff=0.0,
-            top_h=None,
             suppress_tokens=[],
             begin_suppress_tokens=[],
             bad_words_ids=None,
             sequence_bias=None,
         )
-        if temperature > 0:
-            return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0, **kw)
-        return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=0, **kw)
+        if temperature <= 0:  # greedy: transformers applies no sampling knob (temperature, top-k/p, min-p, ...), so
+            # none is set (a set one only draws its "not valid and may be ignored" warning)
+            return GenerationConfig(do_sample=False, **kw)
+        return GenerationConfig(
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k or 0,
+            min_p=0.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            top_h=None,
+            **kw,
+        )
 
     @torch.no_grad()
     def generate(
