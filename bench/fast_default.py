@@ -7,7 +7,9 @@ Both runs: the Qwen2.5 shape random-initialised from its config on the GPU (seed
 summaries, 460-2,030 tokens; both from bench/prepare.py), LoRA r32 (alpha 64, rsLoRA) on all linear layers, 16
 sequences a step (the paper's), bf16, lr 1e-5. The baseline is TRL's SFTTrainer as a user writes it (padded batches
 of `--baseline-micro` sequences, gradient accumulation to 16, SDPA, gradient checkpointing), run in a subprocess of
-this one. The product run is what `python -m sgtr_em.train` does for a stage: the Hydra config composed from conf/
+this one; it gets the rows tokenized with the product's loss masks (answer + end-of-turn token), so both train the
+same tokens (TRL's own prompt/completion masks also train the template's newline after `<|im_end|>`: one token in
+three of an SGTR answer, which moved the losses apart by ~1 %; measured 2026-12-06). The product run is what `python -m sgtr_em.train` does for a stage: the Hydra config composed from conf/
 with compute=auto and deepspeed=auto (`job.stage_runtime` resolves them for this machine), the stage folder, and
 `job.train` starting the worker `sgtr_em.training.sft`, which picks the token budget and checkpointing
 (`compute_choice.json`) and writes `speed.json`. Tokens/s: non-pad tokens over the steps after `--warmup`, both runs
@@ -64,12 +66,14 @@ def baseline(a) -> None:
     from bench.scale_out import model_dir
     from sgtr_em.models import load_tokenizer
     from sgtr_em.training.callbacks import JsonlLogCallback, ThroughputCallback
+    from sgtr_em.training.masks import tokenize_rows
     from sgtr_em.training.sft import lora_config, read_train_log
 
     peak = bf16_peak_tflops(warmup=5, iters=40) if torch.cuda.is_available() else None
     d = model_dir(a.shape)
     out = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
     micro = a.baseline_micro
+    tok = load_tokenizer(str(d), padding_side="right")
     while True:
         set_seed(0)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,8 +93,10 @@ def baseline(a) -> None:
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(rows(a.mix, 16 * a.steps)),
-            processing_class=load_tokenizer(str(d), padding_side="right"),
+            # the rows tokenized with the product's loss masks (the answer and its end-of-turn token, PAPER_NOTES),
+            # so both runs train the same tokens; TRL's own prompt/completion masks also train the newline after it
+            train_dataset=Dataset.from_list(tokenize_rows(tok, rows(a.mix, 16 * a.steps))),
+            processing_class=tok,
             peft_config=lora_config(LORA),
             callbacks=[ThroughputCallback(out / "perf"), JsonlLogCallback(out / "train_log.jsonl")],
         )
@@ -108,14 +114,16 @@ def baseline(a) -> None:
             micro //= 2
             print(f"baseline: out of memory, micro-batch {micro}", flush=True)
     perf = json.loads((out / "perf" / "rank0.json").read_text())
-    losses = [r["loss"] for r in read_train_log(out / "train_log.jsonl") if "loss" in r]
+    log = [r for r in read_train_log(out / "train_log.jsonl") if "loss" in r]
     res = {
         "name": "trl_padded_baseline",
         "micro_batch_size": micro,
         "seconds": round(time.time() - start, 1),
         "tokens_per_s": rate(perf, a.warmup),
         "peak_mem_gib": perf["peak_mem_gib"],
-        "losses": losses,
+        "losses": [r["loss"] for r in log],
+        "grad_norms": [r.get("grad_norm") for r in log],
+        "step_tokens": perf["step_tokens"],  # the steps hold the same sequences as the product's when these agree
         "measured_bf16_peak_tflops": peak,
         "device": torch.cuda.get_device_name() if peak else "cpu",
     }
@@ -159,13 +167,16 @@ def product(a) -> dict:
         error = str(e)
     perf = read_json(d / "perf" / "rank0.json") if (d / "perf" / "rank0.json").exists() else None
     speed = read_json(d / "speed.json") if (d / "speed.json").exists() else {}
+    log = [r for r in read_train_log(d / "train_log.jsonl") if "loss" in r] if (d / "train_log.jsonl").exists() else []
     return {
         "name": f"product_compute_{a.compute}",
         "error": error,
         "seconds": round(time.time() - start, 1),
         "tokens_per_s": rate(perf, a.warmup) if perf else None,
         "peak_mem_gib": speed.get("peak_mem_gib"),
-        "losses": [r["loss"] for r in read_train_log(d / "train_log.jsonl") if "loss" in r],
+        "losses": [r["loss"] for r in log],
+        "grad_norms": [r.get("grad_norm") for r in log],
+        "step_tokens": perf["step_tokens"] if perf else None,
         "compute": runtime.compute,
         "overrides": [portable(o) for o in overrides],
         "speed_json": speed,
