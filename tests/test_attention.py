@@ -44,17 +44,16 @@ def test_packed_samples_do_not_attend_to_each_other():
     assert torch.allclose(kept[:7], alone_a, atol=1e-5) and torch.allclose(kept[7:], alone_b, atol=1e-5)
 
 
-def rows(n=8):
+def rows(n=8, pad_id=None):
+    """Random conversations; `pad_id` in each one's 4th place, as SmolLM2's pad token <|im_end|> ends a real turn."""
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(n):
         length = int(torch.randint(10, 40, (1,), generator=g))
-        out.append(
-            {
-                "input_ids": torch.randint(5, 1000, (length,), generator=g).tolist(),
-                "completion_mask": [0] * (length // 2) + [1] * (length - length // 2),
-            }
-        )
+        ids = torch.randint(5, 1000, (length,), generator=g).tolist()
+        if pad_id is not None:
+            ids[3] = pad_id
+        out.append({"input_ids": ids, "completion_mask": [0] * (length // 2) + [1] * (length - length // 2)})
     return out
 
 
@@ -74,22 +73,26 @@ def train(tokenizer, tmp_path: Path, **compute):
     trainer = build_trainer(
         tiny(VARLEN if rt.compute["padding_free"] else None),
         tokenizer,
-        rows(),
+        rows(pad_id=tokenizer.pad_token_id),
         spec,
         rt,
         tmp_path,
         [spy],
     )
     trainer.train()
-    return [h["loss"] for h in trainer.state.log_history if "loss" in h], spy.checkpointed
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses, spy.checkpointed, trainer.state.num_input_tokens_seen
 
 
 def test_padding_free_training_matches_padded_training(smollm2_path, tmp_path):
     from sgtr_em.models import load_tokenizer
 
     tok = load_tokenizer(smollm2_path, padding_side="right")
-    padded, _ = train(tok, tmp_path / "a")
-    packed, _ = train(tok, tmp_path / "b", padding_free=True)
+    padded, _, padded_tokens = train(tok, tmp_path / "a")
+    packed, _, packed_tokens = train(tok, tmp_path / "b", padding_free=True)
     assert len(padded) == 2 and packed == pytest.approx(padded, rel=1e-4)
-    _, checkpointed = train(tok, tmp_path / "c", gradient_checkpointing=True, checkpoint_fraction=0.5)
+    # tokens/s counts every real token both ways: a pad-token id inside a conversation is a token (padding-free once
+    # dropped them, SmolLM2's <|im_end|>)
+    assert padded_tokens == packed_tokens == sum(len(r["input_ids"]) for r in rows())
+    _, checkpointed, _ = train(tok, tmp_path / "c", gradient_checkpointing=True, checkpoint_fraction=0.5)
     assert checkpointed == [False, True, False, True]  # half the layers recomputed, spread over the depth

@@ -128,7 +128,9 @@ def sft_config(
         use_cpu=device == "cpu",
         ddp_backend="gloo" if device == "cpu" and world > 1 else None,
         deepspeed=deepspeed,
-        include_num_input_tokens_seen="non_padding",
+        # tokens/s counts real tokens: a padding-free batch has no padding, and its "non_padding" count would drop every
+        # token equal to the pad token (SmolLM2 pads with <|im_end|>: three tokens of each conversation)
+        include_num_input_tokens_seen="all" if compute["padding_free"] else "non_padding",
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward pass
         seed=seed,
         data_seed=seed,
