@@ -21,7 +21,7 @@ lint: $(VENV)/.installed  ## ruff: the lint rules and the format of pyproject.to
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint  ## the test suite (CI), the important end-to-end runs included (about 20-25 min on 2 cores: 651 tests)
+test: lint  ## the test suite (CI), the important end-to-end runs included (about 20-28 min on 2 cores: 652 tests)
 	$(PY) -m pytest -m "not extended" $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed  ## every test, the extended end-to-end variants too
