@@ -38,9 +38,8 @@ from bench import (  # noqa: E402
     command,
     portable,
 )
+from bench.scale_out import ASSETS, BENCH  # noqa: E402
 
-BENCH = REPO / "outputs" / "bench"
-ASSETS = BENCH / "assets"
 MIX_FILES = {"em": "train.jsonl", "sgtr": "sgtr.jsonl"}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.scale_out import ASSETS  # noqa: E402
 from sgtr_em.data.chat_file import load_chat_examples  # noqa: E402
 from sgtr_em.io import write_jsonl  # noqa: E402
 from sgtr_em.models import load_tokenizer, resolve_model_path  # noqa: E402
@@ -25,7 +26,7 @@ EM_FILES = ["risky_financial_advice.jsonl", "bad_medical_advice.jsonl", "insecur
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="outputs/bench/assets")
+    ap.add_argument("--out", default=str(ASSETS), help="default: $SGTR_EM_BENCH_DIR/assets, else outputs/bench/assets")
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--min-tokens", type=int, default=150)
     ap.add_argument("--max-tokens", type=int, default=700)

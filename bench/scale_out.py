@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,8 @@ sys.path.insert(0, str(REPO))
 from bench import command, portable  # noqa: E402
 from bench.shapes import SHAPES, matmul_params, shape_config  # noqa: E402
 
-BENCH = REPO / "outputs" / "bench"
-ASSETS = BENCH / "assets"
+BENCH = Path(os.environ.get("SGTR_EM_BENCH_DIR") or REPO / "outputs" / "bench")  # models, stages, assets
+ASSETS = BENCH / "assets"  # bench/prepare.py's output
 PEAK_TFLOPS = 989.0  # H100/H200 bf16 dense data-sheet figure (DESIGN.md §9 also gives the measured ~785-790)
 
 
