@@ -30,22 +30,22 @@ for part in "$@"; do
   case "$part" in
     tiny) step 120 $F --shape tiny --mix em --steps 4 --warmup 1 --skip-baseline --out "$OUT/fast_tiny.json" ;;
     7b)
-      step 200 $F --shape qwen2.5-7b --mix em --steps 16 --warmup 3 --out "$OUT/fast_7b_em.json"
-      step 240 $F --shape qwen2.5-7b --mix sgtr --steps 8 --warmup 2 --baseline-micro 4 --out "$OUT/fast_7b_sgtr.json"
+      step 200 $F --shape qwen2.5-7b --mix em --steps 16 --warmup 3 --out "$OUT/fast_7b_em$TAG.json"
+      step 240 $F --shape qwen2.5-7b --mix sgtr --steps 8 --warmup 2 --baseline-micro 4 --out "$OUT/fast_7b_sgtr$TAG.json"
       ;;
     32b)
-      step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em.json"
-      step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr.json"
+      step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em$TAG.json"
+      step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr$TAG.json"
       ;;
     gen)  # 7B: naive, the old fixed batch of 64, the default engine (batch fitted to memory), continuous batching
       step 300 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
         --samples 100 --naive-prompts 2 --framework-prompts 64 --batch-size 64 --max-new-tokens 128 \
-        --default-lengths 128,512 --continuous --out "$OUT/gen_7b.json"
+        --default-lengths 128,512 --continuous --out "$OUT/gen_7b$TAG.json"
       ;;
     gen32)  # 32B: the default engine at the protocol's 512 new tokens (the memory model's batch on this card)
       step 280 python3 bench/generation_throughput.py --shape qwen2.5-32b --tokenizer outputs/bench/assets/tokenizer \
         --samples 25 --naive-prompts 1 --framework-prompts 64 --batch-size 64 --max-new-tokens 64 \
-        --default-lengths 512 --out "$OUT/gen_32b.json"
+        --default-lengths 512 --out "$OUT/gen_32b$TAG.json"
       ;;
     genstatic)  # the default engine with transformers' dynamic KV cache (the default) against a static one
       step 420 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
