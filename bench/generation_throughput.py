@@ -133,10 +133,10 @@ def main() -> None:
         Path(a.out).write_text(json.dumps(results, indent=2))
 
     gen = HFGenerator.from_model(model, tok, batch_size=a.batch_size)
-    model.generation_config.min_new_tokens = n  # fixed work per prompt for the padded engines (a passed config's
-    # unset fields are filled from the model's)
     with torch.no_grad():  # naive: one generate call per prompt
-        gen.generate(convs[:1], max_new_tokens=4, temperature=1.0)  # warm-up
+        gen.generate(convs[:1], max_new_tokens=4, temperature=1.0)  # warm-up (before min_new_tokens: 4 < 128)
+        model.generation_config.min_new_tokens = n  # fixed work per prompt for the padded engines (a passed
+        # config's unset fields are filled from the model's)
         sync()
         start = time.time()
         for conv in convs[: a.naive_prompts]:
