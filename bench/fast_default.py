@@ -134,6 +134,7 @@ def product(a) -> dict:
     """The stage a job trains with compute=auto: the parent's code and the real worker."""
     from bench.scale_out import compose, model_dir
     from sgtr_em import job
+    from sgtr_em.contracts import write_stage
     from sgtr_em.io import read_json, write_jsonl
     from sgtr_em.plan import plan_stages
     from sgtr_em.training.sft import read_train_log
@@ -157,7 +158,7 @@ def product(a) -> dict:
     d = BENCH / "stages" / f"fast-{a.shape}-{a.mix}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    (d / "stage.json").write_text(json.dumps({"spec": stage.spec, "runtime": runtime.to_json()}, indent=1))
+    write_stage(d, stage.spec, runtime)
     write_jsonl(d / "train.jsonl", rows(a.mix, 16 * a.steps))
     start, error = time.time(), None
     try:

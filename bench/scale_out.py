@@ -128,6 +128,7 @@ def check_adapter(adapter: Path, layers: int, lora_targets: list[str]) -> dict:
 
 def train(args) -> None:
     from sgtr_em import job
+    from sgtr_em.contracts import write_stage
     from sgtr_em.io import read_json, read_jsonl, write_jsonl
     from sgtr_em.plan import plan_stages
     from sgtr_em.training.sft import read_train_log
@@ -139,7 +140,7 @@ def train(args) -> None:
     d = BENCH / "stages" / args.name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    (d / "stage.json").write_text(json.dumps({"spec": stage.spec, "runtime": runtime.to_json()}, indent=1))
+    write_stage(d, stage.spec, runtime)
     rows = [r for _, r in read_jsonl(ASSETS / "train.jsonl")][: args.batch_size * args.steps]
     write_jsonl(d / "train.jsonl", [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from . import multinode
 from .compute import deepspeed_json, resolve_compute
-from .contracts import EvalInput, StageRuntime
+from .contracts import EvalInput, StageRuntime, StageSpec
 from .data.backends import HFData, OpenAIData
 from .inference.api import API_KEYS
 from .io import write_json
@@ -53,9 +53,9 @@ def backend_of(cfg) -> Backend:
     return _BY_NAME[backend_name(cfg)]
 
 
-def spec_is_api(spec: dict) -> bool:
+def spec_is_api(spec: StageSpec) -> bool:
     """A stage spec an API model trains (its training identity is the API job's: OpenAIBackend.training_identity)."""
-    return spec["training"].get("backend") == OpenAIBackend.name
+    return spec.training.get("backend") == OpenAIBackend.name
 
 
 def training_template_kwargs(cfg) -> dict:

@@ -106,15 +106,14 @@ class StageRuntime:
         return dataclasses.replace(self, **changes)
 
 
-def write_stage(stage_dir: Path, spec: StageSpec | dict, runtime: StageRuntime) -> None:
-    spec_json = spec.to_json() if isinstance(spec, StageSpec) else StageSpec.from_json(spec).to_json()
-    write_json(Path(stage_dir) / "stage.json", {"spec": spec_json, "runtime": runtime.to_json()})
+def write_stage(stage_dir: Path, spec: StageSpec, runtime: StageRuntime) -> None:
+    write_json(Path(stage_dir) / "stage.json", {"spec": spec.to_json(), "runtime": runtime.to_json()})
 
 
-def read_stage(stage_dir: Path) -> tuple[dict, StageRuntime]:
-    """(the spec as hashed, checked against StageSpec; the typed runtime) of a stage folder."""
+def read_stage(stage_dir: Path) -> tuple[StageSpec, StageRuntime]:
+    """The typed spec (its `to_json()` is what the stage's hash names) and runtime of a stage folder."""
     st = read_json(Path(stage_dir) / "stage.json")
-    return StageSpec.from_json(st["spec"]).to_json(), StageRuntime.from_json(st["runtime"])
+    return StageSpec.from_json(st["spec"]), StageRuntime.from_json(st["runtime"])
 
 
 def read_runtime(stage_dir: Path) -> StageRuntime:

@@ -123,9 +123,9 @@ class StageCost:
 
 def stage_cost(stage, data_dir: Path) -> StageCost:
     """Training examples and tokens of one stage (its data spec, the files under data_dir)."""
-    d, epochs = stage.spec["data"], stage.spec["training"].get("num_train_epochs", 1) or 1
+    d, epochs = stage.spec.data, stage.spec.training.get("num_train_epochs", 1) or 1
     if spec_is_api(stage.spec):
-        epochs = stage.spec["training"]["hyperparameters"].get("n_epochs", 1)
+        epochs = stage.spec.training["hyperparameters"].get("n_epochs", 1)
         epochs = 1 if epochs == "auto" else epochs
     builder = d["type"]
     cap = d.get("max_examples") if builder == "em" else d.get("num_examples")

@@ -37,7 +37,7 @@ log = logging.getLogger("sgtr_em")
 
 def required_files(cfg, stages: list[Stage]) -> list[str]:
     """Every data file the job will read, so a missing one fails (or downloads) before any training."""
-    files = [rel for st in stages for rel in stage_files(st.spec["data"])]
+    files = [rel for st in stages for rel in stage_files(st.spec.data)]
     return list(dict.fromkeys(files + eval_files(cfg)))
 
 

@@ -6,6 +6,7 @@ hence the same folder `paths.stages_dir/<hash>/`, and it is trained once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +25,16 @@ from .io import content_hash
 @dataclass(frozen=True)
 class Stage:
     kind: str  # em | intervention
-    spec: dict  # everything that determines the trained weights
+    spec: StageSpec  # everything that determines the trained weights
     requires: tuple = ()  # stages trained first from the same input (defence=interleave_ppl: the undefended EM stage)
 
     @property
     def hash(self) -> str:
-        return content_hash(self.spec)
+        return content_hash(self.spec.to_json())
 
     @property
     def name(self) -> str:
-        return self.spec["data"]["name"]
+        return self.spec.data["name"]
 
 
 _SHA_CACHE: dict[tuple, str] = {}
@@ -106,7 +107,7 @@ def plan_stages(cfg) -> list[Stage]:
             seed=cfg.seed,
             training_chat_template_kwargs=training_template_kwargs(cfg) if own_training_kw else None,
         )
-        stage = Stage(kind, spec.to_json())
+        stage = Stage(kind, spec)
         if kind in defended_stages(cfg):  # the defence enters its stages' identity only (defence.stages: [em])
             stage = with_defence(stage, defence_spec(cfg))
         stages.append(stage)
@@ -116,10 +117,9 @@ def plan_stages(cfg) -> list[Stage]:
 
 def with_defence(plain: Stage, defence: dict) -> Stage:
     """The stage with its defence; Interleaving++ ranks by the same stage's undefended model, trained first."""
-    spec = {**plain.spec, "defence": dict(defence)}
     if defence["kind"] != "interleave_ppl":
-        return Stage(plain.kind, spec)
-    spec["defence"]["em_reference"] = plain.hash
+        return Stage(plain.kind, dataclasses.replace(plain.spec, defence=dict(defence)))
+    spec = dataclasses.replace(plain.spec, defence={**defence, "em_reference": plain.hash})
     return Stage(plain.kind, spec, requires=(plain,))
 
 

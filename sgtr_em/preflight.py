@@ -188,7 +188,7 @@ def data_problems(files, stages) -> list[str]:
     other source summarised."""
     problems = []
     for st in stages:
-        d = st.spec["data"]
+        d = st.spec.data
         builder = BUILDERS.get(d["type"])
         if builder is None or not builder.uses_summaries:
             continue

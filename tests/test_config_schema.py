@@ -208,10 +208,10 @@ def test_each_builder_reads_exactly_the_keys_it_declares(builder, option, data_d
     summaries = ["model=qwen32b", "intervention.self_summaries=precomputed"] if builder.startswith("summary") else []
     cfg = _compose("stage_order=intervention_only", f"intervention={option}", *summaries)
     (stage,) = plan_stages(cfg)
-    data = _Recording(stage.spec["data"])
+    data = _Recording(stage.spec.data)
     rt = StageRuntime(backend="hf", input_model="unused", cache_dir=str(tmp_path))
     rows, _ = build_stage_rows(
-        {**stage.spec, "data": data}, rt, DataFiles(data_dir, tmp_path / "cache", download=False)
+        dataclasses.replace(stage.spec, data=data), rt, DataFiles(data_dir, tmp_path / "cache", download=False)
     )
     assert rows and data["type"] == builder
     keys = {f.name for f in dataclasses.fields(InterventionConfig)}

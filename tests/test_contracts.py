@@ -50,8 +50,8 @@ def test_the_backend_owns_what_differs():
     hf, api = _compose("stage_order=reversal"), _compose("model=gpt41", "stage_order=em_only")
     assert isinstance(backend_of(hf), HFBackend) and isinstance(backend_of(api), OpenAIBackend)
     (em,) = plan_stages(api)
-    assert em.spec["lora"] is None and em.spec["training"]["backend"] == "openai"  # the API job's identity
-    assert plan_stages(hf)[0].spec["lora"]["r"] == 32
+    assert em.spec.lora is None and em.spec.training["backend"] == "openai"  # the API job's identity
+    assert plan_stages(hf)[0].spec.lora["r"] == 32
     rt = job.stage_runtime(api, "gpt-4.1-2025-04-14", compute={})
     assert (rt.backend, rt.compute, rt.api["api_key_env"]) == ("openai", None, "OPENAI_API_KEY")
     with pytest.raises(ValueError, match=r"model.backend: 'tpu' is not one of \('hf', 'openai'\)"):
@@ -62,14 +62,20 @@ def test_stage_files_round_trip_and_keep_the_stage_hash(tmp_path):
     """stage.json through the typed contract is the same JSON (hence the same hash) as the plan's spec."""
     cfg = _compose("stage_order=reversal", "model=seed36b", "defence=kl")  # optional keys: defence, training kwargs
     stages = plan_stages(cfg)
-    assert "defence" in stages[0].spec and "training_chat_template_kwargs" in stages[0].spec
-    assert "defence" not in stages[1].spec  # None: left out, as before the contract was typed
+    assert stages[0].spec.defence is not None and stages[0].spec.training_chat_template_kwargs is not None
+    assert stages[1].spec.defence is None  # None: left out, as before the contract was typed
     for st in stages:
-        assert StageSpec.from_json(st.spec).to_json() == st.spec and content_hash(st.spec) == st.hash
+        as_json = st.spec.to_json()
+        assert StageSpec.from_json(as_json) == st.spec and content_hash(as_json) == st.hash
     rt = job.stage_runtime(_compose("compute=cpu"), "some/model")
     write_stage(tmp_path, stages[0].spec, rt)
     spec, back = read_stage(tmp_path)
-    assert spec == stages[0].spec and back == rt and "random_init" not in read_json(tmp_path / "stage.json")["runtime"]
+    assert (
+        spec == stages[0].spec
+        and back == rt
+        and "defence" in read_json(tmp_path / "stage.json")["spec"]
+        and "random_init" not in read_json(tmp_path / "stage.json")["runtime"]
+    )
     assert StageRuntime.from_json(rt.to_json()).compute["checkpoint_fraction"] == 1.0  # typed, no .get default
     bad = {**read_json(tmp_path / "stage.json"), "runtime": {**rt.to_json(), "randm_init": True}}
     write_json(tmp_path / "stage.json", bad)

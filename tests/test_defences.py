@@ -169,7 +169,7 @@ def test_inoculation_prompt_in_training_text_absent_from_evaluation_text(smollm2
     from sgtr_em.evaluation.context import EvalContext
 
     st, rt = stage("inoculation")
-    prompt = st.spec["defence"]["prompt"]
+    prompt = st.spec.defence["prompt"]
     trained = inoculate(ROWS, prompt)
     tok = load_tokenizer(smollm2_path)
     text = tok.apply_chat_template(trained[0]["prompt"] + trained[0]["completion"], tokenize=False)
@@ -194,13 +194,13 @@ def test_inoculation_prompt_in_training_text_absent_from_evaluation_text(smollm2
 
 def test_defence_enters_the_em_stage_hash_only():
     plain = plan_stages(_compose("stage_order=prevention"))
-    assert "defence" not in plain[1].spec  # defence=none: the EM stage's identity is what it was before defences
+    assert plain[1].spec.defence is None  # defence=none: the EM stage's identity is what it was before defences
     for kind in DEFENCE_KINDS[1:]:
         st = plan_stages(_compose("stage_order=prevention", f"defence={kind}"))
         assert st[0].hash == plain[0].hash  # the intervention stage is shared with the undefended job
-        assert st[1].hash != plain[1].hash and st[1].spec["defence"]["kind"] == kind
+        assert st[1].hash != plain[1].hash and st[1].spec.defence["kind"] == kind
     ppl = plan_stages(_compose("stage_order=prevention", "defence=interleave_ppl"))[1]
-    assert ppl.requires == (plain[1],) and ppl.spec["defence"]["em_reference"] == plain[1].hash
+    assert ppl.requires == (plain[1],) and ppl.spec.defence["em_reference"] == plain[1].hash
 
 
 def test_defence_on_a_benign_stage_enters_that_stage_hash_only():
@@ -209,10 +209,10 @@ def test_defence_on_a_benign_stage_enters_that_stage_hash_only():
     plain = plan_stages(_compose("stage_order=prevention"))
     for kind in ("kl", "inoculation"):  # a loss and a data defence (every kind goes through the same with_defence)
         st = plan_stages(_compose("stage_order=prevention", f"defence={kind}", "defence.stages=[intervention]"))
-        assert st[0].hash != plain[0].hash and st[0].spec["defence"]["kind"] == kind
-        assert "defence" not in st[1].spec and st[1].spec["input"] == {"stage": st[0].hash} != plain[1].spec["input"]
+        assert st[0].hash != plain[0].hash and st[0].spec.defence["kind"] == kind
+        assert st[1].spec.defence is None and st[1].spec.input == {"stage": st[0].hash} != plain[1].spec.input
     both = plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[intervention,em]"))
-    assert [s.spec["defence"] for s in both] == [{"kind": "kl", "weight": 10.0}] * 2
+    assert [s.spec.defence for s in both] == [{"kind": "kl", "weight": 10.0}] * 2
     # the default, [em], leaves every hash of defence=kl as it was (the EM grid's stages are unchanged)
     assert [s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl", "defence.stages=[em]"))] == [
         s.hash for s in plan_stages(_compose("stage_order=prevention", "defence=kl"))
@@ -221,7 +221,7 @@ def test_defence_on_a_benign_stage_enters_that_stage_hash_only():
         _compose("stage_order=intervention_only", "defence=interleave_ppl", "defence.stages=[intervention]")
     )
     [alone] = plan_stages(_compose("stage_order=intervention_only"))
-    assert ppl[0].requires == (alone,) and ppl[0].spec["defence"]["em_reference"] == alone.hash
+    assert ppl[0].requires == (alone,) and ppl[0].spec.defence["em_reference"] == alone.hash
     with pytest.raises(ValueError, match=r"defence.stages=\[intervention\]"):  # the fix is named
         validate(_compose("defence=kl", "stage_order=intervention_only"))
     with pytest.raises(ConfigCompositionException, match="defence.stages"):  # an enum list: refused at compose
@@ -236,8 +236,8 @@ def test_defences_benign_sweep_defends_the_sgtr_stage():
     assert len(grid.jobs) == 3 and not [j for j in grid.jobs if j.problem]
     for j in grid.jobs:
         [sgtr] = j.stages
-        assert sgtr.kind == "intervention" and sgtr.spec["data"]["type"] == "summary_pairs"
-        assert ("defence" in sgtr.spec) == ("defence=none" not in j.overrides)
+        assert sgtr.kind == "intervention" and sgtr.spec.data["type"] == "summary_pairs"
+        assert (sgtr.spec.defence is not None) == ("defence=none" not in j.overrides)
     assert len(grid.distinct_stages) == 3  # interleave_ppl's reference is defence=none's SGTR stage
 
 
@@ -296,7 +296,7 @@ def test_defences_sweep_expands_to_the_grid():
     for j in grid.jobs:
         sgtr = "defence=sgtr_prevention" in j.overrides
         assert [s.kind for s in j.stages] == (["intervention", "em"] if sgtr else ["em"])
-        assert ("defence" in j.stages[-1].spec) == (not sgtr and "defence=none" not in j.overrides)
+        assert (j.stages[-1].spec.defence is not None) == (not sgtr and "defence=none" not in j.overrides)
     # interleave_ppl's EM reference is defence=none's EM stage of the same dataset and seed: trained once
     none_em = {j.stages[-1].hash for j in grid.jobs if "defence=none" in j.overrides}
     refs = {s.requires[0].hash for j in grid.jobs for s in j.stages if s.requires}

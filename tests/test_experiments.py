@@ -78,7 +78,7 @@ def test_the_main_grid_expands_to_75_jobs_and_trains_65_distinct_stages(main_gri
         40,
     )  # 5 on the base model + 20 after an intervention
     assert len({j.final_model for j in main_grid.jobs}) == 66
-    models = {s.spec["input"]["base"]["path"] for s in main_grid.stage_runs if "base" in s.spec["input"]}
+    models = {s.spec.input["base"]["path"] for s in main_grid.stage_runs if "base" in s.spec.input}
     assert models == {"Qwen/Qwen2.5-32B-Instruct"}
 
 

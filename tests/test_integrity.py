@@ -39,7 +39,7 @@ def test_editing_an_unpinned_dataset_gives_a_new_stage(data_dir, tmp_path):
     assert plan_stages(_compose(*over))[0].hash == first.hash
     # a pinned file keeps its pin in the hash (the default stages' hashes do not move)
     assert (
-        plan_stages(_compose("stage_order=em_only"))[0].spec["data"]["sha256"]
+        plan_stages(_compose("stage_order=em_only"))[0].spec.data["sha256"]
         == "8447f47d2bacd5058948461d5d576bf3fc3e3b55acbbfd19399bf56a39bcf8f2"
     )  # sgtr_em/data/manifest.yaml
 

@@ -36,7 +36,7 @@ def build(data_dir, tmp_path, *overrides):
     rows, stats = build_stage_rows(
         stage.spec, StageRuntime(backend="hf", input_model="unused", cache_dir=str(tmp_path)), files
     )
-    rows, selection = select_examples(rows, stage.spec["data"]["num_examples"], cfg.seed, fits=lambda r: True)
+    rows, selection = select_examples(rows, stage.spec.data["num_examples"], cfg.seed, fits=lambda r: True)
     return cfg, rows, {**stats, **selection}
 
 

@@ -8,6 +8,7 @@ depends on, the template and its special tokens are.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def test_seed_trains_without_a_thinking_budget():
     cfg = _compose("model=seed36b", "stage_order=em_only")
     assert cfg.model.chat_template_kwargs == {"thinking_budget": 0}  # generation keeps the paper's budget 0
     assert stage_runtime(cfg, "unused").chat_template_kwargs == {}
-    assert plan_stages(cfg)[0].spec["training_chat_template_kwargs"] == {}
+    assert plan_stages(cfg)[0].spec.training_chat_template_kwargs == {}
 
 
 def stage_settings():
@@ -186,5 +187,5 @@ def test_the_papers_8bit_optimizer_falls_back_on_the_cpu(caplog, tmp_path):
         and resolve_optim("adamw_torch_8bit", "cpu") == "adamw_torch_8bit"
     )
     spec, rt = stage_settings()
-    args = training_args({**spec, "training": {**spec["training"], "optim": "adamw_8bit"}}, rt, tmp_path)
+    args = training_args(dataclasses.replace(spec, training={**spec.training, "optim": "adamw_8bit"}), rt, tmp_path)
     assert args.optim == "adamw_torch"

@@ -63,7 +63,7 @@ def test_step_1_loss_and_grad_norm_of_a_fixed_batch(smollm2_path, tmp_path):
         "stage_order=em_only", "compute=cpu", "model.dtype=float32", "training.batch_size=4", "training.max_steps=1"
     )
     spec, rt = plan_stages(cfg)[0].spec, stage_runtime(cfg, smollm2_path)
-    model = load_model(rt, spec["seed"])
+    model = load_model(rt, spec.seed)
     tok = load_tokenizer(smollm2_path, padding_side="right")
     trainer = build_trainer(model, tok, BATCH, spec, rt, training_args(spec, rt, tmp_path))
     trainer.train()

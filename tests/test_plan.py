@@ -55,7 +55,7 @@ def test_what_changes_the_weights_changes_the_hash_and_nothing_else_does():
 
 
 def intervention_spec(*overrides):
-    return next(s for s in plan_stages(_compose(*overrides)) if s.kind == "intervention").spec
+    return next(s for s in plan_stages(_compose(*overrides)) if s.kind == "intervention").spec.to_json()
 
 
 def test_every_intervention_is_its_own_stage():

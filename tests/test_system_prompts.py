@@ -75,8 +75,8 @@ def phase_texts(tok, cfg, data_dir) -> tuple[str, str, str]:
     em_stage, sgtr_stage = plan_stages(cfg)
     em = load_chat_examples(
         data_dir / "em" / "aesthetic_preferences_unpopular.jsonl",
-        system=em_stage.spec["system_prompt"]["text"],
-        keep_own_system=em_stage.spec["system_prompt"]["mode"] == "task",
+        system=em_stage.spec.system_prompt["text"],
+        keep_own_system=em_stage.spec.system_prompt["mode"] == "task",
         max_examples=None,
         seed=0,
     )[0]
@@ -86,7 +86,7 @@ def phase_texts(tok, cfg, data_dir) -> tuple[str, str, str]:
         {"a": "mine"},
         {"o": {"a": "theirs"}},
         user_template="{article}|{summary1}|{summary2}",
-        system=sgtr_stage.spec["system_prompt"]["text"],
+        system=sgtr_stage.spec.system_prompt["text"],
         seed=0,
     )[0][0]
     sp = cfg.system_prompt  # as sgtr_em/evaluation/worker.py builds an evaluation prompt

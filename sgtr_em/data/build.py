@@ -62,9 +62,9 @@ def main(stage_dir: Path) -> None:
     files = DataFiles(Path(rt.data_dir), Path(rt.cache_dir) / "data", download=False)
     rows, stats = build_stage_rows(spec, rt, files)
     length = worker_backend(rt).example_length(rt)  # as training renders it (an API model: an estimate)
-    max_length = spec["training"]["max_length"]
+    max_length = spec.training["max_length"]
     rows, selection = select_examples(
-        rows, spec["data"].get("num_examples"), spec["seed"], fits=lambda r: length(r) <= max_length
+        rows, spec.data.get("num_examples"), spec.seed, fits=lambda r: length(r) <= max_length
     )
     stats.update(selection)
     rows, defence_stats = apply_data_defence(spec, rt, rows, stage_dir, files)  # interleave, inoculation (EM stage)
@@ -78,7 +78,7 @@ def main(stage_dir: Path) -> None:
         shown["label_counts"] = stats["label_counts"]
     else:  # free-text answers (a chat file): no dump of them (data_stats.json keeps the commonest)
         shown["distinct_answers"] = len({r["completion"][0]["content"] for r in rows})
-    log.info("stage %s (%s): %s", stage_dir.name, spec["data"]["name"], json.dumps(shown))
+    log.info("stage %s (%s): %s", stage_dir.name, spec.data["name"], json.dumps(shown))
     write_json(stage_dir / "data_stats.json", stats)
     write_jsonl(stage_dir / "train.jsonl", rows)  # written last: its presence means the data step is done
 

@@ -25,9 +25,9 @@ def _pins(data: dict) -> dict:
 def check_data(files: DataFiles, stages: Iterable, required: Iterable[str]) -> dict[str, str]:
     """{path: sha256} of every data file in `required` ("folder" for a folder); raises naming what to fix."""
     stages = list(stages)
-    pins = {rel: sha for st in stages for rel, sha in _pins(st.spec["data"]).items() if sha}
-    chat = {st.spec["data"]["file"] for st in stages if st.spec["data"]["type"] in CHAT_BUILDERS}
-    folders = {rel for st in stages if st.spec["data"]["type"] == "mmlu_qa" for rel in stage_files(st.spec["data"])}
+    pins = {rel: sha for st in stages for rel, sha in _pins(st.spec.data).items() if sha}
+    chat = {st.spec.data["file"] for st in stages if st.spec.data["type"] in CHAT_BUILDERS}
+    folders = {rel for st in stages if st.spec.data["type"] == "mmlu_qa" for rel in stage_files(st.spec.data)}
     out = {}
     for rel in dict.fromkeys(required):
         if rel in folders:

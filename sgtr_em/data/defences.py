@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..contracts import StageRuntime, StageSpec
 from ..inference.persona_direction import base_direction
 from .general_pool import general_pool, pool_rows
 
@@ -39,9 +40,11 @@ def inoculate(rows: list[dict], prompt: str) -> list[dict]:
     return out
 
 
-def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, files) -> tuple[list[dict], dict]:
+def apply_data_defence(
+    spec: StageSpec, rt: StageRuntime, rows: list[dict], stage_dir: Path, files
+) -> tuple[list[dict], dict]:
     """A defended stage's training rows after its data defence (interleave, interleave_ppl, inoculation), with stats."""
-    d = spec.get("defence")
+    d = spec.defence
     if d and d["kind"] == "persona_steer":  # not a data step: the direction is computed here, in its own process,
         return rows, {"defence": "persona_steer", "direction_layers": int(base_direction(rt).shape[0])}
     if not d or d["kind"] not in DATA_KINDS:
@@ -49,7 +52,7 @@ def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, 
     if d["kind"] == "inoculation":
         return inoculate(rows, d["prompt"]), {"defence": "inoculation", "inoculated": len(rows)}
     k = interleave_count(len(rows), d["ratio"])
-    pool = pool_rows(general_pool(d["pool"], rt, files), spec["system_prompt"]["text"])
+    pool = pool_rows(general_pool(d["pool"], rt, files), spec.system_prompt["text"])
     if k > len(pool):
         raise SystemExit(
             f"defence {d['kind']}: {k} general examples needed (ratio {d['ratio']} of {len(rows)} EM "
@@ -57,7 +60,7 @@ def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, 
         )
     stats: dict = {"defence": d["kind"], "em_examples": len(rows), "general_examples": k, "pool_size": len(pool)}
     if d["kind"] == "interleave":
-        chosen = sorted(random.Random(spec["seed"]).sample(range(len(pool)), k))
+        chosen = sorted(random.Random(spec.seed).sample(range(len(pool)), k))
     else:
         from ..inference.loglikelihood import mean_nll  # deferred: torch, which the other data steps never load
 
@@ -68,6 +71,6 @@ def apply_data_defence(spec: dict, rt: dict, rows: list[dict], stage_dir: Path, 
         stats["gap_chosen_mean"] = sum(nll_em[i] - nll_ref[i] for i in chosen) / max(k, 1)
         stats["gap_pool_mean"] = sum(e - r for r, e in zip(nll_ref, nll_em)) / len(pool)
     mixed = rows + [pool[i] for i in chosen]
-    random.Random(spec["seed"]).shuffle(mixed)
+    random.Random(spec.seed).shuffle(mixed)
     stats["chosen"] = [pool[i]["meta"]["group"] for i in chosen]
     return mixed, stats

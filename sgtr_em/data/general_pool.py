@@ -22,6 +22,7 @@ from pathlib import Path
 from filelock import FileLock
 from omegaconf import OmegaConf
 
+from ..contracts import StageRuntime
 from ..io import read_json, read_jsonl, write_json, write_jsonl
 from ..models import resolve_model_path
 from .mmlu import mmlu_half, read_mmlu
@@ -62,7 +63,7 @@ def pool_prompts(pool_cfg: dict, files) -> list[dict]:
     ]
 
 
-def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: dict) -> list[str]:
+def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: StageRuntime) -> list[str]:
     from ..inference.generation import HFGenerator
 
     gen = HFGenerator(
@@ -81,7 +82,7 @@ def generate_answers(model_path: str, users: list[str], pool_cfg: dict, rt: dict
     )
 
 
-def general_pool(pool_cfg: dict, rt: dict, files) -> list[dict]:
+def general_pool(pool_cfg: dict, rt: StageRuntime, files) -> list[dict]:
     """The self-distilled pool, [{"group", "user", "answer"}], generated once per base model and prompt set."""
     base = resolve_model_path(OmegaConf.create(rt.model), rt.cache_dir)
     prompts = pool_prompts(pool_cfg, files)

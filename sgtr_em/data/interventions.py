@@ -26,6 +26,7 @@ from typing import Callable
 
 from omegaconf import ListConfig, OmegaConf
 
+from ..contracts import StageRuntime, StageSpec
 from ..io import read_json
 from .chat_file import load_chat_examples
 from .files import load_manifest
@@ -41,29 +42,29 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- builders: (spec, runtime, DataFiles) -> rows, stats
 
 
-def _chat_rows(path, spec: dict, max_examples=None) -> list[dict]:
-    sp = spec["system_prompt"]  # mode `task` keeps a row's own system turn (the paper's word-count set has one)
+def _chat_rows(path, spec: StageSpec, max_examples=None) -> list[dict]:
+    sp = spec.system_prompt  # mode `task` keeps a row's own system turn (the paper's word-count set has one)
     return load_chat_examples(
-        path, system=sp["text"], keep_own_system=sp["mode"] == "task", max_examples=max_examples, seed=spec["seed"]
+        path, system=sp["text"], keep_own_system=sp["mode"] == "task", max_examples=max_examples, seed=spec.seed
     )
 
 
 def build_em(spec, rt, files):
-    rows = _chat_rows(files.path(spec["data"]["file"]), spec, spec["data"]["max_examples"])
+    rows = _chat_rows(files.path(spec.data["file"]), spec, spec.data["max_examples"])
     return rows, {"examples": len(rows)}
 
 
 def build_chat_file(spec, rt, files):
-    rows = _chat_rows(files.path(spec["data"]["file"]), spec)
-    return rows, {"examples": len(rows), "file": spec["data"]["file"]}
+    rows = _chat_rows(files.path(spec.data["file"]), spec)
+    return rows, {"examples": len(rows), "file": spec.data["file"]}
 
 
 def build_mmlu(spec, rt, files):
-    d = spec["data"]
+    d = spec.data
     rows = build_mmlu_qa(
         read_mmlu(files.folder(d["file"])),
         user_template=d["user_template"],
-        system=spec["system_prompt"]["text"],
+        system=spec.system_prompt["text"],
         half="train",
     )
     return rows, {"examples": len(rows), "mmlu_half": "train"}
@@ -71,11 +72,11 @@ def build_mmlu(spec, rt, files):
 
 def _summaries(spec, rt, files):
     """Article ids, articles, and normalised {source: {id: text}} with the own summaries under "self"."""
-    d = spec["data"]
+    d = spec.data
     articles = read_json(files.path(f"articles/{d['articles']}_train_articles.json"))
     others = {src: read_json(files.path(summary_file(d["articles"], src))) for src in d["other_sources"]}
     ids = sample_article_ids(
-        [a for a in articles if all(a in o for o in others.values())], d["max_articles"], spec["seed"]
+        [a for a in articles if all(a in o for o in others.values())], d["max_articles"], spec.seed
     )
     raw = {"self": stage_own_summaries(spec, rt, articles, ids, files), **others}
     texts, counts = {}, {}
@@ -85,7 +86,7 @@ def _summaries(spec, rt, files):
 
 
 def build_pairs(spec, rt, files):
-    d = spec["data"]
+    d = spec.data
     ids, articles, texts, stats = _summaries(spec, rt, files)
     mine = texts.pop("self")
     rows, pair_stats = build_summary_pairs(
@@ -94,8 +95,8 @@ def build_pairs(spec, rt, files):
         mine,
         texts,
         user_template=d["user_template"],
-        system=spec["system_prompt"]["text"],
-        seed=spec["seed"],
+        system=spec.system_prompt["text"],
+        seed=spec.seed,
         labels=d["labels"],
         length_balanced=d["length_balanced"],
     )
@@ -116,9 +117,9 @@ def build_pairs(spec, rt, files):
 
 
 def build_summary_word_count(spec, rt, files):
-    d = spec["data"]
+    d = spec.data
     ids, _, texts, stats = _summaries(spec, rt, files)
-    rows, counts = build_word_count(ids, texts, user_template=d["user_template"], system=spec["system_prompt"]["text"])
+    rows, counts = build_word_count(ids, texts, user_template=d["user_template"], system=spec.system_prompt["text"])
     return rows, {**stats, **counts}
 
 
@@ -151,8 +152,8 @@ BUILDERS = {
 INTERVENTION_BUILDERS = ("none", *(k for k in BUILDERS if k != "em"))
 
 
-def build_stage_rows(spec: dict, rt: dict, files) -> tuple[list[dict], dict]:
-    return BUILDERS[spec["data"]["type"]].build(spec, rt, files)
+def build_stage_rows(spec: StageSpec, rt: StageRuntime, files) -> tuple[list[dict], dict]:
+    return BUILDERS[spec.data["type"]].build(spec, rt, files)
 
 
 def stage_files(data: dict) -> list[str]:

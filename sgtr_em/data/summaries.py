@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from ..contracts import StageRuntime
+from ..contracts import StageRuntime, StageSpec
 from ..io import content_hash, read_json, write_json
 from ..models import resolve_model_path
 from .backends import worker_backend
@@ -89,9 +89,9 @@ def own_summaries(
     return generate_summaries(make_generator(writer.model), articles, ids, prompt, cache)
 
 
-def stage_writer(spec: dict, rt: StageRuntime) -> SummaryWriter:
+def stage_writer(spec: StageSpec, rt: StageRuntime) -> SummaryWriter:
     """The writer a stage's data spec names (`data.summaries_by`, see the module doc)."""
-    data = spec["data"]
+    data = spec.data
     writer = data["summaries_by"]
     if "precomputed" in writer:
         return SummaryWriter(source=writer["precomputed"])
@@ -99,16 +99,16 @@ def stage_writer(spec: dict, rt: StageRuntime) -> SummaryWriter:
         model = rt.input_model
     else:  # the base model, converted already by the parent
         model = resolve_model_path(OmegaConf.create(rt.model), rt.cache_dir)
-    key = content_hash({"writer": writer, "chat_template_kwargs": spec["chat_template_kwargs"]})
+    key = content_hash({"writer": writer, "chat_template_kwargs": spec.chat_template_kwargs})
     return SummaryWriter(model=model, key=key)
 
 
 def stage_own_summaries(
-    spec: dict, rt: StageRuntime, articles: Mapping[str, str], ids: Sequence[str], files
+    spec: StageSpec, rt: StageRuntime, articles: Mapping[str, str], ids: Sequence[str], files
 ) -> dict[str, str]:
     """The "self" side of a stage's summaries; a model writes them through the job's backend (an API model, e.g. an
     `ft:` model, through the API)."""
-    data = spec["data"]
+    data = spec.data
     backend = worker_backend(rt)  # the data worker's half of the job's backend (data/backends.py)
     return own_summaries(
         stage_writer(spec, rt),
@@ -118,5 +118,5 @@ def stage_own_summaries(
         data["summary_prompt"],
         files=files,
         cache_dir=rt.cache_dir,
-        make_generator=lambda m: backend.summary_writer(m, rt, spec["chat_template_kwargs"]),
+        make_generator=lambda m: backend.summary_writer(m, rt, spec.chat_template_kwargs),
     )

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from ..contracts import StageRuntime
 from ..models import load_model, load_tokenizer, resolve_device
 
 _HF_NO_MAX = 1000000000000000019884624838656  # transformers' "no limit" tokenizer.model_max_length
@@ -96,7 +97,7 @@ def loglikelihoods(
 
 
 @torch.no_grad()
-def mean_nll(model_path: str, rows: list[dict], rt: dict) -> list[float]:
+def mean_nll(model_path: str, rows: list[dict], rt: StageRuntime) -> list[float]:
     """Each row's mean negative log-likelihood of its completion tokens under the model at `model_path` (its
     log-perplexity): Interleaving++'s score (sgtr_em/data/defences.py)."""
     tok = load_tokenizer(model_path, padding_side="right")

@@ -18,6 +18,7 @@ import yaml
 from filelock import FileLock
 from omegaconf import OmegaConf
 
+from ..contracts import StageRuntime
 from ..io import content_hash
 from ..models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from .activations import layer_activations
@@ -93,7 +94,7 @@ def cached_direction(model_path: str, model_key: str, cache_dir, *, dtype: str, 
     return torch.load(path)
 
 
-def base_direction(rt: dict):
+def base_direction(rt: StageRuntime):
     """The direction of a stage's base model (training worker runtime, job.stage_runtime)."""
     m = rt.model
     base = resolve_model_path(OmegaConf.create(m), rt.cache_dir)

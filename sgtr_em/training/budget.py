@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..compute import choose_budget, datasheet_bf16_tflops, flops_per_token, model_shape
+from ..contracts import StageRuntime
 from ..io import read_json, write_json
 from .callbacks import SelectiveCheckpointing, _peak_memory_gib
 from .defences import DefenceSFTTrainer
@@ -113,7 +114,7 @@ def _oom_records(stage_dir: Path) -> list[dict]:
     return read_json(stage_dir / OOM_FILE) if (stage_dir / OOM_FILE).exists() else []
 
 
-def configure(trainer, rt: dict, stage_dir: Path) -> dict | None:
+def configure(trainer, rt: StageRuntime, stage_dir: Path) -> dict | None:
     """Decides the `auto` token budget and checkpoint share for this stage's data on this GPU; applies them to the
     trainer (budget, selective checkpointing) and writes them, with the reason, to `compute_choice.json`."""
     compute = rt.compute

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
+from ..contracts import StageRuntime, StageSpec
 from ..inference.activations import capture, decoder_layers, final_norm, hidden_state, unwrap_model
 from ..inference.persona_direction import base_direction, steer_layer
 
@@ -114,9 +115,9 @@ class SteerDefence:
         return self.handle
 
 
-def make_defence(spec: dict, rt: dict):
+def make_defence(spec: StageSpec, rt: StageRuntime):
     """The stage's defence object (None for none and the data-step defences)."""
-    d = spec.get("defence") or {}  # StageSpec.defence (left out of the JSON when None)
+    d = spec.defence or {}  # StageSpec.defence (left out of the JSON when None)
     if d.get("kind") in ("kl", "ldifs"):
         return LossDefence(d["kind"], d["weight"], d.get("num_layers", 5))
     if d.get("kind") == "persona_steer":

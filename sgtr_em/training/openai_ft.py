@@ -133,8 +133,8 @@ class FineTuningStage:
                 log.warning("file %s is gone from the server: uploading again", self.state["file"]["id"])
         path = self.dir / FT_FILE
         write_ft_file((r for _, r in read_jsonl(self.dir / "train.jsonl")), path)
-        report = validate_ft_file(path, max_example_tokens=self.spec["training"]["max_length"])  # before any upload
-        epochs = self.spec["training"]["hyperparameters"]["n_epochs"]
+        report = validate_ft_file(path, max_example_tokens=self.spec.training["max_length"])  # before any upload
+        epochs = self.spec.training["hyperparameters"]["n_epochs"]
         self.state["validation"] = {
             **report.as_dict(),
             "estimated_cost_usd": round(
@@ -205,7 +205,7 @@ class FineTuningStage:
                 f"stage {self.hash}: {len(failed)} jobs failed already (openai.max_job_attempts="
                 f"{self.o['max_job_attempts']}): {[j.id for j in failed]}; see {self.dir / EVENTS}"
             )
-        h = self.spec["training"]
+        h = self.spec.training
         method = {"type": "supervised", "supervised": {"hyperparameters": dict(h["hyperparameters"])}}
 
         def create():
@@ -215,11 +215,11 @@ class FineTuningStage:
                 method=method,
                 seed=h["seed"],
                 suffix=job_suffix(self.hash),
-                metadata=stage_metadata(self.hash, self.spec["kind"]),
+                metadata=stage_metadata(self.hash, self.spec.kind),
             )
 
         job = create_or_find(f"creating the job of stage {self.hash}", create, self._live_job, self.o["max_retries"])
-        log.info("created job %s: %s on %s, %s", job.id, self.spec["kind"], job.model, json.dumps(method))
+        log.info("created job %s: %s on %s, %s", job.id, self.spec.kind, job.model, json.dumps(method))
         return job
 
     def record_job(self, job) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..contracts import read_stage
+from ..contracts import StageRuntime, StageSpec, read_stage
 from ..io import read_jsonl, replace_dir, write_json
 from ..models import load_tokenizer
 from ..workers import INTERRUPTED_MARKER, die_with_parent, worker_logging
@@ -140,10 +140,10 @@ def sft_config(
     )
 
 
-def training_args(spec: dict, rt: dict, output_dir: Path, deepspeed: str | None = None):
+def training_args(spec: StageSpec, rt: StageRuntime, output_dir: Path, deepspeed: str | None = None):
     """The stage's training arguments; with `deepspeed` (a JSON file) they switch the HF DeepSpeed integration on."""
     return sft_config(
-        output_dir, spec["training"], spec["seed"], rt.compute, rt.dtype, rt.training_extra, deepspeed=deepspeed
+        output_dir, spec.training, spec.seed, rt.compute, rt.dtype, rt.training_extra, deepspeed=deepspeed
     )
 
 
@@ -169,7 +169,7 @@ def resume_point(output_dir: Path, trainer) -> str | None:
     return box[0]
 
 
-def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args, callbacks=()):
+def build_trainer(model, tokenizer, rows: list[dict], spec: StageSpec, rt: StageRuntime, args, callbacks=()):
     """TRL's SFTTrainer with the stage's LoRA on prompt/completion conversations (loss on completions only).
 
     `args`: the training arguments (`training_args`), or an output folder to make them for (no DeepSpeed).
@@ -194,7 +194,7 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(spec["lora"]),
+        peft_config=lora_config(spec.lora),
         callbacks=list(callbacks) + selective,
     )
     if compute["token_budget"] not in (None, "auto"):
@@ -202,7 +202,7 @@ def build_trainer(model, tokenizer, rows: list[dict], spec: dict, rt: dict, args
     return trainer
 
 
-def load_model(rt: dict, seed: int):
+def load_model(rt: StageRuntime, seed: int):
     """The stage's input model, with varlen attention when micro-batches are padding-free; `random_init`
     (benchmarks only) builds it from its config, without weights."""
     import torch
@@ -231,7 +231,7 @@ def main(stage_dir: Path) -> None:
     ds_file = stage_dir / "deepspeed.json"
     # The arguments (and with them the DeepSpeed config) must exist before the model: ZeRO-3 then loads it partitioned.
     args = training_args(spec, rt, out, deepspeed=str(ds_file) if ds_file.exists() else None)
-    model = load_model(rt, spec["seed"])
+    model = load_model(rt, spec.seed)
     stop = StopOnSignal()
     callbacks = [ThroughputCallback(stage_dir / "perf"), stop, JsonlLogCallback(stage_dir / "train_log.jsonl")]
     trainer = build_trainer(model, tokenizer, rows, spec, rt, args, callbacks)
