@@ -32,7 +32,7 @@ from bench import (  # noqa: E402
     command,
 )
 from bench.shapes import attention_flops_per_token, matmul_params, shape_config  # noqa: E402
-from sgtr_em.contracts import StageRuntime  # noqa: E402
+from sgtr_em.contracts import StageRuntime, StageSpec  # noqa: E402
 from sgtr_em.training.sft import build_trainer, lora_config  # noqa: E402
 
 
@@ -186,7 +186,16 @@ def main() -> None:
             **overrides,
         }
         compute["liger"] = compute["liger"] and device == "cuda"
-        spec = {"training": training, "lora": LORA, "seed": 0}
+        spec = StageSpec(  # what build_trainer reads: training, LoRA, seed (the rest names a stage's data)
+            kind="em",
+            input={},
+            data={},
+            system_prompt={},
+            chat_template_kwargs={},
+            training=training,
+            lora=LORA,
+            seed=0,
+        )
         rt = StageRuntime(  # the model is built here, in memory: input_model is only a label
             backend="hf",
             input_model=f"random-init {a.shape}",

@@ -3,12 +3,12 @@ steps at lr 1e-3, fp32, padded micro-batches without gradient checkpointing unle
 
 from __future__ import annotations
 
-from sgtr_em.contracts import StageRuntime
+from sgtr_em.contracts import StageRuntime, StageSpec
 
 
 def cpu_stage(
     input_model: str, lora: dict, *, micro_batch_size: int, batch_size: int, **compute
-) -> tuple[dict, StageRuntime]:
+) -> tuple[StageSpec, StageRuntime]:
     """(spec, runtime): `batch_size` sequences a step in micro-batches of `micro_batch_size`; `compute` overrides the
     compute block (padding_free, token_budget, gradient_checkpointing, checkpoint_fraction, ...)."""
     compute = {
@@ -40,4 +40,7 @@ def cpu_stage(
         chat_template_kwargs={},
         training_extra={"logging_steps": 1, "save_steps": 1000, "save_total_limit": 1},
     )
-    return {"training": training, "lora": lora, "seed": 0}, rt
+    spec = StageSpec(
+        kind="em", input={}, data={}, system_prompt={}, chat_template_kwargs={}, training=training, lora=lora, seed=0
+    )
+    return spec, rt

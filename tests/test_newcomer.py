@@ -84,10 +84,12 @@ def test_a_worker_runs_with_those_threads(monkeypatch):
 def test_one_line_per_stage_names_its_steps_loss_and_first_learning_rate(tmp_path):
     import json
 
+    from sgtr_em.contracts import StageSpec
     from sgtr_em.job import stage_line
     from sgtr_em.plan import Stage
 
-    stage = Stage(kind="em", spec={"data": {"name": "aesthetic_unpopular"}})
+    data = {"name": "aesthetic_unpopular"}
+    stage = Stage(kind="em", spec=StageSpec("em", {}, data, {}, {}, {}, None, 0))
     d = tmp_path / stage.hash
     d.mkdir()
     rows = [

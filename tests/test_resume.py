@@ -83,7 +83,8 @@ def test_a_signalled_worker_checkpoints_where_it_is_and_the_job_reads_it_as_inte
     deadline = time.time() + 600
     while time.time() < deadline and not (stage / "train_log.jsonl").exists():
         time.sleep(0.1)
-    worker = psutil.Process().children()[0]
+    # the worker, by its command line: an earlier test in this process may have left another child (wandb-core)
+    (worker,) = [c for c in psutil.Process().children() if "sgtr_em.training.sft" in c.cmdline()]
     worker.send_signal(signal.SIGTERM)  # during step 2: step 1 has been logged
     parent.join(600)
 
