@@ -37,6 +37,12 @@ for part in "$@"; do
       step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em$TAG.json"
       step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr$TAG.json"
       ;;
+    noliger)  # the memory model without liger-kernel (TRL's fused LM head either way): its budget, then a larger one
+      step 200 $F --shape qwen2.5-7b --mix sgtr --steps 4 --warmup 1 --skip-baseline --override compute.liger=false \
+        --out "$OUT/fast_7b_sgtr_noliger$TAG.json"
+      step 200 $F --shape qwen2.5-7b --mix sgtr --steps 4 --warmup 1 --skip-baseline --override compute.liger=false \
+        --override compute.token_budget=5770 --out "$OUT/fast_7b_sgtr_noliger_b5770$TAG.json"
+      ;;
     gen)  # 7B: naive, the old fixed batch of 64, the default engine (batch fitted to memory), continuous batching
       step 300 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
         --samples 100 --naive-prompts 2 --framework-prompts 64 --batch-size 64 --max-new-tokens 128 \
@@ -78,7 +84,7 @@ for part in "$@"; do
       TAG="_tf$(python3 -c 'import transformers; print(transformers.__version__)')"
       echo "=== newtf: transformers ${TAG#_tf}"
       ;;
-    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | genstatic2 | gensweep | genprof | varlen | newtf)"; exit 2 ;;
+    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | genstatic2 | gensweep | genprof | varlen | noliger | newtf)"; exit 2 ;;
   esac
 done
 exit $failed
