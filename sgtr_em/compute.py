@@ -183,7 +183,7 @@ def fast_path(compute, on_gpu: bool, zero_stage: int) -> dict:
     fraction = compute.get("checkpoint_fraction", 1.0)
     why = []
     if compute.get("liger") is None and on_gpu and not liger:
-        why.append("liger-kernel is not installed (pip install liger-kernel): no fused linear + cross-entropy")
+        why.append("liger-kernel is not installed (pip install liger-kernel): no fused RMSNorm/SwiGLU kernels")
     if padding_free and zero_stage and budget is None and compute.micro_batch_size is None:
         why.append(f"ZeRO-{zero_stage}: fixed micro-batches (token budgets cut steps outside DeepSpeed's count)")
     return {
