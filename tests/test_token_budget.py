@@ -185,6 +185,30 @@ def train_smollm2(path: str, tmp_path: Path, **compute):
     return [h["loss"] for h in trainer.state.log_history if "loss" in h], adapter, trainer
 
 
+def test_training_never_materialises_the_logits(smollm2_path, tmp_path):
+    """The memory model counts no logits per token (sgtr_em/compute.py training_memory_gib): TRL's SFTTrainer scores
+    the labels through its fused LM head (tiles of the head's weight, never the [tokens, vocab] logits; TRL 1.16
+    `add_fused_lm_head`), with Liger or without. Pinned here: a training step never calls the LM head module."""
+    from transformers import AutoModelForCausalLM
+
+    from sgtr_em.models import load_tokenizer
+    from sgtr_em.training.sft import build_trainer
+
+    spec, rt = cpu_stage(smollm2_path, LORA, micro_batch_size=1, batch_size=2)
+    spec.training["max_steps"] = 1
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: calls.append(tuple(out.shape)))
+    trainer = build_trainer(
+        model, load_tokenizer(smollm2_path, padding_side="right"), smollm2_rows(2), spec, rt, tmp_path
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1 and calls == []
+    with torch.no_grad():  # the hook sees the head where the plain forward runs it (generation, evaluation)
+        trainer.model(input_ids=torch.tensor([[5, 6, 7]]))
+    assert calls == [(1, 3, model.config.vocab_size)]
+
+
 @pytest.mark.slow
 @pytest.mark.extended  # 34 s on CI; test_attention.py's padding-free = padded training and the packing test stay in CI
 def test_token_budget_steps_equal_the_padded_steps(smollm2_path, tmp_path):
