@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from .backend import backend_of, spec_is_api
 from .data.summaries import summary_file
+from .evaluation.in_domain import prompt_set
 
 CHARS_PER_TOKEN = 4.0  # English text in the BPE vocabularies of Qwen2.5 / Llama-3 / OLMo (the common rule of thumb)
 TOKENS_PER_MESSAGE = 5  # role header and end-of-turn markers of a chat template turn
@@ -207,7 +208,7 @@ def eval_cost(cfg, data_dir: Path) -> EvalCost:
                 label_tokens,
             )
         elif name == "in_domain":
-            key = ev.in_domain.dataset or cfg.em_dataset.name
+            key = prompt_set(ev.in_domain, cfg.em_dataset)  # the eval's own rule (in_domain_prompts)
             prompts = len(ev.in_domain.datasets[key].prompts) if key in ev.in_domain.datasets else 0
             prompts = min(prompts, ev.in_domain.max_prompts or prompts)
             add("in_domain", prompts * ev.in_domain.samples_per_prompt, ev.in_domain.max_new_tokens, 1, label_tokens)

@@ -79,3 +79,17 @@ def test_cost_matches_a_hand_count(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "944 training tokens" in printed and "408 judge calls" in printed and "judge $0.33" in printed
     assert json.loads(out.read_text())["cost"]["training_tokens"] == 944  # recorded with the sweep
+
+
+def test_the_in_domain_cost_counts_the_prompt_set_the_eval_asks(data_dir):
+    """insecure_code's in-domain prompts are the set `insecure` (em_dataset.in_domain_prompts): the estimate counts
+    them, as the eval and its validation do (evaluation/in_domain.py prompt_set; it counted none before)."""
+    from sgtr_em.cost import eval_cost
+
+    from .test_config import _compose
+
+    cfg = _compose("em_dataset=insecure_code", "eval=paper")
+    in_domain = eval_cost(cfg, data_dir).by_eval["in_domain"]
+    prompts = len(cfg.eval.in_domain.datasets.insecure.prompts[: cfg.eval.in_domain.max_prompts])
+    assert in_domain["answers"] == prompts * cfg.eval.in_domain.samples_per_prompt > 0
+    assert in_domain["judge_calls"] == in_domain["answers"]

@@ -82,6 +82,20 @@ def test_the_main_grid_expands_to_75_jobs_and_trains_65_distinct_stages(main_gri
     assert models == {"Qwen/Qwen2.5-32B-Instruct"}
 
 
+def test_the_main_grids_cost_is_the_readmes(main_grid, data_dir):
+    """The README's cost line for `main_grid` (python -m sgtr_em.grid sweep=main_grid). 66 final models, each
+    judged 1,580 times: EM 8 questions x 30 samples (protocol=paper) twice, identity 500 answers twice, in-domain 100
+    once. Pinned with the README, so a protocol change moves both (the README said 47.3M / 178,200, from before
+    protocol=paper's 30 samples a question)."""
+    from sgtr_em.cost import estimate
+
+    cost = estimate(main_grid, main_grid.configs, data_dir)
+    assert cost["training_tokens"] == 84_772_900
+    assert (cost["eval_generated_tokens"], cost["judge_calls"]) == (23_738_220, 104_280)
+    readme = (REPO / "README.md").read_text()
+    assert "84.8M training tokens" in readme and "23.7M generated tokens, 104,280 judge calls" in readme
+
+
 # Every cell of the paper's grid (issue #16), per sweep file: jobs, and the cells they cover.
 SWEEP_CELLS = {
     "main_grid": 75,

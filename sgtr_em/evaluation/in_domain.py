@@ -49,9 +49,14 @@ def in_domain_metrics(records: Sequence[dict], *, n_boot: int = 0, seed: int = 0
 # --- the eval's steps (sgtr_em/evaluation/worker.py runs them) ---
 
 
+def prompt_set(in_domain, em_dataset) -> str:
+    """The eval.in_domain prompt set a job asks: `eval.in_domain.dataset`, else the EM dataset's `in_domain_prompts`,
+    else its name (one rule for the eval, its validation and the cost estimate; configs or plain dicts)."""
+    return in_domain["dataset"] or em_dataset.get("in_domain_prompts") or em_dataset["name"]
+
+
 def dataset_of(ctx) -> str:
-    em = ctx.cfg["em_dataset"]
-    return ctx.ecfg(NAME)["dataset"] or em.get("in_domain_prompts") or em["name"]
+    return prompt_set(ctx.ecfg(NAME), ctx.cfg["em_dataset"])
 
 
 def generate(ctx) -> list[dict]:

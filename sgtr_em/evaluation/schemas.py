@@ -24,6 +24,7 @@ from ..choices import (
     SrSystem,
 )
 from ..inference.api import ApiConfig  # the endpoint schema, beside the client that reads it
+from .in_domain import prompt_set
 
 EVAL_NAMES = ("self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain", "persona")
 OPT_IN_EVALS = ("persona",)  # not in the paper's or the smoke preset's eval.run (the paper has no such evaluation)
@@ -302,7 +303,7 @@ def eval_problems(cfg) -> list[str]:
                 "creator_labels: add the model's name and creator there"
             )
     if "in_domain" in ev.run:
-        key = ev.in_domain.dataset or cfg.em_dataset.in_domain_prompts or cfg.em_dataset.name
+        key = prompt_set(ev.in_domain, cfg.em_dataset)
         if key not in ev.in_domain.datasets:
             problems.append(
                 f"eval.in_domain: no prompt set for EM dataset {key!r}; add eval.in_domain.datasets.{key} "
