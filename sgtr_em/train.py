@@ -50,8 +50,10 @@ def main(cfg: DictConfig) -> float | None:
         raise
     if metrics is None:  # a node other than node 0 of a multi-node job: it only joined the trainings
         return None
-    log.info("Results: %s (metrics.json, eval/*/samples.jsonl, stages.json)", run_dir)
-    print(summary_lines(run_dir, metrics))
+    log.info("Results: %s (metrics.json, summary.txt, eval/*/samples.jsonl, stages.json)", run_dir)
+    summary = summary_lines(run_dir, metrics)
+    (run_dir / "summary.txt").write_text(summary.lstrip("\n") + "\n")  # the console's closing lines, kept with the run
+    print(summary)
     sr = metrics.get("self_recognition", {}).get("accuracy")
     return sr  # what a Hydra sweeper optimises, if one is used
 

@@ -107,6 +107,8 @@ def assert_an_effect_is_measured(proc, run_dir: Path, metrics: dict) -> None:
     ]
     assert effects and effects[0].startswith("effect on self_recognition headline, argmax vs all sources: base model")
     print("\n".join(effects))
+    kept = (run_dir / "summary.txt").read_text()  # the printed summary, kept with the run
+    assert all(e in kept for e in effects) and kept.startswith("sgtr-em: results in ")
     measured = [e for e in effects if "the interval EXCLUDES the base value: a measured effect" in e]
     assert measured, effects  # at least one SR metric's interval excludes the base model's value
 

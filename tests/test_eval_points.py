@@ -147,7 +147,7 @@ def test_the_summary_prints_each_effect_against_the_base_value():
         ),
         (
             "effect on self_recognition sampled_expected_accuracy: base model 0.035 -> final 0.500 [0.250, 0.750]; "
-            "the interval EXCLUDES the base value: a measured effect (invalid rate 0.958 -> 0.000)"
+            "the interval EXCLUDES the base value: a measured effect of +0.465 (invalid rate 0.958 -> 0.000)"
         ),
     ]
     assert effect_lines({"em": {"headline": 0.1}}, final) == []  # nothing to compare

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from safetensors.torch import save_file
 
 from sgtr_em.compute import cpu_cores, cpu_threads, thread_env
 from sgtr_em.job import drop_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _stage(tmp_path):
@@ -124,3 +128,21 @@ def test_a_pure_position_bias_is_said_to_be_chance_by_construction():
     )
     [line] = summary_lines({"self_recognition": {**sr, "chose_first_rate": 0.75}})
     assert "position bias" not in line
+
+
+def test_the_readmes_config_group_table_lists_every_option():
+    """README's "Config groups" table names every option file of each group it lists (sweeps have their own table):
+    a newcomer reads the options there, and a new option file that the table misses fails here."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Config groups (`conf/`)")[1].split("\n\n")[1].splitlines()[2:]
+    checked = 0
+    for row in table:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        groups, options = re.findall(r"`([^`]+)`", cells[0]), set(re.findall(r"`([^`]+)`", cells[1]))
+        for group in groups:
+            if group == "sweep":
+                continue
+            files = {p.stem for p in (REPO / "conf" / group).glob("*.yaml")}
+            assert files == options, (group, sorted(files - options), sorted(options - files))
+            checked += 1
+    assert checked >= 15

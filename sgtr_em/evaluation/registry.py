@@ -98,7 +98,7 @@ def effect_lines(base: dict, final: dict) -> list[str]:
             if ci["low"] <= b[key] <= ci["high"]:
                 verdict = "the interval includes the base value: no effect measured"
             else:
-                verdict = "the interval EXCLUDES the base value: a measured effect"
+                verdict = f"the interval EXCLUDES the base value: a measured effect of {f[key] - b[key]:+.3f}"
             what = f"headline, {f.get('headline_definition')}" if key == "headline" else key
             lines.append(
                 f"effect on {name} {what}: base model {b[key]:.3f} -> final {f[key]:.3f} {fmt(ci)}; {verdict}{invalid}"

@@ -306,7 +306,8 @@ def eval_problems(cfg) -> list[str]:
         key = prompt_set(ev.in_domain, cfg.em_dataset)
         if key not in ev.in_domain.datasets:
             problems.append(
-                f"eval.in_domain: no prompt set for EM dataset {key!r}; add eval.in_domain.datasets.{key} "
-                f"(known: {sorted(ev.in_domain.datasets)}) or set eval.in_domain.dataset"
+                f"eval.in_domain: no prompt set {key!r} for EM dataset {cfg.em_dataset.name!r}; add "
+                f"eval.in_domain.datasets.{key}, or name a known set (em_dataset.in_domain_prompts or "
+                f"eval.in_domain.dataset: {sorted(ev.in_domain.datasets)})"
             )
     return problems
