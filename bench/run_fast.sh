@@ -37,11 +37,11 @@ for part in "$@"; do
       step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em$TAG.json"
       step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr$TAG.json"
       ;;
-    noliger)  # the memory model without liger-kernel (TRL's fused LM head either way): its budget, then a larger one
+    noliger)  # the memory model without liger-kernel (no logits: TRL's fused LM head): predicted against measured peaks
       step 200 $F --shape qwen2.5-7b --mix sgtr --steps 4 --warmup 1 --skip-baseline --override compute.liger=false \
         --out "$OUT/fast_7b_sgtr_noliger$TAG.json"
-      step 200 $F --shape qwen2.5-7b --mix sgtr --steps 4 --warmup 1 --skip-baseline --override compute.liger=false \
-        --override compute.token_budget=5770 --out "$OUT/fast_7b_sgtr_noliger_b5770$TAG.json"
+      step 300 $F --shape qwen2.5-32b --mix sgtr --steps 3 --warmup 1 --skip-baseline --override compute.liger=false \
+        --out "$OUT/fast_32b_sgtr_noliger$TAG.json"
       ;;
     gen)  # 7B: naive, the old fixed batch of 64, the default engine (batch fitted to memory), continuous batching
       step 300 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
