@@ -53,11 +53,14 @@ class GridPlan:
     def summary(self) -> str:
         runs, distinct = self.stage_runs, self.distinct_stages
         by_kind = lambda stages: ", ".join(f"{k} {n}" for k, n in sorted(Counter(s.kind for s in stages).items()))  # noqa: E731
+        stages_dir = Path(self.configs[0].paths.stages_dir) if self.configs else None
+        done = [h for h in distinct if stages_dir and (stages_dir / h / "done").exists()]
         lines = [
             f"{len(self.jobs)} jobs",
             f"stages asked for: {len(runs)} ({by_kind(runs)})",
             f"distinct stages to train: {len(distinct)} ({by_kind(distinct.values())}); "
             f"{len(runs) - len(distinct)} reused",
+            f"already done in {stages_dir} (reused, not retrained): {len(done)} of the {len(distinct)}",
             f"distinct final models to evaluate: {len({j.final_model for j in self.jobs})}",
         ]
         invalid = [j for j in self.jobs if j.problem]
