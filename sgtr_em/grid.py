@@ -58,9 +58,10 @@ class GridPlan:
         lines = [
             f"{len(self.jobs)} jobs",
             f"stages asked for: {len(runs)} ({by_kind(runs)})",
-            f"distinct stages to train: {len(distinct)} ({by_kind(distinct.values())}); "
-            f"{len(runs) - len(distinct)} reused",
-            f"already done in {stages_dir} (reused, not retrained): {len(done)} of the {len(distinct)}",
+            f"distinct stages: {len(distinct)} ({by_kind(distinct.values())}); "
+            f"{len(runs) - len(distinct)} asked for again, trained once",
+            f"already done in {stages_dir}: {len(done)} of the {len(distinct)} (reused); to train: "
+            f"{len(distinct) - len(done)}",
             f"distinct final models to evaluate: {len({j.final_model for j in self.jobs})}",
         ]
         invalid = [j for j in self.jobs if j.problem]

@@ -226,15 +226,15 @@ def test_the_plan_command_prints_the_counts(capsys, tmp_path):
     grid_main([*args, "--out", str(tmp_path / "plan.json")])
     out = capsys.readouterr().out
     assert "4 jobs" in out and "stages asked for: 6 (em 4, intervention 2)" in out
-    assert "distinct stages to train: 4 (em 2, intervention 2); 2 reused" in out
-    assert f"already done in {tmp_path}/stages (reused, not retrained): 0 of the 4" in out
+    assert "distinct stages: 4 (em 2, intervention 2); 2 asked for again, trained once" in out
+    assert f"already done in {tmp_path}/stages: 0 of the 4 (reused); to train: 4" in out
     assert out.count("  #") == 4
     plan = json.loads((tmp_path / "plan.json").read_text())
     done = tmp_path / "stages" / plan["jobs"][0]["stages"][0] / "done"  # a stage trained before
     done.parent.mkdir(parents=True)
     done.write_text("{}")
     grid_main([*args, "--out", str(tmp_path / "plan.json")])
-    assert "(reused, not retrained): 1 of the 4" in capsys.readouterr().out
+    assert "stages: 1 of the 4 (reused); to train: 3" in capsys.readouterr().out
 
 
 def test_cfg_job_works_on_a_sweep_file():
