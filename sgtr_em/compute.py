@@ -241,6 +241,11 @@ def _merge(base: dict, over: dict) -> dict:
 # 7B no checkpointing 51.5 / 46.6 GiB (5,824 tokens), 72.8 / 66.6 (9,568); 32B all recomputed 72.7 / 69.6 (5,126),
 # 72.8 / 70.8 (5,313). The ~10 % over the allocated peak is used: the allocator reserved 78.1 of 79.2 GiB at 9,568.
 ACTIVATION_FACTOR = 1.6
+# Without liger-kernel a token's activations are 1.25x those with it (7B shape, SGTR mix, one H100, transformers 5.23,
+# no recomputation: 6.43 against 5.16 MiB a token above the weights; bench/results/issue18-h100/
+# fast_7b_sgtr_noliger_tf5.23.0.json, fast_7b_sgtr_tf5.23_masks.json). Counting the saved tensors instead (fp32 norm
+# inputs, SiLU's output) predicted 1.66x: 72.6 GiB at the 5,746 tokens that measured 54.4.
+NO_LIGER_ACTIVATIONS = 1.25
 FIXED_OVERHEAD_GIB = 3.0  # CUDA context, cuBLAS workspaces, the optimizer's temporaries, fragmentation
 MEMORY_USE = 0.92  # plan for this share of the card (the rest: headroom for the longest step's fragmentation)
 SATURATING_TOKENS = 4096  # a micro-batch this large keeps the matmuls near peak: below it checkpoint no more layers
@@ -304,9 +309,9 @@ def layer_bytes_per_token(shape: dict, liger: bool) -> float:
     """Bytes a non-recomputed decoder layer keeps per token for its backward pass (bf16, LoRA on every linear)."""
     d, ff, kv = shape["hidden"], shape["intermediate"], shape["kv"]
     attention = 2 * (6 * d + 3 * kv)  # normed input, q, q after RoPE, k, k after RoPE, v, attention out, o input
-    if liger:  # Liger's RMSNorm keeps bf16 input + rstd; its SwiGLU keeps gate and up, recomputes SiLU
-        return ACTIVATION_FACTOR * (attention + 2 * 2 * d + 2 * 2 * ff)
-    return ACTIVATION_FACTOR * (attention + 2 * 4 * d + 2 * 4 * ff)  # fp32 norm inputs; gate, up, SiLU, product
+    # Liger's RMSNorm keeps bf16 input + rstd; its SwiGLU keeps gate and up, recomputes SiLU
+    liger_bytes = ACTIVATION_FACTOR * (attention + 2 * 2 * d + 2 * 2 * ff)
+    return liger_bytes if liger else NO_LIGER_ACTIVATIONS * liger_bytes  # fp32 norm inputs, SiLU's output kept
 
 
 def training_memory_gib(
