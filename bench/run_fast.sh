@@ -33,15 +33,20 @@ for part in "$@"; do
       step 200 $F --shape qwen2.5-7b --mix em --steps 16 --warmup 3 --out "$OUT/fast_7b_em$TAG.json"
       step 240 $F --shape qwen2.5-7b --mix sgtr --steps 8 --warmup 2 --baseline-micro 4 --out "$OUT/fast_7b_sgtr$TAG.json"
       ;;
-    32b)
-      step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em$TAG.json"
-      step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 --out "$OUT/fast_32b_sgtr$TAG.json"
+    32b|32b-em|32b-sgtr)  # 32b: both mixes
+      [ "$part" = 32b-sgtr ] || step 260 $F --shape qwen2.5-32b --mix em --steps 10 --warmup 2 --out "$OUT/fast_32b_em$TAG.json"
+      [ "$part" = 32b-em ] || step 300 $F --shape qwen2.5-32b --mix sgtr --steps 5 --warmup 1 --baseline-micro 4 \
+        --out "$OUT/fast_32b_sgtr$TAG.json"
       ;;
     noliger)  # the memory model without liger-kernel (no logits: TRL's fused LM head): predicted against measured peaks
       step 200 $F --shape qwen2.5-7b --mix sgtr --steps 4 --warmup 1 --skip-baseline --override compute.liger=false \
         --out "$OUT/fast_7b_sgtr_noliger$TAG.json"
       step 300 $F --shape qwen2.5-32b --mix sgtr --steps 3 --warmup 1 --skip-baseline --override compute.liger=false \
         --out "$OUT/fast_32b_sgtr_noliger$TAG.json"
+      ;;
+    noliger-check)  # the 7B line above again, at the budget of the memory model calibrated on it (NO_LIGER_ACTIVATIONS)
+      step 200 $F --shape qwen2.5-7b --mix sgtr --steps 4 --warmup 1 --skip-baseline --override compute.liger=false \
+        --out "$OUT/fast_7b_sgtr_noliger_calibrated$TAG.json"
       ;;
     gen)  # 7B: naive, the old fixed batch of 64, the default engine (batch fitted to memory), continuous batching
       step 300 python3 bench/generation_throughput.py --shape qwen2.5-7b --tokenizer outputs/bench/assets/tokenizer \
@@ -84,7 +89,7 @@ for part in "$@"; do
       TAG="_tf$(python3 -c 'import transformers; print(transformers.__version__)')"
       echo "=== newtf: transformers ${TAG#_tf}"
       ;;
-    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | genstatic2 | gensweep | genprof | varlen | noliger | newtf)"; exit 2 ;;
+    *) echo "unknown part: $part (tiny | 7b | 32b | gen | gen32 | genstatic | genstatic2 | gensweep | genprof | varlen | noliger | noliger-check | 32b-em | 32b-sgtr | newtf)"; exit 2 ;;
   esac
 done
 exit $failed

@@ -64,10 +64,10 @@ def test_packing_covers_every_sequence_within_the_budget():
         (SHAPE_7B, 7.6e9, 79.2, 0.0, 9604, True),  # 7B on an 80 GB H100: no recomputation, 9.6k tokens
         (SHAPE_32B, 32.8e9, 139.8, 0.265625, 4149, True),  # 32B on a 141 GB H200: a quarter recomputed
         (SHAPE_32B, 32.8e9, 79.2, 1.0, 4282, True),  # 32B on an 80 GB H100: all layers recomputed
-        # without liger-kernel: fp32 norm inputs and SwiGLU's intermediates, no logits (TRL's fused LM head)
-        (SHAPE_7B, 7.6e9, 79.2, 0.0, 5779, False),
-        (SHAPE_32B, 32.8e9, 139.8, 0.578125, 4226, False),
-        (SHAPE_32B, 32.8e9, 79.2, 1.0, 3523, False),
+        # without liger-kernel: 1.25x the activations (measured), no logits either way (TRL's fused LM head)
+        (SHAPE_7B, 7.6e9, 79.2, 0.0, 7683, False),
+        (SHAPE_32B, 32.8e9, 139.8, 0.421875, 4164, False),
+        (SHAPE_32B, 32.8e9, 79.2, 1.0, 3959, False),
     ],
 )
 def test_the_memory_model_checkpoints_the_fewest_layers_that_fit(shape, params, gpu, fraction, budget, liger):
@@ -94,6 +94,16 @@ def test_calibration_points():
     assert peak(SHAPE_7B, 7_615_616_512, 80_740_352, 0.0) == pytest.approx(39.2, rel=0.1)
     assert peak(SHAPE_32B, 32_763_876_352, 268_435_456, 0.3) == pytest.approx(121.3, rel=0.06)
     assert peak(SHAPE_32B, 32_763_876_352, 268_435_456, 0.5) == pytest.approx(106.1, rel=0.06)
+    # without Liger (one H100, bench/results/issue18-h100/fast_*_sgtr_noliger_tf5.23.0.json): 7B 54.4 GiB allocated at
+    # 5,746 tokens; 32B all layers recomputed 70.1 at 4,359 (the model keeps ~8 % over the allocated peak, as with Liger)
+    no_liger = dict(liger=False, fraction=0.0)
+    assert training_memory_gib(
+        SHAPE_7B, n_params=7_615_616_512, lora_params=80_740_352, tokens=5746, **no_liger
+    ) == pytest.approx(54.4 * 1.09, rel=0.02)
+    no_liger["fraction"] = 1.0
+    assert training_memory_gib(
+        SHAPE_32B, n_params=32_763_876_352, lora_params=268_435_456, tokens=4359, **no_liger
+    ) == pytest.approx(70.1 * 1.03, rel=0.02)
 
 
 def test_auto_is_fast_on_a_gpu_and_unchanged_on_a_cpu():
