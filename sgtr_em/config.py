@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import secrets
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -32,6 +35,8 @@ from .data.interventions import intervention_problems
 from .defences import DefenceConfig, defence_problems
 from .evaluation.schemas import ApiConfig, EvalConfig, JudgeConfig, ProtocolConfig, eval_problems
 from .preflight import config_problems
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups
 
 
 @dataclass
@@ -358,6 +363,45 @@ def unknown_keys(node: Any, path: str = "") -> list[str]:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             problems += unknown_keys(child, where)
+    return problems
+
+
+def _schema_of(tp: Any) -> Any:
+    """The dataclass a field's annotation names (through Optional), else None: a dict, list or value ends the walk."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return (
+        args[0]
+        if typing.get_origin(tp) is typing.Union and len(args) == 1 and dataclasses.is_dataclass(args[0])
+        else None
+    )
+
+
+def override_problems(argv: list[str]) -> list[str]:
+    """Command-line overrides `key=value` (or `++key=value`) whose key the schema does not declare. Hydra's own error
+    for them suggests `+key=value`, which a typed group refuses as well (`unknown_keys`); this names the key that
+    was meant, before Hydra composes anything. `+`/`~` overrides, `hydra...` keys, `group@package` and `group/option`
+    forms are Hydra's to check. The config groups' names (conf/) are keys too: experiment=..., sweep=...."""
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    problems = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        key = key.removeprefix("++")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", key) or key.split(".")[0] == "hydra":
+            continue
+        schema, path = Config, ""
+        for part in key.split("."):
+            hints = typing.get_type_hints(schema)
+            declared = set(hints) | (groups if not path else set())
+            if part not in declared:
+                close = difflib.get_close_matches(part, sorted(declared), n=1)
+                hint = f"did you mean {path}{close[0]}? " if close else ""
+                problems.append(f"{key}: not a key of {schema.__name__} ({hint}see `--cfg job` for every key)")
+                break
+            schema, path = _schema_of(hints.get(part)), f"{path}{part}."
+            if schema is None:  # a value, a dict (open to any key) or a group with no schema: Hydra checks the rest
+                break
     return problems
 
 

@@ -22,11 +22,9 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from .config import register_configs, validate
+from .config import CONF_DIR, override_problems, register_configs, validate
 from .cost import estimate, summary_lines, to_json
 from .plan import Stage, content_hash, final_model_identity, plan_stages
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
@@ -112,6 +110,8 @@ def main(argv: list[str]) -> dict:
         for i, a in enumerate(argv)
         if a not in ("--jobs", "-m", "--multirun", "--out") and not (i and argv[i - 1] == "--out")
     ]
+    if problems := override_problems(overrides):
+        sys.exit("sgtr-em: refused, nothing was planned:\n  - " + "\n  - ".join(problems))
     grid = plan_grid(overrides)
     cost = estimate(grid, grid.configs, Path(grid.configs[0].paths.data_dir))
     print(f"sgtr-em plan of `{' '.join(overrides)}`:\n  " + grid.summary().replace("\n", "\n  "))

@@ -21,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import register_configs, validate
+from .config import override_problems, register_configs, validate
 from .evaluation.registry import effect_lines, summary_lines as eval_lines
 from .io import read_json
 from .job import run_job
@@ -68,5 +68,7 @@ def multirun_cfg_argv(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    if problems := override_problems(sys.argv[1:]):  # before Hydra, whose hint for them (`+key=...`) fails too
+        sys.exit("sgtr-em: refused, nothing was run or written:\n  - " + "\n  - ".join(problems))
     sys.argv = multirun_cfg_argv(sys.argv)
     main()

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from sgtr_em.config import GROUP_SCHEMAS, register_configs, validate
+from sgtr_em.config import GROUP_SCHEMAS, override_problems, register_configs, validate
 
 from .conftest import REPO
 
@@ -223,6 +223,52 @@ def test_plus_typo_on_the_command_line_fails_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "training.learning_rat: not a key of TrainingConfig (did you mean training.learning_rate?" in proc.stderr
     assert not list(tmp_path.rglob("stages"))  # nothing trained
+
+
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        yield from _leaves(v, key + ".") if isinstance(v, dict) and v else [key]
+
+
+@pytest.mark.parametrize("extra", [(), ("model=qwen32b", "eval=paper", "experiment=main_grid"), ("model=gpt41",)])
+def test_every_key_of_a_composed_config_passes_the_command_line_check(extra):
+    """`override_problems` walks the schemas: every key a composed config has (leaves, and dict-typed fields' own
+    keys) is one it accepts, so a valid override is never refused."""
+    cfg = OmegaConf.to_container(_compose(*extra))
+    keys = [k for k in _leaves(cfg) if not k.startswith("hydra.")]
+    assert len(keys) > 200
+    assert override_problems([f"{k}=1" for k in keys] + list(extra)) == []
+
+
+@pytest.mark.parametrize(
+    "override, meant",
+    [
+        ("stage_ordr=reversal", "did you mean stage_order?"),
+        ("training.learning_rat=1e-4", "did you mean training.learning_rate?"),
+        ("++eval.em.samples_per_qustion=3", "did you mean eval.em.samples_per_question?"),
+        ("compute.micro_batch=4", "did you mean compute."),
+    ],
+)
+def test_a_misspelt_key_is_named_with_the_meant_one(override, meant):
+    """Hydra's own error for a plain override of an unknown key says `+key=...`, which a typed group refuses too."""
+    (problem,) = override_problems([override])
+    assert problem.startswith(override.lstrip("+").split("=")[0] + ": not a key of ") and meant in problem
+
+
+def test_a_misspelt_key_on_the_command_line_fails_before_hydra(tmp_path):
+    for module, args in (("sgtr_em.train", ["-m", "stage_ordr=reversal,em_only"]), ("sgtr_em.grid", ["stage_ordr=x"])):
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SGTR_EM_OUTPUT_DIR": str(tmp_path)},
+        )
+        assert proc.returncode != 0, module
+        assert "stage_ordr: not a key of Config (did you mean stage_order?" in proc.stderr, module
+        assert "+stage_ordr" not in proc.stderr, module  # not Hydra's hint
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_a_groups_schema_is_not_an_option():
