@@ -14,7 +14,13 @@ import pytest
 from sgtr_em.report import aggregate
 from sgtr_em.report.__main__ import main
 from sgtr_em.report.build import write_report
-from sgtr_em.report.collect import job_from_wandb_run, jobs_from_folder, jobs_from_wandb
+from sgtr_em.report.collect import (
+    collect_wandb,
+    job_from_wandb_run,
+    jobs_from_folder,
+    jobs_from_wandb,
+    unfinished_job_dirs,
+)
 from sgtr_em.report.tables import metric_csv
 from sgtr_em.tracking import GROUP_KEYS, flatten
 
@@ -143,6 +149,37 @@ def test_a_wandb_run_maps_back_to_the_jobs_metrics():
     assert job.metrics["em/misaligned_rate_mo"] == 0.25 and job.metrics["self_recognition/accuracy"] == 0.75
     assert job.metrics["self_recognition/per_source/human/accuracy"] == 0.75 and job.source == "e/p/run3"
     assert job_from_wandb_run(SimpleNamespace(config={"seed": 0}, summary_metrics={"train/1_em/loss": 1.0})) is None
+
+
+def test_a_report_names_the_jobs_without_results(tmp_path, capsys):
+    """A sweep with a failed job (its folder has `.hydra/` and `train.log`, no metrics.json) is not averaged over
+    fewer seeds without a word: the report and the console name it, from folders and from W&B alike."""
+    for seed in (0, 1, 2):
+        make_job(tmp_path, seed, seed=seed, metrics=em_sr(0.1 * seed, 0.5))
+    (tmp_path / "1" / "metrics.json").unlink()  # failed
+    (tmp_path / "0" / "base" / "eval").mkdir(parents=True)  # the base model's point: not a job
+    assert unfinished_job_dirs(tmp_path) == [str(tmp_path / "1")]
+    assert main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "2 jobs, 1 conditions" in out and "1 more jobs have no results" in err and str(tmp_path / "1") in err
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert (
+        f"- warning: 1 of 3 jobs have no results (failed or still running), not in any number below: {tmp_path / '1'}"
+        in report
+    )
+    assert "2 (seeds 0, 2)" in report
+
+    def runs(path, filters):
+        done = run_like(em_sr(0.1, 0.5), 0)
+        return [
+            done,
+            SimpleNamespace(config={"seed": 1}, summary_metrics={}, summary={}, path=["e", "p", "r1"], state="crashed"),
+        ]
+
+    jobs, unfinished = collect_wandb("g", entity="e", project="p", api=SimpleNamespace(runs=runs))
+    assert len(jobs) == 1 and unfinished == ["e/p/r1 (crashed)"]
+    write_report(jobs, tmp_path / "online", source="g", unfinished=unfinished)
+    assert "warning: 1 of 2 jobs have no results" in (tmp_path / "online" / "report.md").read_text()
 
 
 def test_the_wandb_path_gives_the_same_tables_as_the_folders(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .aggregate import INTERVALS
 from .build import write_report
-from .collect import jobs_from_folder, jobs_from_wandb
+from .collect import collect_wandb, jobs_from_folder, unfinished_job_dirs
 from .dashboard import definition, workspace
 
 
@@ -56,15 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if Path(args.source).exists():
-        jobs, out = jobs_from_folder(args.source), Path(args.out or Path(args.source) / "report")
+        jobs, unfinished = jobs_from_folder(args.source), unfinished_job_dirs(args.source)
+        out = Path(args.out or Path(args.source) / "report")
     else:
-        jobs = jobs_from_wandb(args.source, entity=args.entity, project=args.project)
+        jobs, unfinished = collect_wandb(args.source, entity=args.entity, project=args.project)
         out = Path(args.out or Path(os.environ.get("SGTR_EM_OUTPUT_DIR", "outputs")) / "reports" / args.source)
-    written = write_report(jobs, out, source=args.source, interval=args.interval)
+    written = write_report(jobs, out, source=args.source, interval=args.interval, unfinished=unfinished)
     print(
         f"{len(jobs)} jobs, {len(written['conditions'])} conditions -> {written['markdown']}, {written['html']}, "
         f"{len(written['table'])} metric tables (tables/*.md, *.csv), {len(written['figures'])} figures"
     )
+    if unfinished:
+        print(
+            f"warning: {len(unfinished)} more jobs have no results (failed or still running), left out:",
+            file=sys.stderr,
+        )
+        print("  " + "\n  ".join(unfinished), file=sys.stderr)
     return 0
 
 

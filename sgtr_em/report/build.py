@@ -28,9 +28,12 @@ def seeds_fact(jobs: list[Job]) -> str:
     return f"{len(seeds)} (seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))})"
 
 
-def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str = "t") -> dict:
+def write_report(
+    jobs: list[Job], out: str | Path, *, source: str, interval: str = "t", unfinished: list[str] = ()
+) -> dict:
     """Writes the report of `jobs` under `out`; returns the files written ('markdown', 'html', 'tables', 'figures')
-    and what they show ('table': {metric key: rows}, 'conditions')."""
+    and what they show ('table': {metric key: rows}, 'conditions'). `unfinished`: the source's jobs without results
+    (failed or still running), named at the top of the report."""
     out = Path(out)
     fields = varying_fields(jobs)
     conditions = group_conditions(jobs)
@@ -40,6 +43,14 @@ def write_report(jobs: list[Job], out: str | Path, *, source: str, interval: str
     meta = {
         "source": source,
         "facts": {
+            **(
+                {
+                    f"warning: {len(unfinished)} of {len(jobs) + len(unfinished)} jobs have no results (failed or "
+                    "still running), not in any number below": "; ".join(unfinished)
+                }
+                if unfinished
+                else {}
+            ),
             "jobs": len(jobs),
             "conditions": len(conditions),
             "condition fields (vary across the jobs)": ", ".join(fields) or "none (one condition)",

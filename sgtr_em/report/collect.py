@@ -39,6 +39,16 @@ def find_job_dirs(root: str | Path) -> list[Path]:
     return sorted(dirs, key=lambda p: _natural(p.relative_to(root)))
 
 
+def unfinished_job_dirs(root: str | Path) -> list[str]:
+    """Job folders under `root` without `metrics.json`: failed, refused or still running. A report over a sweep
+    says so, rather than averaging fewer seeds without a word."""
+    root = Path(root)
+    dirs = {
+        p.parent.parent for p in root.rglob(".hydra/config.yaml") if not (p.parent.parent / "metrics.json").exists()
+    }
+    return [str(d) for d in sorted(dirs, key=lambda p: _natural(p.relative_to(root)))]
+
+
 def _overrides(job_dir: Path) -> dict[str, str]:
     path = job_dir / ".hydra" / "overrides.yaml"
     out = {}
@@ -105,13 +115,26 @@ def job_from_wandb_run(run) -> Optional[Job]:
 
 def jobs_from_wandb(group: str, *, entity: Optional[str], project: str, api=None) -> list[Job]:
     """The runs of one W&B group (one sweep: sgtr_em/tracking.py), through the public API (needs a login)."""
+    return collect_wandb(group, entity=entity, project=project, api=api)[0]
+
+
+def collect_wandb(group: str, *, entity: Optional[str], project: str, api=None) -> tuple[list[Job], list[str]]:
+    """The group's runs with evaluation results as Jobs, and the others ("<run path> (<state>)": running, failed,
+    crashed before its evaluation)."""
     if api is None:
         import wandb
 
         api = wandb.Api()
     path = f"{entity}/{project}" if entity else project
     runs: Iterable = api.runs(path, filters={"group": group})
-    jobs = [j for j in map(job_from_wandb_run, runs) if j is not None]
+    jobs, unfinished = [], []
+    for run in runs:
+        job = job_from_wandb_run(run)
+        if job is not None:
+            jobs.append(job)
+        else:
+            where = "/".join(str(p) for p in getattr(run, "path", []) or [getattr(run, "id", "?")])
+            unfinished.append(f"{where} ({getattr(run, 'state', 'unknown')})")
     if not jobs:
         raise LookupError(f"W&B {path}: no run of group {group!r} has evaluation results (eval/... in its summary)")
-    return jobs
+    return jobs, unfinished
