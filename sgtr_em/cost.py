@@ -180,6 +180,7 @@ class EvalCost:
     judge_input_tokens: int = 0
     judge_output_tokens: int = 0
     by_eval: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)  # what is not counted
 
 
 def eval_cost(cfg, data_dir: Path) -> EvalCost:
@@ -224,8 +225,11 @@ def eval_cost(cfg, data_dir: Path) -> EvalCost:
                 summary = cfg.prompts.summary[sr.articles].max_new_tokens
                 out.generated_tokens += n * summary
                 out.by_eval["self_recognition"]["generated_tokens"] += n * summary
-        else:  # mmlu: likelihood scoring, nothing generated
+        elif name in ("mmlu", "persona"):  # likelihood scoring, prompt activations: nothing generated
             out.by_eval[name] = {"answers": 0, "generated_tokens": 0, "judge_calls": 0}
+        else:  # a new evaluation (a plugin too): counted as nothing, and said so
+            out.by_eval[name] = {"answers": 0, "generated_tokens": 0, "judge_calls": 0}
+            out.notes.append(f"evaluation {name!r} is not counted: its cost is not in sgtr_em/cost.py eval_cost")
     return out
 
 
@@ -238,7 +242,7 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
             model_of[s.hash] = cfg
     per_stage = {h: stage_cost(s, data_dir) for h, s in stages.items()}
     train_tokens = sum(c.tokens for c in per_stage.values())
-    gpu_hours, how = {"H100": 0.0, "H200": 0.0}, {}
+    gpu_hours, how, uncounted = {"H100": 0.0, "H200": 0.0}, {}, set()
     api_train_tokens = 0
     for h, c in per_stage.items():
         cfg = model_of[h]
@@ -250,6 +254,8 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
             how[f"{cfg.model.name} {device}"] = note
             if tps:
                 gpu_hours[device] += c.tokens / tps / 3600
+            else:
+                uncounted.add(f"GPU-hours on the {device} leave out model {cfg.model.name}'s stages: {note}")
     evals, seen = EvalCost(), set()
     judge_usd = gen_api_usd = 0.0
     for job, cfg in zip(grid.jobs, cfgs):
@@ -257,6 +263,7 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
             continue
         seen.add(job.final_model)
         e = eval_cost(cfg, data_dir)
+        uncounted.update(e.notes)
         evals.generated_tokens += e.generated_tokens
         evals.judge_calls += e.judge_calls
         evals.judge_input_tokens += e.judge_input_tokens
@@ -275,7 +282,7 @@ def estimate(grid, cfgs: list, data_dir: Path) -> dict:
     ) / 1e6
     api_cfg = next((c for c in cfgs if backend_of(c).api), None)
     train_usd = api_train_tokens * api_cfg.openai.training_usd_per_mtok / 1e6 if api_cfg else 0.0
-    notes = sorted({c.note for c in per_stage.values() if c.note})
+    notes = sorted({c.note for c in per_stage.values() if c.note} | uncounted)
     return {
         "distinct_stages": len(stages),
         "distinct_stages_by_kind": dict(Counter(s.kind for s in stages.values())),

@@ -33,6 +33,20 @@ from .inference.persona_direction import contrast_spec
 
 DEFENCE_KINDS = values(DefenceKind)
 LOSS_KINDS = ("kl", "ldifs")  # a term added to the SFT loss (training/defences.py)
+# The DefenceConfig fields each kind reads: its spec (the defended stage's hash) holds exactly these, and a job that
+# sets another one is refused (it would change nothing). A new kind needs its entry here, its member in
+# choices.DefenceKind, and its hook: make_defence (training/defences.py) or DATA_KINDS (data/defences.py).
+KIND_KEYS = {
+    "none": (),
+    "kl": ("weight",),
+    "ldifs": ("weight", "num_layers"),
+    "interleave": ("ratio", "pool"),
+    "interleave_ppl": ("ratio", "pool", "selection"),
+    "inoculation": ("prompt",),
+    "persona_steer": ("layer", "coef"),
+}
+ALWAYS_READ = ("name", "kind", "stages")
+SWEEP_WIDE = ("pool",)  # the interleave kinds' general pool: a grid sets it once for all its arms (sweep=defences)
 
 
 @dataclass
@@ -73,20 +87,10 @@ def defence_spec(cfg) -> Optional[dict]:
     d = cfg.get("defence")
     if d is None or d.kind == "none":
         return None
-    spec: dict = {"kind": d.kind}
-    if d.kind in LOSS_KINDS:
-        spec["weight"] = d.weight
-        if d.kind == "ldifs":
-            spec["num_layers"] = d.num_layers
-    if d.kind in ("interleave", "interleave_ppl"):
-        spec["ratio"] = d.ratio
-        spec["pool"] = OmegaConf.to_container(d.pool, resolve=True)
-        if d.kind == "interleave_ppl":
-            spec["selection"] = d.selection
-    if d.kind == "inoculation":
-        spec["prompt"] = d.prompt
+    values = OmegaConf.to_container(d, resolve=True)
+    spec: dict = {"kind": d.kind, **{key: values[key] for key in KIND_KEYS[d.kind]}}
     if d.kind == "persona_steer":
-        spec.update(layer=d.layer, coef=d.coef, direction=contrast_spec())
+        spec["direction"] = contrast_spec()  # how the persona direction is made: a new recipe is a new stage
     return spec
 
 
@@ -100,7 +104,20 @@ def defence_problems(cfg) -> list[str]:
     d = cfg.get("defence")
     if d is None:
         return []
-    problems = []
+    if d.kind not in KIND_KEYS:
+        return [
+            f"defence.kind: {d.kind} has no entry in KIND_KEYS (sgtr_em/defences.py): the keys it reads, so that "
+            "they enter its stage's hash; then its hook (make_defence in training/defences.py, or data/defences.py)"
+        ]
+    defaults = OmegaConf.to_container(OmegaConf.structured(DefenceConfig))
+    values = OmegaConf.to_container(d, resolve=True)
+    problems = [
+        f"defence.{key}: defence {d.name} (kind {d.kind}) does not read it"
+        + (f" (it reads {', '.join(KIND_KEYS[d.kind])})" if KIND_KEYS[d.kind] else "")
+        + ": leave it unset, or pick a kind that does"
+        for key, default in defaults.items()
+        if key not in (*ALWAYS_READ, *SWEEP_WIDE, *KIND_KEYS[d.kind]) and values.get(key) != default
+    ]
     if d.kind in LOSS_KINDS and d.weight <= 0:
         problems.append(f"defence.weight: {d.weight} must be positive for defence {d.name} (kind {d.kind})")
     if d.kind == "ldifs" and d.num_layers < 1:

@@ -28,7 +28,7 @@ from .evaluation.registry import eval_files, eval_module
 from .io import content_hash, read_json, read_jsonl, write_json
 from .models import resolve_model_path
 from .plan import Stage, final_model_identity, plan_stages
-from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems
+from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems, model_folder_problems
 from .training.sft import read_train_log
 from .workers import Interrupted, run_worker, set_cpu_threads, stop_on_signals
 
@@ -165,7 +165,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
     try:
         # before any work: a full disk, a read-only folder or a judge server that is not up fails now, not mid-job
         judged = [name for name in cfg.eval.run if eval_module(name, cfg).NEEDS_JUDGE]  # only these call the judge
-        problems = api_key_problems(cfg, judged) + folder_problems(cfg) + endpoint_problems(cfg, judged=judged)
+        problems = api_key_problems(cfg, judged) + folder_problems(cfg) + model_folder_problems(cfg)
+        problems += endpoint_problems(cfg, judged=judged)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))

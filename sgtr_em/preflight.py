@@ -183,6 +183,37 @@ def folder_problems(cfg, min_free_gib: float = 1.0) -> list[str]:
     return problems
 
 
+def model_folder_problems(cfg) -> list[str]:
+    """The local model folders the job loads (model.path, a local judge's judge.model) hold a transformers model
+    (config.json). A value that is no local path (`Qwen/Qwen2.5-32B-Instruct`) is a hub id, downloaded on first use;
+    with HF_HUB_OFFLINE set it must be in the hub cache already."""
+    uses = [] if backend_of(cfg).api else [("model.path", cfg.model.path)]
+    if cfg.judge.backend == "local":
+        uses.append(("judge.model", cfg.judge.model))
+    problems = []
+    for key, value in uses:
+        if not value:  # model.gguf_package (converted on first use); the judge: the base model
+            continue
+        path = Path(str(value)).expanduser()
+        in_a_folder = path.parent != Path(".") and path.parent.is_dir()  # models/mylm beside an existing models/
+        local = path.is_absolute() or str(value).startswith((".", "~")) or path.exists() or in_a_folder
+        if local and not (path / "config.json").is_file():
+            what = "has no config.json" if path.is_dir() else "does not exist"
+            problems.append(
+                f"{key}: {value} {what}, so it is no model folder: point {key} at a folder that "
+                "save_pretrained wrote, or at a hub id such as Qwen/Qwen2.5-32B-Instruct"
+            )
+        elif not local:
+            from huggingface_hub import constants, try_to_load_from_cache
+
+            if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(str(value), "config.json"), str):
+                problems.append(
+                    f"{key}: {value} is not a local folder, and as a hub id it is not in the hub cache while "
+                    "HF_HUB_OFFLINE is set: download it first (huggingface-cli download) or give its folder"
+                )
+    return problems
+
+
 def data_problems(files, stages) -> list[str]:
     """Stages whose data would come out empty, known from the files alone: summary pairs need articles that every
     other source summarised."""

@@ -30,11 +30,13 @@ log = logging.getLogger("sgtr_em")
 register_configs()
 
 
-def summary_lines(run_dir: Path, metrics: dict) -> str:
-    """The final console summary: one line per evaluation, then the effect of each one also run on the base model."""
+def summary_lines(run_dir: Path, metrics: dict, cfg=None) -> str:
+    """The final console summary: one line per evaluation (`cfg`: its plugins' too), then the effect of each one
+    also run on the base model."""
     base = run_dir / "base" / "metrics.json"  # eval.base: the base model's evaluation point
     effects = effect_lines(read_json(base), metrics) if base.exists() else []
-    return "\n".join([f"\nsgtr-em: results in {run_dir}", *(f"  {line}" for line in eval_lines(metrics) + effects)])
+    lines = eval_lines(metrics, cfg) + effects
+    return "\n".join([f"\nsgtr-em: results in {run_dir}", *(f"  {line}" for line in lines)])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -51,7 +53,7 @@ def main(cfg: DictConfig) -> float | None:
     if metrics is None:  # a node other than node 0 of a multi-node job: it only joined the trainings
         return None
     log.info("Results: %s (metrics.json, summary.txt, eval/*/samples.jsonl, stages.json)", run_dir)
-    summary = summary_lines(run_dir, metrics)
+    summary = summary_lines(run_dir, metrics, cfg)
     (run_dir / "summary.txt").write_text(summary.lstrip("\n") + "\n")  # the console's closing lines, kept with the run
     print(summary)
     sr = metrics.get("self_recognition", {}).get("accuracy")

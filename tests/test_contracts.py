@@ -184,3 +184,9 @@ def test_a_toy_eval_from_the_tests_folder_is_one_module_and_its_yaml(tmp_path):
     assert len((tmp_path / "point" / "eval" / "toy" / "samples.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="eval.run: unknown evaluation 'tyo'"):
         validate(_compose(*TOY[:2], "eval.run=[tyo]"))
+    # a plugin is a first-class evaluation: on the base model too (eval.base), and in the run's closing summary
+    validate(_compose(*TOY, "eval.base=[toy]"))
+    from sgtr_em.train import summary_lines
+
+    summary = summary_lines(tmp_path / "point", {**metrics, "model": {"path": "unused"}}, cfg)
+    assert summary.splitlines()[2:] == ["  toy: 3 items, mean length 2"]

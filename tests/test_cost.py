@@ -93,3 +93,25 @@ def test_the_in_domain_cost_counts_the_prompt_set_the_eval_asks(data_dir):
     prompts = len(cfg.eval.in_domain.datasets.insecure.prompts[: cfg.eval.in_domain.max_prompts])
     assert in_domain["answers"] == prompts * cfg.eval.in_domain.samples_per_prompt > 0
     assert in_domain["judge_calls"] == in_domain["answers"]
+
+
+def test_what_the_estimate_cannot_count_is_said(data_dir, monkeypatch):
+    """An evaluation the estimate has no rule for (a plugin, a new module) and a model without a parameter count are
+    notes on the console, not silent zeros."""
+    from omegaconf import OmegaConf
+
+    from sgtr_em import cost
+
+    from .test_config import _compose
+
+    cfg = _compose("eval=paper")
+    OmegaConf.set_struct(cfg, False)
+    cfg.eval.run = ["mmlu", "persona", "refusal"]
+    e = cost.eval_cost(cfg, data_dir)
+    assert e.by_eval["refusal"]["generated_tokens"] == 0
+    assert e.notes == ["evaluation 'refusal' is not counted: its cost is not in sgtr_em/cost.py eval_cost"]
+    monkeypatch.delitem(cost.MODEL_PARAMS, "smollm2")
+    grid = grid_main(["stage_order=em_only", f"paths.data_dir={data_dir}", "--out", "/dev/null"])
+    assert "GPU-hours on the H100 leave out model smollm2's stages: no parameter count for model 'smollm2'" in str(
+        grid["cost"]["notes"]
+    )

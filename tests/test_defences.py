@@ -4,6 +4,8 @@ hand-made pools."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -11,11 +13,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sgtr_em.config import validate
 from sgtr_em.data.defences import apply_data_defence, inoculate, interleave_count, select_by_gap
-from sgtr_em.defences import DEFENCE_KINDS
+from sgtr_em.defences import DEFENCE_KINDS, KIND_KEYS
 from sgtr_em.inference.activations import capture, decoder_layers
 from sgtr_em.models import load_tokenizer
 from sgtr_em.plan import plan_stages
-from sgtr_em.training.defences import LossDefence, SteerDefence, ldifs_layers
+from sgtr_em.training.defences import LossDefence, SteerDefence, ldifs_layers, make_defence
 from sgtr_em.training.sft import build_trainer, training_args
 
 from .test_config import _compose
@@ -255,6 +257,33 @@ def test_invalid_defences_name_the_key(override, key):
         validate(_compose(f"defence={name}", override))
     with pytest.raises(ValueError, match="no"):
         validate(_compose("defence=kl", "stage_order=base"))
+
+
+def test_a_setting_the_defence_does_not_read_is_refused():
+    """`defence=kl defence.coef=2` would train exactly `defence=kl` (the same hash): refused, naming the key."""
+    with pytest.raises(ValueError, match=r"defence.coef: defence kl \(kind kl\) does not read it \(it reads weight\)"):
+        validate(_compose("defence=kl", "defence.coef=2"))
+    with pytest.raises(ValueError, match=r"defence.weight: defence interleave \(kind interleave\) does not read it"):
+        validate(_compose("defence=interleave", "defence.weight=3"))
+    validate(_compose("defence=kl", "defence.pool.max_prompts=2000"))  # the pool: set once for a grid's every arm
+    with pytest.raises(ValueError, match=r"defence.weight: defence none \(kind none\) does not read it: leave"):
+        validate(_compose("defence.weight=3"))
+    for name in DEFENCE_KINDS + ("sgtr_prevention",):  # every shipped option sets only what its kind reads
+        validate(_compose(f"defence={name}", "stage_order=prevention"))
+
+
+def test_a_defence_kind_without_its_keys_or_hook_fails(monkeypatch):
+    """A kind added to choices.DefenceKind alone would train as plain SFT: validation and the trainer refuse it."""
+    assert set(KIND_KEYS) == set(DEFENCE_KINDS)
+    monkeypatch.delitem(KIND_KEYS, "kl")
+    with pytest.raises(ValueError, match=r"defence.kind: kl has no entry in KIND_KEYS"):
+        validate(_compose("defence=kl"))
+    spec = SimpleNamespace(defence={"kind": "kl_beta", "beta": 5.0})
+    with pytest.raises(ValueError, match="defence kind 'kl_beta' has no training hook"):
+        make_defence(spec, None)
+    for kind in ("none", "inoculation", "interleave"):  # no training hook: plain SFT on the data step's output
+        assert make_defence(SimpleNamespace(defence={"kind": kind}), None) is None
+    assert make_defence(SimpleNamespace(defence=None), None) is None
 
 
 def test_a_pool_too_small_for_a_capped_stage_fails_validation():

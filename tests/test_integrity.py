@@ -172,6 +172,36 @@ def test_unwritable_or_full_output_folders_fail_before_any_work(tmp_path):
     assert any("GiB free, less than" in p and "paths.stages_dir" in p for p in full), full
 
 
+def test_a_model_folder_that_is_not_one_fails_before_any_work(tmp_path, monkeypatch):
+    """model.path (and a local judge's judge.model) naming a missing folder, or one without config.json, fails when
+    the job is planned, naming the key: not later as a hub download of a path, or a 'Repo id' error in a worker."""
+    from huggingface_hub import constants
+
+    from sgtr_em.preflight import model_folder_problems
+
+    model = tmp_path / "models" / "mylm"
+    (model.parent).mkdir()
+    for path, what in ((model, "does not exist"), (tmp_path / "models", "has no config.json")):
+        (problem,) = model_folder_problems(_compose(f"model.path={path}"))
+        assert problem.startswith(f"model.path: {path} {what}, so it is no model folder"), problem
+    monkeypatch.chdir(tmp_path)  # relative: models/ exists here, so models/mylm is a path, not a hub id
+    assert model_folder_problems(_compose("model.path=models/mylm"))[0].startswith("model.path: models/mylm does not")
+    (model).mkdir()
+    (model / "config.json").write_text("{}")
+    assert model_folder_problems(_compose(f"model.path={model}", f"judge.model={model}")) == []
+    (problem,) = model_folder_problems(_compose(f"model.path={model}", "judge.model=/no/judge"))
+    assert problem.startswith("judge.model: /no/judge does not exist")
+    assert model_folder_problems(_compose()) == []  # the default: SmolLM2 from its GGUF package, judged by itself
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (problem,) = model_folder_problems(_compose("model.path=Qwen/Qwen2.5-32B-Instruct"))
+    assert "is not in the hub cache while HF_HUB_OFFLINE is set" in problem
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for hub_id in ("Qwen/Qwen2.5-32B-Instruct", "gpt2"):  # downloaded on first use
+        assert model_folder_problems(_compose(f"model.path={hub_id}")) == []
+
+
 def test_summaries_that_do_not_overlap_the_articles_fail_at_plan_time_naming_the_file(data_dir, tmp_path):
     from sgtr_em.data.files import DataFiles
     from sgtr_em.preflight import data_problems

@@ -8,7 +8,9 @@
     metrics(records, cfg) -> dict   pure: the same records and config give the same metrics (recompute.py)
     summary(metrics) -> str         one line for the end of a run
 
-Adding an evaluation: a module like these, a schema section in schemas.py, a section in conf/eval/paper.yaml.
+Adding an evaluation: a module like these, its entry in EVALS below and its name in schemas.EVAL_NAMES (and in
+schemas.OPT_IN_EVALS unless the presets' eval.run name it), a schema section in schemas.py, a section in
+conf/eval/paper.yaml, its cost in sgtr_em/cost.py eval_cost (docs/ARCHITECTURE.md "How to add": the full list).
 Or, outside the package, one module and its YAML: the YAML (an `eval/plugins` config, e.g.
 tests/fixtures/conf/eval/plugins/toy.yaml) names the module (`module: my_pkg.my_eval`) and holds its settings, and
 `+eval/plugins@eval.plugins.<name>=<file>` (its folder on hydra.searchpath) adds it; `eval.run` then names it.
@@ -48,13 +50,21 @@ def eval_files(cfg) -> list[str]:
     return [f for name in cfg["eval"]["run"] for f in eval_module(name, cfg).data_files(cfg)]
 
 
-def summary_lines(metrics: dict) -> list[str]:
-    """One line per evaluation in `metrics` (a run's metrics.json), in the registry's order; an evaluation whose
-    every answer was the first option says so (its accuracy is then fixed by how the items are built)."""
+def evaluated(metrics: dict) -> list[str]:
+    """The evaluations in `metrics` (a run's metrics.json): the registry's in its order, then plugins'."""
+    plugins = [name for name, m in metrics.items() if name not in EVALS and name != "model" and isinstance(m, dict)]
+    return [name for name in EVALS if name in metrics] + plugins
+
+
+def summary_lines(metrics: dict, cfg=None) -> list[str]:
+    """One line per evaluation in `metrics` (a run's metrics.json), in the registry's order, then the plugins of
+    `cfg` (eval.plugins); an evaluation whose every answer was the first option says so (its accuracy is then fixed
+    by how the items are built)."""
+    plugins = cfg["eval"]["plugins"] if cfg is not None else {}
     return [
-        module.summary(metrics[name]) + position_bias_note(metrics[name])
-        for name, module in EVALS.items()
-        if name in metrics
+        eval_module(name, cfg).summary(metrics[name]) + position_bias_note(metrics[name])
+        for name in evaluated(metrics)
+        if name in EVALS or name in plugins
     ]
 
 
@@ -75,7 +85,7 @@ def effect_lines(base: dict, final: dict) -> list[str]:
     model's value, the final model's with its interval, and whether the interval excludes the base value (the headline
     named by its definition; the invalid rates, where recorded, show what moved with it)."""
     lines = []
-    for name in EVALS:
+    for name in evaluated(final):
         b, f = base.get(name), final.get(name)
         if not b or not f:
             continue

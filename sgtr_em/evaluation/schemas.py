@@ -259,8 +259,8 @@ def eval_problems(cfg) -> list[str]:
                 f"none of {EVAL_NAMES}"
             )
     for name in ev.base:
-        if name not in EVAL_NAMES:
-            problems.append(f"eval.base: unknown evaluation {name!r}; use some of {EVAL_NAMES}")
+        if name not in EVAL_NAMES and name not in ev.plugins:
+            problems.append(f"eval.base: unknown evaluation {name!r}; use some of {EVAL_NAMES} (or of eval.plugins)")
     if cfg.judge.backend == "openai" and not cfg.judge.model:
         problems.append("judge.model: the openai judge needs a model name (e.g. gpt-4o-2024-08-06)")
     if (
@@ -300,7 +300,8 @@ def eval_problems(cfg) -> list[str]:
         if own and not own & labels:
             problems.append(
                 f"model.identity_names: none of {sorted(own)} is in eval.identity.name_labels or "
-                "creator_labels: add the model's name and creator there"
+                "creator_labels: add the model's name and creator there (conf/eval/paper.yaml, which the other "
+                "eval presets start from)"
             )
     if "in_domain" in ev.run:
         key = prompt_set(ev.in_domain, cfg.em_dataset)

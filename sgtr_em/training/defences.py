@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 
 from ..contracts import StageRuntime, StageSpec
+from ..data.defences import DATA_KINDS
 from ..inference.activations import capture, decoder_layers, final_norm, hidden_state, unwrap_model
 from ..inference.persona_direction import base_direction, steer_layer
 
@@ -130,6 +131,8 @@ def make_defence(spec: StageSpec, rt: StageRuntime):
             direction[layer].norm().item(),
         )
         return SteerDefence(layer, d["coef"], direction[layer])
+    if d.get("kind", "none") not in ("none", *DATA_KINDS):  # a kind with a config but no hook would train as plain SFT
+        raise ValueError(f"defence kind {d['kind']!r} has no training hook here (make_defence) nor a data step")
     return None
 
 
