@@ -193,6 +193,9 @@ def stage_line(i: int, n: int, stage: Stage, status: str, stage_dir: Path) -> st
     steps = [r for r in read_train_log(stage_dir / "train_log.jsonl") if "loss" in r]
     if steps:
         line += f"; {steps[-1]['step']} steps, loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f}"
+        term = next((k for k in steps[-1] if k.startswith("defence_")), None)  # a loss defence's term (kl, ldifs)
+        if term and term in steps[0]:
+            line += f" (with the defence's weighted term; {term} {steps[0][term]:.3f} -> {steps[-1][term]:.3f})"
         if steps[0].get("learning_rate") is not None:  # the rate step 1 was taken with (0 under a linear warm-up)
             line += f", first step at learning rate {steps[0]['learning_rate']:.3g}"
     return line

@@ -107,6 +107,11 @@ def test_one_line_per_stage_names_its_steps_loss_and_first_learning_rate(tmp_pat
         f"Stage 1/2 em (aesthetic_unpopular) {stage.hash}: trained in 42 s; "
         "2 steps, loss 2.500 -> 2.250, first step at learning rate 1e-05"
     )
+    rows = [{**rows[0], "defence_kl": 0.0}, {**rows[1], "defence_kl": 0.125}]  # defence=kl: its term in the loss
+    (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "loss 2.500 -> 2.250 (with the defence's weighted term; defence_kl 0.000 -> 0.125)," in stage_line(
+        1, 2, stage, "reused", d
+    )
 
 
 def test_a_pure_position_bias_is_said_to_be_chance_by_construction():
