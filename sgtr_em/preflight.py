@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
+from huggingface_hub import constants as hub_constants, try_to_load_from_cache
 from omegaconf import OmegaConf
 
 from .backend import backend_of
@@ -203,14 +204,15 @@ def model_folder_problems(cfg) -> list[str]:
                 f"{key}: {value} {what}, so it is no model folder: point {key} at a folder that "
                 "save_pretrained wrote, or at a hub id such as Qwen/Qwen2.5-32B-Instruct"
             )
-        elif not local:
-            from huggingface_hub import constants, try_to_load_from_cache
-
-            if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(str(value), "config.json"), str):
-                problems.append(
-                    f"{key}: {value} is not a local folder, and as a hub id it is not in the hub cache while "
-                    "HF_HUB_OFFLINE is set: download it first (huggingface-cli download) or give its folder"
-                )
+        elif (
+            not local
+            and hub_constants.HF_HUB_OFFLINE
+            and not isinstance(try_to_load_from_cache(str(value), "config.json"), str)
+        ):
+            problems.append(
+                f"{key}: {value} is not a local folder, and as a hub id it is not in the hub cache while "
+                "HF_HUB_OFFLINE is set: download it first (huggingface-cli download) or give its folder"
+            )
     return problems
 
 
