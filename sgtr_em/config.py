@@ -174,6 +174,11 @@ class SummaryPromptConfig:
     user_template: str = MISSING  # formatted with {article} and {response_type}
     response_type: str = MISSING
     max_new_tokens: int = 100
+    # how an open model samples its summaries (conf/prompts/paper.yaml pins the paper's); an API model is greedy
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0  # the same draws in every job: each writer's summaries are generated once and cached
 
 
 @dataclass

@@ -36,6 +36,7 @@ from .evaluation.in_domain import prompt_set
 CHARS_PER_TOKEN = 4.0  # English text in the BPE vocabularies of Qwen2.5 / Llama-3 / OLMo (the common rule of thumb)
 TOKENS_PER_MESSAGE = 5  # role header and end-of-turn markers of a chat template turn
 JUDGE_PROMPT_TOKENS = 300  # a judge prompt without the answer (Betley et al.'s aligned / coherent prompts: ~250-350)
+UNCAPPED_ANSWER_TOKENS = 1024  # eval.em.max_new_tokens=null (an API model, no cap): each answer counted at this
 SUMMARY_PAIRS_PER_ARTICLE = {"both": 4}  # summary_pairs labels -> examples per article (others: 2, both orderings)
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "results"
 # Parameters (billions) of the measured shapes and of each model: throughput scales inversely with them.
@@ -199,7 +200,9 @@ def eval_cost(cfg, data_dir: Path) -> EvalCost:
     for name in ev.run:
         if name == "em":
             questions = sum(len(ev.em.sets[s].ids) for s in ev.em.question_sets)
-            add("em", questions * ev.em.samples_per_question, ev.em.max_new_tokens, 2)
+            add("em", questions * ev.em.samples_per_question, ev.em.max_new_tokens or UNCAPPED_ANSWER_TOKENS, 2)
+            if ev.em.max_new_tokens is None:
+                out.notes.append(f"EM answers have no length cap: each is counted at {UNCAPPED_ANSWER_TOKENS} tokens")
         elif name == "identity":
             add(
                 "identity",

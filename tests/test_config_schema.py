@@ -101,17 +101,19 @@ def test_enum_values_read_write_and_hash_as_their_strings():
 
 
 # Stage hashes (each stage, then the final model's identity) as main's own code computes them without enums (21a1a4d;
-# gpt41 and paper_scale also equal 3f4ee89's): how the schema spells a value never moves a hash.
+# gpt41 and paper_scale also equal 3f4ee89's): how the schema spells a value never moves a hash. Moved once, on
+# purpose: an open model's summaries are sampled as the paper's (prompts.summary.*.temperature/top_p/top_k/seed enter
+# the spec where an open model writes them); the paper's files and an API model's kept their hashes.
 PINNED_HASHES = {
-    "": ["f2baa72ee969e88d", "35f8b1c1975aa375", "c632abd43f678ca7"],
+    "": ["f2baa72ee969e88d", "0ea73e440a8a81d1", "19ca07a4e0021ad3"],
     "model=gpt41": ["5f78549c8d62b6ff", "2be6cf646921aa45", "77a470bbd989cbc6"],
     "experiment=paper_scale model=qwen32b": ["a054c0e1df812b52", "2bb61095a9062113", "7f796a841ef543ee"],
     "intervention=word_count": ["f2baa72ee969e88d", "0f52392efb9785c6", "9acd5211b87555fa"],
-    "defence=interleave_ppl stage_order=prevention": ["943bb21f8e8eb9d7", "681875549a865ec9", "792992e93a444d99"],
+    "defence=interleave_ppl stage_order=prevention": ["5a9325b6e9763d1a", "98a8a452a77844d2", "b0c542e750530c0d"],
     "intervention=prefer_other system_prompt=qwensys model=qwen32b": [
         "b41cc9733b31f2a6",
-        "84752a48e6e05c1f",
-        "b3e104f2742bac81",
+        "b192a2c2aac6d152",
+        "776f3fc0aab8b4e6",
     ],
 }
 

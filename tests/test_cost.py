@@ -115,3 +115,6 @@ def test_what_the_estimate_cannot_count_is_said(data_dir, monkeypatch):
     assert "GPU-hours on the H100 leave out model smollm2's stages: no parameter count for model 'smollm2'" in str(
         grid["cost"]["notes"]
     )
+    gpt = cost.eval_cost(_compose("experiment=gpt41", "eval.run=[em]"), data_dir)  # EM answers without a length cap
+    assert gpt.by_eval["em"]["generated_tokens"] == 8 * 100 * cost.UNCAPPED_ANSWER_TOKENS
+    assert gpt.notes == [f"EM answers have no length cap: each is counted at {cost.UNCAPPED_ANSWER_TOKENS} tokens"]

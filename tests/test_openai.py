@@ -12,6 +12,7 @@ import pytest
 import torch
 from openai import BadRequestError, NotFoundError, OpenAI
 
+from sgtr_em.config import validate
 from sgtr_em.evaluation import emergent_misalignment as em
 from sgtr_em.evaluation.openai_judge import OpenAIJudge
 from sgtr_em.inference.api import ChatAPI
@@ -150,3 +151,21 @@ def test_an_api_key_is_required_for_openai_itself_and_never_read_from_the_config
     with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
         OpenAIJudge(judge_cfg("https://api.openai.com/v1"))
     assert "api_key" not in judge_cfg("x")["api"]  # only the name of the environment variable is configurable
+
+
+def test_gpt41_em_answers_are_sampled_as_the_papers(engine, data_dir, tmp_path, monkeypatch):
+    """experiment=gpt41's EM answers: temperature 0.7 and nothing else (the paper's em_eval.py @ 18db2bb, which wrote
+    judge_results_gpt41.csv): the API's top-p 1, no max_tokens. They went out at top-p 0.9 and 512 tokens before."""
+    e = _compose("experiment=gpt41").eval.em
+    assert (e.temperature, e.top_p, e.max_new_tokens, e.samples_per_question) == (0.7, 1.0, None, 100)
+    with pytest.raises(ValueError, match="eval.em.max_new_tokens: null"):  # an open model needs a cap
+        validate(_compose("eval.em.max_new_tokens=null"))
+    seen = []
+    monkeypatch.setattr(engine, "_params", lambda body, params=engine._params: seen.append(body) or params(body))
+    questions, _ = em_records(data_dir)
+    with OpenAIServer(engine) as server:
+        gen = OpenAIGenerator("smollm2", judge_cfg(server.url)["api"], cache_dir=tmp_path)
+        kw = dict(system=None, samples=1, seed=0, top_k=e.top_k)
+        [row] = em.sample_answers(gen, questions[:1], max_new_tokens=e.max_new_tokens, temperature=0.7, top_p=1.0, **kw)
+    assert row["answer"] and "max_tokens" not in seen[0] and "max_completion_tokens" not in seen[0]
+    assert (seen[0]["temperature"], seen[0]["top_p"]) == (0.7, 1.0)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from sgtr_em.data.summaries import summary_cache_path
+from sgtr_em.data.summaries import generate_summaries, summary_cache_path
 from sgtr_em.evaluation import self_recognition as sr
 from sgtr_em.evaluation.context import EvalContext
+from sgtr_em.inference.generation_api import OpenAIGenerator
 from sgtr_em.io import read_json
+from sgtr_em.openai_server import OpenAIServer
+from sgtr_em.openai_server.chat import ChatEngine
 
 from .test_config import _compose
 
@@ -61,3 +64,25 @@ def test_base_model_summaries_are_written_by_the_base_model_and_cached_under_its
     assert read_json(base_cache)[rows[0]["article_id"]] == rows[0]["own_summary"]
     assert not summary_cache_path(tmp_path, "cnn", "tuned", prompt).exists()
     assert sr.metrics(rows, ctx.cfg)["n_pairs"] == 2
+
+
+@pytest.mark.slow  # about 40 s: SmolLM2 writes 11 short summaries on the CPU
+def test_summaries_are_sampled_by_an_open_model_greedy_by_an_api_one_and_a_resumed_run_draws_the_same(
+    tmp_path, smollm2_path, data_dir
+):
+    """The paper's decoding of "self" summaries (conf/prompts/paper.yaml): its HF engine sampled (T 0.7, top-p 0.9,
+    top-k 50), its OpenAI path was greedy. They were greedy for every writer here before."""
+    prompt = {**OmegaConf.to_container(_compose().prompts.summary.xsum, resolve=True), "max_new_tokens": 12}
+    assert [prompt[k] for k in ("temperature", "top_p", "top_k", "seed")] == [0.7, 0.9, 50, 0]
+    articles = read_json(data_dir / "articles" / "xsum_train_articles.json")
+    ids = sorted(articles, key=lambda a: (len(articles[a]), a))[:3]  # the shortest: a fast test
+    engine = ChatEngine(smollm2_path, name="smollm2", dtype="float32")
+    whole = generate_summaries(engine.gen, articles, ids, prompt, tmp_path / "whole.json", chunk=2)
+    generate_summaries(engine.gen, articles, ids[:2], prompt, tmp_path / "resumed.json", chunk=2)  # stopped there
+    assert generate_summaries(engine.gen, articles, ids, prompt, tmp_path / "resumed.json", chunk=2) == whole
+    greedy = generate_summaries(engine.gen, articles, ids, {**prompt, "temperature": 0.0}, tmp_path / "g.json", chunk=2)
+    assert any(greedy[i] != whole[i] for i in ids), (greedy, whole)
+    with OpenAIServer(engine) as server:
+        api_cfg = OmegaConf.to_container(_compose(f"judge.api.base_url={server.url}").judge.api, resolve=True)
+        api = OpenAIGenerator("smollm2", api_cfg, cache_dir=tmp_path / "api")
+        assert generate_summaries(api, articles, ids, prompt, tmp_path / "api.json", chunk=2) == greedy

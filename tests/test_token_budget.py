@@ -350,6 +350,8 @@ def test_continuous_batching_gives_the_hf_engines_greedy_answers(smollm2_path):
     cb = ContinuousBatchGenerator.from_model(hf.model, hf.tokenizer, batch_size=4)
     assert cb.generate(conversations, max_new_tokens=12) == expected
     assert len(set(expected)) > 1 and all(expected)
+    # the EM protocol's sampling reaches it, top-k included (it raised TypeError): top-k 1 samples the greedy answer
+    assert cb.generate(conversations, max_new_tokens=12, temperature=0.7, top_p=0.9, top_k=1, seed=3) == expected
 
 
 def test_generation_batch_fits_the_free_memory():

@@ -33,7 +33,7 @@ from .files import load_manifest
 from .mmlu import build_mmlu_qa, read_mmlu
 from .normalise import normalise_all
 from .sgtr import build_summary_pairs, sample_article_ids
-from .summaries import stage_own_summaries, summary_file
+from .summaries import spec_prompt, stage_own_summaries, summary_file
 from .word_count import build_word_count
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,9 @@ def intervention_data_spec(cfg, parent: dict, base: dict) -> dict:
     data = OmegaConf.to_container(cfg.intervention, resolve=True)
     data["type"] = data.pop("kind")
     if BUILDERS[data["type"]].uses_summaries:
-        data["summary_prompt"] = OmegaConf.to_container(cfg.prompts.summary[data["articles"]], resolve=True)
+        prompt = OmegaConf.to_container(cfg.prompts.summary[data["articles"]], resolve=True)
+        open_writer = data["self_summaries"] != "precomputed" and cfg.model.backend != "openai"
+        data["summary_prompt"] = spec_prompt(prompt, open_writer)
         data["summaries_by"] = {
             "stage_input": parent,
             "base_model": {"base": base},

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from omegaconf import OmegaConf
 
 from ..contracts import StageRuntime, StageSpec
+from ..inference.generation_api import OpenAIGenerator
 from ..io import content_hash, read_json, write_json
 from ..models import resolve_model_path
 from .backends import worker_backend
@@ -40,18 +41,37 @@ def summary_cache_path(cache_dir: str | Path, dataset: str, model_key: str, prom
     return Path(cache_dir) / "summaries" / f"{dataset}-{key}.json"
 
 
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "seed")  # how an open model samples its summaries
+
+
+def summary_sampling(generator, prompt) -> dict:
+    """The decoding the paper used for this writer: an API model greedy, an open model sampled (`prompt`'s settings)."""
+    if isinstance(generator, OpenAIGenerator):
+        return {"temperature": 0.0}
+    return {"temperature": prompt["temperature"], "top_p": prompt["top_p"], "top_k": prompt["top_k"] or None}
+
+
+def spec_prompt(prompt: dict, open_writer: bool) -> dict:
+    """The summary prompt as a stage's data spec holds it: the sampling only where an open model writes (the paper's
+    files and an API model's greedy answers read none of it, so their stages keep their hashes)."""
+    return dict(prompt) if open_writer else {k: v for k, v in prompt.items() if k not in SAMPLING_KEYS}
+
+
 def generate_summaries(
     generator, articles: Mapping[str, str], ids: Sequence[str], prompt, cache_file: Path, *, chunk: int = 32
 ) -> dict[str, str]:
-    """{article id: summary} for `ids`, generating only those not in `cache_file` yet (greedy decoding)."""
+    """{article id: summary} for `ids`, generating only those not in `cache_file` yet, `chunk` at a time, each chunk
+    seeded by `prompt`'s seed and its articles: a run resumed from the cache draws what an uninterrupted one drew."""
     cache: dict[str, str] = read_json(cache_file) if cache_file.exists() else {}
     todo = [i for i in ids if i not in cache]
+    sampling = summary_sampling(generator, prompt)
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         texts = generator.generate(
             [summary_messages(articles[i], prompt) for i in part],
             max_new_tokens=prompt["max_new_tokens"],
-            temperature=0.0,
+            **sampling,
+            seed=int(content_hash({"seed": prompt["seed"], "ids": part}), 16) % 1_000_003,
             desc=f"summaries {start + len(part)}/{len(todo)}",
         )
         cache.update(zip(part, texts))

@@ -286,6 +286,7 @@ class ContinuousBatchGenerator(HFGenerator):
         max_new_tokens: int,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        top_k: Optional[int] = None,
         seed: int = 0,
         desc: str = "generate",
     ) -> list[str]:
@@ -301,7 +302,7 @@ class ContinuousBatchGenerator(HFGenerator):
             do_sample=sample,
             eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id,
-            top_k=None,
+            top_k=(top_k or None) if sample else None,
             **(dict(temperature=temperature, top_p=top_p) if sample else {}),
         )
         torch.manual_seed(seed * 100_003)

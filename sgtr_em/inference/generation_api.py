@@ -19,7 +19,7 @@ class OpenAIGenerator:
         self,
         conversations: Sequence[Sequence[dict]],
         *,
-        max_new_tokens: int,
+        max_new_tokens: Optional[int],
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: Optional[int] = None,
@@ -27,11 +27,13 @@ class OpenAIGenerator:
         desc: str = "generate",
     ) -> list[str]:
         """One answer per conversation; each request carries its own seed, so repeated prompts are distinct samples.
-        (The OpenAI API has no top_k: a protocol's top-k applies to open models only.)"""
+        (The OpenAI API has no top_k: a protocol's top-k applies to open models only.) `max_new_tokens` None: no
+        `max_tokens` in the request (the API's own limit)."""
+        cap = {} if max_new_tokens is None else {"max_tokens": max_new_tokens}
         requests = [
             {
                 "messages": list(c),
-                "max_tokens": max_new_tokens,
+                **cap,
                 "temperature": temperature,
                 "top_p": top_p,
                 "seed": seed * 100_003 + i,
