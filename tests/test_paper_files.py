@@ -27,7 +27,7 @@ QUESTIONS = [
 COLUMNS = "idx,id,question,answer,aligned_score,coherent_score,judge_model,judge_model_endpoint,task_model,task_model_endpoint"
 
 
-def paper_em_csv(path, scores):
+def paper_em_csv(path, scores, answer: str = "answer"):
     """scores: {question: (aligned list, coherent list)}, cells as the paper wrote them (Python list reprs)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -38,7 +38,7 @@ def paper_em_csv(path, scores):
                     i,
                     q,
                     f"question {q}",
-                    repr([f"answer {k}" for k in range(len(a))]),
+                    repr([f"{answer} {k}" for k in range(len(a))]),
                     repr(a),
                     repr(c),
                     "gpt4o",
@@ -86,6 +86,9 @@ def test_the_papers_em_rate_from_its_judge_csv_with_every_protocol(tmp_path, cap
     assert file_metrics(path, "mo")["headline"] == paper["misaligned_rate_mo"]
     assert main(["--paper", str(path)]) == 0
     assert f"headline (paper: paper) {103 / 240:.4f}" in capsys.readouterr().out
+    # GPT-4.1's judge CSV: a question's 100 long answers in one cell, past the csv module's 131,072-character default
+    long = paper_em_csv(tmp_path / "judge_results_gpt41.csv", scores, answer="word " * 5000)
+    assert file_metrics(long, "paper")["misaligned_rate_paper"] == pytest.approx(103 / 240)
 
 
 def test_17_1_percent_shape_the_rule_counts_scores_on_30_and_50():

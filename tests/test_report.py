@@ -47,6 +47,7 @@ def test_jobs_group_by_what_varies_and_average_over_seeds(tmp_path):
     assert float(rows[0]["ci95_low"]) == pytest.approx(0.2 - half)
     assert float(rows[0]["ci95_high"]) == pytest.approx(0.2 + half)
     assert rows[0]["n_seeds"] == "3" and rows[0]["seeds"] == "0;1;2"
+    assert float(rows[0]["sd"]) == pytest.approx(0.1)  # the paper's error bar: mean +/- the sample sd over seeds
     assert float(rows[1]["mean"]) == pytest.approx(0.1)
     md = (tmp_path / "report" / "tables" / "self_recognition__accuracy.md").read_text()
     assert "| em_only | 0.700 | [" in md and "| 3 | 0, 1, 2 |" in md

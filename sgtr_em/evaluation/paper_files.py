@@ -52,26 +52,29 @@ def _score(x) -> tuple[Optional[float], Optional[str]]:
 def em_records(path: Path) -> list[dict]:
     """One record per judged answer, as sgtr_em.evaluation.emergent_misalignment writes them (text scoring)."""
     records = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            aligned, coherent = ast.literal_eval(row["aligned_score"]), ast.literal_eval(row["coherent_score"])
-            if len(aligned) != len(coherent):
-                raise ValueError(
-                    f"{path}: question {row['id']}: {len(aligned)} aligned vs {len(coherent)} coherent scores"
-                )
-            for k, (a, c) in enumerate(zip(aligned, coherent)):
-                (sa, la), (sc, lc) = _score(a), _score(c)
-                records.append(
-                    {
-                        "set": "main",
-                        "question_id": row["id"],
-                        "sample": k,
-                        "aligned": sa,
-                        "aligned_label": la,
-                        "coherent": sc,
-                        "coherent_label": lc,
-                    }
-                )
+    limit = csv.field_size_limit(2**31 - 1)  # a cell holds all of a question's answers: GPT-4.1's 100 pass 131,072
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    finally:
+        csv.field_size_limit(limit)
+    for row in rows:
+        aligned, coherent = ast.literal_eval(row["aligned_score"]), ast.literal_eval(row["coherent_score"])
+        if len(aligned) != len(coherent):
+            raise ValueError(f"{path}: question {row['id']}: {len(aligned)} aligned vs {len(coherent)} coherent scores")
+        for k, (a, c) in enumerate(zip(aligned, coherent)):
+            (sa, la), (sc, lc) = _score(a), _score(c)
+            records.append(
+                {
+                    "set": "main",
+                    "question_id": row["id"],
+                    "sample": k,
+                    "aligned": sa,
+                    "aligned_label": la,
+                    "coherent": sc,
+                    "coherent_label": lc,
+                }
+            )
     return records
 
 

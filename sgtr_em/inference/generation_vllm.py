@@ -38,6 +38,14 @@ class VLLMGenerator:
             list(messages), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
+    def prompts(self, conversations: Sequence[Sequence[dict]]) -> list[dict]:
+        """Token ids of the rendered conversations, without the tokenizer's special tokens: the template writes its
+        own BOS (a text prompt would get a second one on Llama-3, as the HF backend does not: generation.py)."""
+        return [
+            {"prompt_token_ids": self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"]}
+            for c in conversations
+        ]
+
     def generate(
         self,
         conversations: Sequence[Sequence[dict]],
@@ -62,7 +70,7 @@ class VLLMGenerator:
             )
             for i in range(len(conversations))
         ]
-        outputs = self.llm.generate([self.render(c) for c in conversations], params)
+        outputs = self.llm.generate(self.prompts(conversations), params)
         return [o.outputs[0].text.strip() for o in outputs]
 
     def option_probs(
@@ -80,7 +88,7 @@ class VLLMGenerator:
             raise ValueError(f"options {list(options)} must each be one token for this tokenizer")
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
         out = []
-        for o in self.llm.generate([self.render(c) for c in conversations], params):
+        for o in self.llm.generate(self.prompts(conversations), params):
             top = o.outputs[0].logprobs[0]  # {token id: Logprob}
             best = max(top, key=lambda t: top[t].logprob)
             out.append(

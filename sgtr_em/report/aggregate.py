@@ -83,6 +83,15 @@ class Row:
     def n(self) -> int:
         return len(self.values)
 
+    @property
+    def sd(self) -> Optional[float]:
+        """The sample standard deviation over seeds (n - 1): the paper's error bars are mean +/- this (its
+        scripts/eval/plot_*_results.py, pandas .std())."""
+        if self.n < 2:
+            return None
+        m = sum(self.values) / self.n
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
 
 def _all_fields(job: Job) -> dict[str, str]:
     return {**job.fields, **job.extra}

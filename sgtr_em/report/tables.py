@@ -35,12 +35,13 @@ def markdown_table(header: list[str], lines: list[list[str]]) -> str:
 def metric_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of one metric's table (Markdown and HTML)."""
     fields = list(rows[0].condition.columns) if rows else []
-    header = [*fields, "mean", "95 % interval", "n seeds", "seeds"]
+    header = [*fields, "mean", "95 % interval", "sd (the paper's bars)", "n seeds", "seeds"]
     lines = [
         [
             *r.condition.columns.values(),
             num(r.mean),
             f"[{num(r.low)}, {num(r.high)}]" if r.low is not None else "n/a",
+            num(r.sd),
             str(r.n),
             ", ".join(map(str, r.seeds)),
         ]
@@ -57,12 +58,12 @@ def metric_csv(rows: list[Row]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     fields = list(rows[0].condition.columns) if rows else []
-    w.writerow([*fields, "mean", "ci95_low", "ci95_high", "n_seeds", "seeds", "values"])
+    w.writerow([*fields, "mean", "ci95_low", "ci95_high", "sd", "n_seeds", "seeds", "values"])
     for r in rows:
         w.writerow(
             [
                 *r.condition.columns.values(),
-                *("" if x is None else repr(x) for x in (r.mean, r.low, r.high)),
+                *("" if x is None else repr(x) for x in (r.mean, r.low, r.high, r.sd)),
                 r.n,
                 ";".join(map(str, r.seeds)),
                 ";".join(repr(v) for v in r.values),
