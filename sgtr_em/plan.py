@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from .backend import NOT_IDENTITY, backend_of, training_template_kwargs  # noqa: F401  (plan.NOT_IDENTITY: docs)
 from .contracts import StageSpec
-from .data.files import load_manifest, sha256_of
+from .data.files import folder_sha256, load_manifest, sha256_of
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 from .defences import defence_spec, defended_stages
@@ -41,17 +41,24 @@ _SHA_CACHE: dict[tuple, str] = {}
 
 
 def file_content_sha(cfg, rel: str) -> str | None:
-    """The sha256 of data file `rel` as it is now (data_dir, else the download cache), cached by path, mtime and
-    size; None if it is not there (yet: a pinned file is downloaded and checked before any training)."""
+    """The sha256 of data file `rel` as it is now (data_dir, else the download cache; a folder's: its files'), each
+    file's cached by path, mtime and size; None if it is not there (yet: a pinned file is downloaded and checked
+    before any training)."""
     for base in (Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir) / "data"):
         path = base / rel
         if path.is_file():
-            st = os.stat(path)
-            key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-            if key not in _SHA_CACHE:
-                _SHA_CACHE[key] = sha256_of(path)
-            return _SHA_CACHE[key]
+            return _cached_sha(path)
+        if path.is_dir():  # e.g. mmlu/test, which intervention=general_knowledge trains on
+            return folder_sha256(path, _cached_sha)
     return None
+
+
+def _cached_sha(path: Path) -> str:
+    st = os.stat(path)
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_of(path)
+    return _SHA_CACHE[key]
 
 
 def base_model_identity(cfg) -> dict:

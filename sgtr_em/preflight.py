@@ -55,6 +55,23 @@ def _secret_problem(key: str, value: Any) -> str | None:
     return None
 
 
+def _interpolated_secret(cfg, key: str, value: Any) -> str | None:
+    """A value that becomes a secret only when resolved (`${oc.env:OPENAI_API_KEY}`): the run's W&B config is the
+    resolved one."""
+    if not (isinstance(value, str) and "${" in value) or "[" in key:
+        return None
+    try:
+        resolved = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - resolvable only inside the job (${hydra:...}): nothing to check here
+        return None
+    if isinstance(resolved, str) and SECRET_VALUE.search(resolved):
+        return (
+            f"{key}: its interpolation resolves to a secret (an API key or token), and the resolved config is written "
+            "to W&B. Remove it: the key belongs in the environment only."
+        )
+    return None
+
+
 def argv_problems(argv: Iterable[str]) -> list[str]:
     """Command-line overrides (`key=value`, `+key=value`) that carry a secret; never echoes the value."""
     problems = []
@@ -89,6 +106,7 @@ def config_problems(cfg) -> list[str]:
     c = OmegaConf.to_container(cfg, resolve=False)
     c.pop("hydra", None)
     problems = [p for key, value in _walk(c) if (p := _secret_problem(key, value))]
+    problems += [p for key, value in _walk(c) if (p := _interpolated_secret(cfg, key, value))]
     for where in ("judge.api", "openai"):
         name = OmegaConf.select(cfg, f"{where}.api_key_env")
         if not isinstance(name, str) or not ENV_NAME.match(name):

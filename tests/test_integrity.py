@@ -44,6 +44,28 @@ def test_editing_an_unpinned_dataset_gives_a_new_stage(data_dir, tmp_path):
     )  # sgtr_em/data/manifest.yaml
 
 
+def test_editing_the_mmlu_folder_gives_a_new_stage_and_its_sha_is_recorded(data_dir, tmp_path):
+    """intervention=general_knowledge trains on a folder (mmlu/test): its content enters the hash, as a file's does.
+    A shifted answer letter was reused as the old stage before, and data_files.json said only "folder"."""
+    import shutil
+
+    from sgtr_em.data.checks import check_data
+    from sgtr_em.data.files import DataFiles
+
+    shutil.copytree(data_dir / "mmlu", tmp_path / "data" / "mmlu")
+    over = ["intervention=general_knowledge", "stage_order=intervention_only", f"paths.data_dir={tmp_path / 'data'}"]
+    first = plan_stages(_compose(*over))
+    csv_file = tmp_path / "data" / "mmlu" / "test" / "abstract_algebra_test.csv"
+    text = csv_file.read_text()
+    csv_file.write_text(text.replace(",A\n", ",B\n", 1))  # one answer letter changed
+    edited = plan_stages(_compose(*over))
+    assert edited[0].hash != first[0].hash
+    sha = check_data(DataFiles(tmp_path / "data", tmp_path / "cache"), edited, ["mmlu/test"])["mmlu/test"]
+    assert len(sha) == 64 and sha == edited[0].spec.data["sha256"]["mmlu/test"]
+    csv_file.write_text(text)
+    assert plan_stages(_compose(*over))[0].hash == first[0].hash
+
+
 def test_a_done_folder_is_reused_only_if_it_holds_the_stage_its_name_says(tmp_path, monkeypatch):
     monkeypatch.setattr(job, "run_worker", fake_worker(tmp_path / "calls.log"))
     stages = tmp_path / "stages"
@@ -116,6 +138,10 @@ def test_a_secret_in_a_config_and_a_key_given_as_a_variable_name_are_refused_wit
 
     problems = "\n".join(config_problems(cfg))
     assert "judge.api.api_key_env must name an environment variable" in problems and "openai.api_key" in problems
+    # a secret that only resolution brings in (the W&B config is the resolved one); the key is never echoed
+    interpolated = config_problems(_compose("system_prompt.custom=${oc.env:OPENAI_API_KEY}"))
+    assert any(p.startswith("system_prompt.custom: its interpolation resolves to a secret") for p in interpolated)
+    assert FAKE_KEY not in "\n".join(interpolated) and not config_problems(_compose())
     assert FAKE_KEY not in problems and "notavariable-abc123" not in problems
 
 

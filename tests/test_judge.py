@@ -69,3 +69,13 @@ def test_text_scoring_reads_the_first_number_of_a_greedy_answer(gen, tmp_path):
     answer = gen.generate([[{"role": "user", "content": PROMPT}]], max_new_tokens=8, temperature=0.0)[0]
     assert j.text == answer and judge.describe()["scoring"] == "text"
     assert judge.score([PROMPT])[0].text == answer and judge.usage.cache_hits == 1
+
+
+def test_the_judges_cache_key_names_its_template_arguments(gen):
+    """The judge's prompts render with the job's chat_template_kwargs: answers cached under other arguments are not
+    this judge's (no arguments: the key as before, so existing caches stay valid)."""
+    from sgtr_em.inference.generation import HFGenerator
+
+    other = HFGenerator.from_model(gen.model, gen.tokenizer, chat_template_kwargs={"lang": "fr"})
+    plain, fr = LocalJudge(gen, model_key="smollm2"), LocalJudge(other, model_key="smollm2")
+    assert plain.model_key == "smollm2@torch.float32" and fr.model_key == 'smollm2@torch.float32@{"lang": "fr"}'

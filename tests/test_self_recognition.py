@@ -9,7 +9,7 @@ from sgtr_em.data.summaries import generate_summaries, summary_cache_path
 from sgtr_em.evaluation import self_recognition as sr
 from sgtr_em.evaluation.context import EvalContext
 from sgtr_em.inference.generation_api import OpenAIGenerator
-from sgtr_em.io import read_json
+from sgtr_em.io import content_hash, read_json
 from sgtr_em.openai_server import OpenAIServer
 from sgtr_em.openai_server.chat import ChatEngine
 
@@ -60,9 +60,10 @@ def test_base_model_summaries_are_written_by_the_base_model_and_cached_under_its
     ctx = context(tmp_path, smollm2_path, data_dir, "eval.self_recognition.summaries=base")
     rows = sr.generate(ctx)
     prompt = ctx.cfg["prompts"]["summary"]["cnn"]
-    base_cache = summary_cache_path(tmp_path, "cnn", "base", prompt)
+    key = {m: content_hash({"model": m, "template": {}}) for m in ("base", "tuned")}  # weights and template arguments
+    base_cache = summary_cache_path(tmp_path, "cnn", key["base"], prompt)
     assert read_json(base_cache)[rows[0]["article_id"]] == rows[0]["own_summary"]
-    assert not summary_cache_path(tmp_path, "cnn", "tuned", prompt).exists()
+    assert not summary_cache_path(tmp_path, "cnn", key["tuned"], prompt).exists()
     assert sr.metrics(rows, ctx.cfg)["n_pairs"] == 2
 
 
@@ -86,3 +87,11 @@ def test_summaries_are_sampled_by_an_open_model_greedy_by_an_api_one_and_a_resum
         api_cfg = OmegaConf.to_container(_compose(f"judge.api.base_url={server.url}").judge.api, resolve=True)
         api = OpenAIGenerator("smollm2", api_cfg, cache_dir=tmp_path / "api")
         assert generate_summaries(api, articles, ids, prompt, tmp_path / "api.json", chunk=2) == greedy
+
+
+def test_a_writers_summary_cache_names_its_template_arguments(tmp_path, smollm2_path, data_dir):
+    """Summaries written under other chat_template_kwargs render another prompt: another cache (they were reused)."""
+    over = ("eval.self_recognition.summaries=base",)
+    plain = sr.eval_writer(context(tmp_path, smollm2_path, data_dir, *over))
+    fr = sr.eval_writer(context(tmp_path, smollm2_path, data_dir, *over, "+model.chat_template_kwargs.lang=fr"))
+    assert plain.model == fr.model and plain.key != fr.key

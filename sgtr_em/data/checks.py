@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .chat_file import validate_chat_file
-from .files import DataFileError, DataFiles, sha256_of
+from .files import DataFileError, DataFiles, folder_sha256, sha256_of
 from .interventions import stage_files
 
 CHAT_BUILDERS = ("em", "chat_file")
@@ -23,7 +23,7 @@ def _pins(data: dict) -> dict:
 
 
 def check_data(files: DataFiles, stages: Iterable, required: Iterable[str]) -> dict[str, str]:
-    """{path: sha256} of every data file in `required` ("folder" for a folder); raises naming what to fix."""
+    """{path: sha256} of every data file and folder (folder_sha256) in `required`; raises naming what to fix."""
     stages = list(stages)
     pins = {rel: sha for st in stages for rel, sha in _pins(st.spec.data).items() if sha}
     chat = {st.spec.data["file"] for st in stages if st.spec.data["type"] in CHAT_BUILDERS}
@@ -31,8 +31,7 @@ def check_data(files: DataFiles, stages: Iterable, required: Iterable[str]) -> d
     out = {}
     for rel in dict.fromkeys(required):
         if rel in folders:
-            files.folder(rel)
-            out[rel] = "folder"
+            out[rel] = folder_sha256(files.folder(rel))
             continue
         path = files.path(rel)
         out[rel] = sha256_of(path)

@@ -15,6 +15,7 @@ are scored in one extra forward pass over their token trie (a tree attention mas
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -44,7 +45,9 @@ class LocalJudge:
         self.min_number_mass = min_number_mass
         self.numbers = list(numbers)
         self.cache = cache or DiskCache(None)
-        self.model_key = f"{model_key}@{generator.model.dtype}"  # names the judge's weights (and dtype) in cache keys
+        # names the judge's weights, dtype and template arguments (how its prompts render) in cache keys
+        kw = getattr(generator, "chat_template_kwargs", None)
+        self.model_key = f"{model_key}@{generator.model.dtype}" + (f"@{json.dumps(kw, sort_keys=True)}" if kw else "")
         self.usage = Usage()
         tok = generator.tokenizer
         cands = [tok.encode(str(k), add_special_tokens=False) for k in self.numbers]

@@ -28,7 +28,7 @@ import numpy as np
 from ..data.sgtr import build_detection_pairs, sample_article_ids
 from ..data.summaries import SummaryWriter, own_summaries, summary_file
 from ..data.system_prompt import system_text
-from ..io import read_json
+from ..io import content_hash, read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
 from .stats import cluster_mean_ci, fmt, item_seed
 
@@ -161,12 +161,14 @@ def detection_rows(
 
 
 def eval_writer(ctx) -> SummaryWriter:
-    """Who writes the "self" summaries: the evaluated model, the base model, or a summary source in the data."""
+    """Who writes the "self" summaries: the evaluated model, the base model, or a summary source in the data. A
+    model's cache key names its weights and its template arguments (how the summary prompt renders)."""
     source = ctx.ecfg(NAME)["summaries"]
+    kw = ctx.cfg["model"].get("chat_template_kwargs") or {}
     if source == "self":
-        return SummaryWriter(model=ctx.model_path, key=ctx.model_key)
+        return SummaryWriter(model=ctx.model_path, key=content_hash({"model": ctx.model_key, "template": kw}))
     if source == "base":
-        return SummaryWriter(model=ctx.base_model_path, key=ctx.base_model_key)
+        return SummaryWriter(model=ctx.base_model_path, key=content_hash({"model": ctx.base_model_key, "template": kw}))
     return SummaryWriter(source=source)
 
 
