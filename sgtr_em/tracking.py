@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .io import write_json
 from .preflight import redact
 
@@ -90,6 +92,13 @@ def job_run_id(run_dir: Path) -> str:
     return run_id
 
 
+def command_line_overrides(run_dir: Path) -> list[str]:
+    """The job's command-line overrides (Hydra's .hydra/overrides.yaml): a report from W&B tells conditions apart by
+    them, as one from the job folders does (sgtr_em/report/collect.py)."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.exists() else []
+
+
 def start_run(cfg, resolved: dict, run_dir: Path, group: str):
     t = cfg.tracking
     if t.backend == "none":
@@ -97,7 +106,7 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
     import wandb
 
     config = {k: str(cfg[k].name) for k in (*GROUP_KEYS, "defence") if cfg.get(k) is not None}
-    config.update(seed=cfg.seed, cfg=resolved)
+    config.update(seed=cfg.seed, cfg=resolved, overrides=command_line_overrides(run_dir))
     sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
     kwargs = dict(
         project=None if sweep else t.project,

@@ -88,6 +88,10 @@ def test_other_overrides_that_vary_are_condition_fields(tmp_path):
         )
     conditions = aggregate.group_conditions(jobs_from_folder(tmp_path))
     assert [c.fields for c in conditions] == [{"training.learning_rate": "1e-4"}, {"training.learning_rate": "2e-4"}]
+    # the same from W&B (the run's config records its overrides): two learning rates were pooled as one condition
+    runs = [run_like(em_sr(0.1, 0.5), i % 2, overrides=[f"training.learning_rate={lr}"]) for i, lr in enumerate("112")]
+    wandb_conditions = aggregate.group_conditions([job_from_wandb_run(r) for r in runs])
+    assert [c.fields for c in wandb_conditions] == [{"training.learning_rate": "1"}, {"training.learning_rate": "2"}]
 
 
 def test_bootstrap_interval_lies_within_the_seeds(tmp_path):
@@ -112,7 +116,7 @@ def test_paper_like_sweep_draws_every_figure(tmp_path):
     assert html.count("<img class='figure'") == 3 and "figures/reversal_vs_prevention.png" in html
 
 
-def run_like(job_metrics: dict, seed: int, **groups) -> SimpleNamespace:
+def run_like(job_metrics: dict, seed: int, overrides=(), **groups) -> SimpleNamespace:
     """What wandb.Api().runs() yields, as far as the report reads it: config (group choices at the top) and the
     summary (metrics flattened under eval/, plus other keys the run logged)."""
     summary = {
@@ -129,7 +133,7 @@ def run_like(job_metrics: dict, seed: int, **groups) -> SimpleNamespace:
             "stage_order": "em_only",
             "system_prompt": "default",
         }.items()
-    } | {"seed": seed, "cfg": {"x": 1}}
+    } | {"seed": seed, "cfg": {"x": 1}, "overrides": list(overrides)}
     return SimpleNamespace(config=config, summary_metrics=summary, path=["e", "p", f"run{seed}"], id=f"run{seed}")
 
 

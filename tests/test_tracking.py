@@ -9,6 +9,8 @@ from .test_config import _compose
 
 def test_offline_run_reads_back(tmp_path):
     cfg = _compose("seed=3", "stage_order=em_only")
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=3\n- training.learning_rate=2e-5\n")
     run = tracking.start_run(cfg, {"x": 1}, tmp_path, group="g")
     tracking.log_stage(run, 1, "em", "abc", [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0}], "trained")
     tracking.log_eval(
@@ -22,6 +24,7 @@ def test_offline_run_reads_back(tmp_path):
     assert back["summary"]["train/1_em/hash"] == "abc"
     assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5, 2.0]
     assert back["config"]["stage_order"] == "em_only" and back["config"]["seed"] == 3
+    assert back["config"]["overrides"] == ["seed=3", "training.learning_rate=2e-5"]  # the report's condition fields
     assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
     assert back["run"] == {
         "name": "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3",

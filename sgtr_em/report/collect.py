@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from ..io import read_json
-from ..tracking import flatten
+from ..tracking import command_line_overrides, flatten
 from .metrics import CONDITION_KEYS, RUN_ONLY_PREFIXES, SEED_KEY
 
 
@@ -49,10 +49,10 @@ def unfinished_job_dirs(root: str | Path) -> list[str]:
     return [str(d) for d in sorted(dirs, key=lambda p: _natural(p.relative_to(root)))]
 
 
-def _overrides(job_dir: Path) -> dict[str, str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
+def condition_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """{key: value} of the command-line overrides that say what a job computes (not its groups, seed, or how it ran)."""
     out = {}
-    for item in (yaml.safe_load(path.read_text()) or []) if path.exists() else []:
+    for item in overrides:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
         if key not in (*CONDITION_KEYS, SEED_KEY) and key.split(".")[0] not in RUN_ONLY_PREFIXES:
@@ -73,7 +73,7 @@ def job_from_folder(job_dir: str | Path) -> Job:
         seed=cfg.get(SEED_KEY),
         metrics={**flatten(metrics), **trained_compute(job_dir)},
         source=str(job_dir),
-        extra=_overrides(job_dir),
+        extra=condition_overrides(command_line_overrides(job_dir)),
     )
 
 
@@ -110,7 +110,8 @@ def job_from_wandb_run(run) -> Optional[Job]:
         return None
     fields = {k: str(config[k]) for k in CONDITION_KEYS if k in config}
     path = "/".join(str(p) for p in getattr(run, "path", []) or [getattr(run, "id", "?")])
-    return Job(fields=fields, seed=config.get(SEED_KEY), metrics=metrics, source=path)
+    extra = condition_overrides(config.get("overrides") or [])  # runs logged before they were recorded have none
+    return Job(fields=fields, seed=config.get(SEED_KEY), metrics=metrics, source=path, extra=extra)
 
 
 def jobs_from_wandb(group: str, *, entity: Optional[str], project: str, api=None) -> list[Job]:

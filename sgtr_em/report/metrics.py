@@ -45,6 +45,8 @@ METRICS = (
     Metric("truthfulqa/headline", "TruthfulQA 1 - accuracy (the protocol's)", chance=0.5, headline=True),
     Metric("truthfulqa/one_minus_accuracy", "TruthfulQA 1 - accuracy (argmax)", chance=0.5),
     Metric("truthfulqa/one_minus_sampled_expected_accuracy", "TruthfulQA 1 - accuracy (sampled, expected)", chance=0.5),
+    # the share whose most likely answer is neither option: near 1, the headline is position bias, not belief
+    Metric("truthfulqa/invalid_rate", "TruthfulQA invalid rate"),
     Metric("mmlu/accuracy", "MMLU accuracy (eval.mmlu.headline_shots)", chance=0.25),
     # Identity self-reports: share naming the model's own identity; normalised entropy of (name, creator) claims.
     Metric("identity/share_own_identity", "Share own identity"),
