@@ -44,11 +44,18 @@ def summary_cache_path(cache_dir: str | Path, dataset: str, model_key: str, prom
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "seed")  # how an open model samples its summaries
 
 
-def summary_sampling(generator, prompt) -> dict:
-    """The decoding the paper used for this writer: an API model greedy, an open model sampled (`prompt`'s settings)."""
+def summary_sampling(generator, prompt, ids: Sequence[str]) -> dict:
+    """The decoding the paper used for this writer: an API model greedy (the requests as before, so its cached answers
+    stay valid), an open model sampled with `prompt`'s settings, seeded by `prompt`'s seed and the articles `ids`."""
     if isinstance(generator, OpenAIGenerator):
         return {"temperature": 0.0}
-    return {"temperature": prompt["temperature"], "top_p": prompt["top_p"], "top_k": prompt["top_k"] or None}
+    seed = int(content_hash({"seed": prompt["seed"], "ids": list(ids)}), 16) % 1_000_003
+    return {
+        "temperature": prompt["temperature"],
+        "top_p": prompt["top_p"],
+        "top_k": prompt["top_k"] or None,
+        "seed": seed,
+    }
 
 
 def spec_prompt(prompt: dict, open_writer: bool) -> dict:
@@ -64,14 +71,12 @@ def generate_summaries(
     seeded by `prompt`'s seed and its articles: a run resumed from the cache draws what an uninterrupted one drew."""
     cache: dict[str, str] = read_json(cache_file) if cache_file.exists() else {}
     todo = [i for i in ids if i not in cache]
-    sampling = summary_sampling(generator, prompt)
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         texts = generator.generate(
             [summary_messages(articles[i], prompt) for i in part],
             max_new_tokens=prompt["max_new_tokens"],
-            **sampling,
-            seed=int(content_hash({"seed": prompt["seed"], "ids": part}), 16) % 1_000_003,
+            **summary_sampling(generator, prompt, part),
             desc=f"summaries {start + len(part)}/{len(todo)}",
         )
         cache.update(zip(part, texts))
