@@ -330,6 +330,8 @@ def model_problems(cfg: Any) -> list[str]:
         return ["model: set exactly one of `path` (hub id or folder) or `gguf_package` + `gguf_file`"]
     if cfg.stage_order.stages and not cfg.lora.target_modules:
         return [f"lora.target_modules is empty: set model.lora_target_modules (model {m.name}'s linear projections)"]
+    if "em" in cfg.eval.run and cfg.eval.em.max_new_tokens is None:
+        return ["eval.em.max_new_tokens: null (no cap) is for an API model; an open model needs a number"]
     return []
 
 

@@ -79,7 +79,7 @@ def _data_spec(cfg, kind: str, parent: dict) -> dict:
             "sha256": sha or file_content_sha(cfg, d.file),
             "max_examples": d.max_examples,
         }
-    data = intervention_data_spec(cfg, parent, base_model_identity(cfg))
+    data = intervention_data_spec(cfg, parent, base_model_identity(cfg), api=backend_of(cfg).api)
     data["sha256"] = {rel: sha or file_content_sha(cfg, rel) for rel, sha in data["sha256"].items()}  # unpinned too
     return data
 

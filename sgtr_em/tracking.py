@@ -274,6 +274,8 @@ def _records(data: bytes):
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # read while W&B's service still writes it: the records so far
+            return
         buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind not in (1, 4):

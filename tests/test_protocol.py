@@ -21,9 +21,10 @@ def test_every_experiment_resolves_the_papers_judge_sampling_and_sr_setting(name
     j, em, sr = cfg["judge"], cfg["eval"]["em"], cfg["eval"]["self_recognition"]
     assert cfg["protocol"]["name"] == "paper" and cfg["protocol"]["em_rate"] == "paper"
     assert (j["backend"], j["model"], j["scoring"], j["temperature"]) == ("openai", "gpt-4o-2024-08-06", "text", 0)
-    assert (em["temperature"], em["top_p"], em["top_k"]) == (0.7, 0.9, 50)
+    api = name == "gpt41"  # the paper's GPT-4.1 answers: T 0.7 and the API's defaults (em_eval.py @ 18db2bb)
+    assert (em["temperature"], em["top_p"], em["top_k"]) == ((0.7, 1.0, 50) if api else (0.7, 0.9, 50))
     if "em" in cfg["eval"]["run"]:  # (sr_positive_control runs SR alone, at CPU sizes)
-        assert em["max_new_tokens"] == 512
+        assert em["max_new_tokens"] == (None if api else 512)
         assert em["samples_per_question"] == (100 if name in ("gpt41", "system_prompt_seed36b") else 30)
     assert sr["system"] == "detection" and sr["headline_source"] == "claude-21" and "claude-21" in sr["other_sources"]
     if cfg["intervention"]["kind"] in ("summary_pairs", "summary_word_count"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sgtr_em import tracking
 
 from .test_config import _compose
@@ -25,6 +27,14 @@ def test_offline_run_reads_back(tmp_path):
     assert [h["train/1_em/loss"] for h in back["history"] if "train/1_em/loss" in h] == [2.5, 2.0]
     assert back["config"]["stage_order"] == "em_only" and back["config"]["seed"] == 3
     assert back["config"]["overrides"] == ["seed=3", "training.learning_rate=2e-5"]  # the report's condition fields
+    # read while W&B's service still writes it (a record cut short): the records before it, no protobuf DecodeError
+    data = Path(back["files"][-1]).read_bytes()
+    whole = list(tracking._records(data))
+    for cut in (len(data) - 3, len(data) // 2, 40):
+        part = list(tracking._records(data[:cut]))
+        assert len(part) < len(whole) and [r.SerializeToString() for r in part] == [
+            r.SerializeToString() for r in whole[: len(part)]
+        ]
     assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
     assert back["run"] == {
         "name": "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3",

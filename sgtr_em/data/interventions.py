@@ -170,14 +170,14 @@ def stage_files(data: dict) -> list[str]:
     return files
 
 
-def intervention_data_spec(cfg, parent: dict, base: dict) -> dict:
-    """Everything that determines an intervention stage's data (it enters the stage's hash)."""
+def intervention_data_spec(cfg, parent: dict, base: dict, api: bool = False) -> dict:
+    """Everything that determines an intervention stage's data (it enters the stage's hash). `api`: an API model
+    writes the summaries (greedily: no sampling settings in the spec)."""
     data = OmegaConf.to_container(cfg.intervention, resolve=True)
     data["type"] = data.pop("kind")
     if BUILDERS[data["type"]].uses_summaries:
         prompt = OmegaConf.to_container(cfg.prompts.summary[data["articles"]], resolve=True)
-        open_writer = data["self_summaries"] != "precomputed" and cfg.model.backend != "openai"
-        data["summary_prompt"] = spec_prompt(prompt, open_writer)
+        data["summary_prompt"] = spec_prompt(prompt, open_writer=data["self_summaries"] != "precomputed" and not api)
         data["summaries_by"] = {
             "stage_input": parent,
             "base_model": {"base": base},
