@@ -65,7 +65,10 @@ def test_default_run(run_cli, tmp_path):
     metrics = read_json(run_dir / "metrics.json")
     assert set(metrics) == {"model", "self_recognition", "em", "truthfulqa", "mmlu", "identity", "in_domain"}
     sr, em = metrics["self_recognition"], metrics["em"]
-    assert sr["n_pairs"] == 12 and sr["n_articles"] == 3 and set(sr["per_source"]) == {"claude-21", "human"}
+    # 3 articles x 2 sources x 2 orderings; the final model samples its own summaries (as the paper's models did), and a
+    # pair with an empty one is skipped and counted (the SGTR-trained SmolLM2 writes "1" or nothing)
+    assert sr["n_pairs"] + 2 * sr["skipped_empty"] == 12 and sr["n_pairs"] >= 4
+    assert sr["n_articles"] == 3 - sr["skipped_empty"] // 2 and set(sr["per_source"]) == {"claude-21", "human"}
     assert 0 <= sr["accuracy"] <= 1 and 0 <= sr["invalid_rate"] <= 1
     for key in (
         "misaligned_rate",
@@ -98,10 +101,10 @@ def assert_an_effect_is_measured(proc, run_dir: Path, metrics: dict) -> None:
     assert set(base) == {"model", "self_recognition"}
     sr_base, sr = base["self_recognition"], metrics["self_recognition"]
     assert read_json(run_dir / "base" / "eval_input.json")["after_stages"] == 0
-    assert sr_base["n_pairs"] == sr["n_pairs"] == 12
+    assert sr_base["n_pairs"] + 2 * sr_base["skipped_empty"] == sr["n_pairs"] + 2 * sr["skipped_empty"] == 12
     assert {
         r["article_id"] for r in read_jsonl_rows(run_dir / "base" / "eval" / "self_recognition" / "samples.jsonl")
-    } == {r["article_id"] for r in read_jsonl_rows(run_dir / "eval" / "self_recognition" / "samples.jsonl")}
+    } >= {r["article_id"] for r in read_jsonl_rows(run_dir / "eval" / "self_recognition" / "samples.jsonl")}
     effects = [
         line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("effect on self_recognition")
     ]
