@@ -1,6 +1,7 @@
 """The worker contracts, typed: what the parent writes for its workers and they read.
 
-    <stage>/stage.json        {"spec": StageSpec, "runtime": StageRuntime}   (data, sft, merge, openai_ft workers)
+    <stage>/stage.json        {"spec": StageSpec, "runtime": StageRuntime,   (data, sft, merge, openai_ft workers)
+                               "base_fingerprint": the base weights' content, checked when the stage is reused}
     <point>/eval_input.json   EvalInput                                      (the eval worker)
 
 Each is made once, by the resolve step (sgtr_em/backend.py: `Backend.stage_runtime`, `Backend.eval_input`;
@@ -106,8 +107,13 @@ class StageRuntime:
         return dataclasses.replace(self, **changes)
 
 
-def write_stage(stage_dir: Path, spec: StageSpec, runtime: StageRuntime) -> None:
-    write_json(Path(stage_dir) / "stage.json", {"spec": spec.to_json(), "runtime": runtime.to_json()})
+def write_stage(stage_dir: Path, spec: StageSpec, runtime: StageRuntime, base_fingerprint: str | None = None) -> None:
+    """stage.json; `base_fingerprint`: the base weights' content (models.model_fingerprint), which reusing the stage
+    checks (job.check_base_fingerprint)."""
+    st = {"spec": spec.to_json(), "runtime": runtime.to_json()}
+    if base_fingerprint:
+        st["base_fingerprint"] = base_fingerprint
+    write_json(Path(stage_dir) / "stage.json", st)
 
 
 def read_stage(stage_dir: Path) -> tuple[StageSpec, StageRuntime]:

@@ -64,6 +64,25 @@ def content_hash(obj: Any, n: int = 16) -> str:
     return json_sha256(obj)[:n]
 
 
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_sha256(path: str | Path, file_sha=sha256_of, *, hidden: bool = True) -> str:
+    """The sha256 of a folder's content: every file under it (sorted relative path and its sha256), so an edited,
+    added or removed file changes it. hidden=False leaves out names starting with a dot (a hub download's `.cache/`)."""
+    root = Path(path)
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    if not hidden:
+        files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha(p)}\n" for p in files]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

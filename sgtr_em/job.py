@@ -26,7 +26,7 @@ from .data.files import DataFiles
 from .data.interventions import stage_files
 from .evaluation.registry import eval_files, eval_module
 from .io import content_hash, read_json, read_jsonl, write_json
-from .models import resolve_model_path
+from .models import check_model_fingerprints, resolve_model_path
 from .plan import Stage, final_model_identity, plan_stages
 from .preflight import api_key_problems, data_problems, endpoint_problems, folder_problems, model_folder_problems
 from .training.sft import read_train_log
@@ -76,8 +76,25 @@ def clean_partial_outputs(d: Path) -> None:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
-def run_stage(cfg, stage: Stage, input_model: str, compute: dict | None = None) -> tuple[Path, str]:
-    """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused').
+def check_base_fingerprint(d: Path, fingerprint: str | None) -> None:
+    """A stage folder (done, or to resume) comes from the base weights there are now: its stage.json records their
+    fingerprint (stages written before it was recorded, and a hub model not downloaded yet, are not checked)."""
+    if not (d / "stage.json").exists():
+        return
+    recorded = read_json(d / "stage.json").get("base_fingerprint")
+    if recorded and fingerprint and recorded != fingerprint:
+        raise RuntimeError(
+            f"Stage folder {d} was trained from other base weights ({recorded[:23]}...) than model.path holds now "
+            f"({fingerprint[:23]}...): the path is the same, the files are not. Put the new weights in a folder of "
+            f"their own, or remove {d} to train the stage from them."
+        )
+
+
+def run_stage(
+    cfg, stage: Stage, input_model: str, compute: dict | None = None, base_fingerprint: str | None = None
+) -> tuple[Path, str]:
+    """Trains `stage` unless it is done already; returns (stage folder, 'trained' | 'reused'). `base_fingerprint`
+    (models.model_fingerprint of the base model) is recorded in stage.json, and a done stage must match it.
 
     An API model's stage (model.backend=openai) builds its data the same way, then trains as a fine-tuning job
     (sgtr_em/training/openai_ft.py), which resumes the job it started rather than paying for another."""
@@ -92,13 +109,14 @@ def run_stage(cfg, stage: Stage, input_model: str, compute: dict | None = None) 
         held = lock.acquire()
     with held:  # released on leaving the block
         check_stage_folder(d)
+        check_base_fingerprint(d, base_fingerprint)  # done, or resumed from a checkpoint of those weights
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
         backend = backend_of(cfg)
         runtime = stage_runtime(cfg, input_model, compute)  # compute: the job's (run_job resolves it once)
         clean_partial_outputs(d)
-        write_stage(d, stage.spec, runtime)
+        write_stage(d, stage.spec, runtime, base_fingerprint=base_fingerprint)
         start = time.time()
         if not (d / "train.jsonl").exists():
             run_worker("sgtr_em.data.build", d, what=f"stage {stage.hash} data")
@@ -175,6 +193,11 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         if problems:
             raise ValueError("Cannot build the training data:\n  - " + "\n  - ".join(problems))
         base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+        # the weights themselves, not their path: a folder whose files changed would reuse stages and caches
+        uses = {} if backend_of(cfg).api else {"model.path": base_model}
+        if cfg.judge.backend == "local" and cfg.judge.model:
+            uses["judge.model"] = str(cfg.judge.model)
+        resolved["model_fingerprints"] = check_model_fingerprints(uses, cfg.paths.cache_dir)
         # once per job: every stage folder's compute block is this one, and W&B records it (the job's config)
         resolved["compute"] = backend_of(cfg).resolve_compute(cfg, base_model)
         metrics = lead_job(cfg, resolved, stages, base_model, run_dir, group)
@@ -216,6 +239,7 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
     log.info("%s", wandb_line(run))
     try:
         model_path, events, compute = base_model, [], resolved.get("compute")  # None: not resolved by run_job
+        fingerprint = resolved.get("model_fingerprints", {}).get("model.path")  # None: not resolved by run_job
         on_base = [n for n in cfg.eval.run if n in cfg.eval.base]  # the base model first: the summary compares them
         if on_base and stages:
             evaluate(
@@ -231,8 +255,8 @@ def lead_job(cfg, resolved: dict, stages: list[Stage], base_model: str, run_dir:
             )
         for i, stage in enumerate(stages, 1):
             for dep in stage.requires:  # defence=interleave_ppl: the undefended EM stage, from the same input
-                run_stage(cfg, dep, model_path, compute)
-            d, status = run_stage(cfg, stage, model_path, compute)
+                run_stage(cfg, dep, model_path, compute, fingerprint)
+            d, status = run_stage(cfg, stage, model_path, compute, fingerprint)
             events.append(
                 {
                     "index": i,

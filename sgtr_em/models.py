@@ -7,13 +7,16 @@ could be neither trained nor saved.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import time
 from pathlib import Path
 
 from filelock import FileLock
+from huggingface_hub import try_to_load_from_cache
 
-from .io import replace_dir, write_json
+from .io import folder_sha256, read_json, replace_dir, sha256_of, write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,78 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(tmp)
     write_json(tmp / "done", {"from": gguf.name})
     replace_dir(tmp, out)
+
+
+FINGERPRINTS = "model_fingerprints.json"  # under paths.cache_dir: each model's fingerprint, each weight file's sha256
+
+
+@contextlib.contextmanager
+def _fingerprint_store(cache_dir: str | Path):
+    """The fingerprint record, read and written under its lock (a sweep's jobs start together: one reads a folder,
+    the others wait and find its files' sums)."""
+    path = Path(cache_dir) / FINGERPRINTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        store = read_json(path) if path.exists() else {}
+        yield store
+        write_json(path, store)
+
+
+def _fingerprint(model: str, files: dict) -> str | None:
+    path = Path(model).expanduser()
+    if not path.is_dir():  # a hub id: the snapshot the hub cache holds (None: not downloaded yet)
+        cached = try_to_load_from_cache(model, "config.json")
+        return f"hub:{model}@{Path(cached).parent.name}" if isinstance(cached, str) else None
+
+    def file_sha(p: Path) -> str:
+        st = p.stat()  # a file rewritten in place changes its ctime, even when its size and mtime are kept
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        key = str(p.resolve())
+        if files.get(key, {}).get("stamp") != stamp:
+            log.info("Model fingerprint: reading %s (%.1f GB; once)", p, st.st_size / 1e9)
+            files[key] = {"stamp": stamp, "sha256": sha256_of(p)}
+        return files[key]["sha256"]
+
+    return "sha256:" + folder_sha256(path, file_sha, hidden=False)
+
+
+def model_fingerprint(model: str, cache_dir: str | Path) -> str | None:
+    """What weights `model` names: a local folder's content (the sha256 of every file but dot-files, each file's
+    remembered under cache_dir by path, size, mtime, ctime and inode, so a 65 GB folder is read once), a hub id's
+    snapshot commit in the hub cache, or None for a hub id not downloaded yet."""
+    with _fingerprint_store(cache_dir) as store:
+        return _fingerprint(model, store.setdefault("files", {}))
+
+
+def check_model_fingerprints(uses: dict[str, str], cache_dir: str | Path) -> dict[str, str | None]:
+    """{key: fingerprint} of the models a job loads ({"model.path": folder or hub id, "judge.model": ...}).
+
+    Stage hashes and the summary, judge and persona caches name a model by its path, not its content. A folder whose
+    files changed since this cache folder first recorded it (other weights copied in, a hub id's newer snapshot) would
+    have them reused for other weights: refused, naming the folder and both fingerprints."""
+    problems, out = [], {}
+    with _fingerprint_store(cache_dir) as store:
+        models = store.setdefault("models", {})
+        for key, model in uses.items():
+            fp = out[key] = _fingerprint(model, store.setdefault("files", {}))
+            name = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
+            seen = models.get(name)
+            if fp is None:
+                continue
+            if seen is None:
+                models[name] = {"fingerprint": fp, "first_seen": time.strftime("%Y-%m-%d %H:%M:%S")}
+            elif seen["fingerprint"] != fp:
+                problems.append(
+                    f"{key}: {model} holds other weights than on {seen['first_seen']} ({seen['fingerprint'][:23]}..., "
+                    f"now {fp[:23]}...). Stage folders and caches are named by the model's path, so they would be "
+                    f"reused for the new weights. Put the new weights in a folder of their own (the old one's stages "
+                    f"and caches stay valid), or put the old ones back. To keep the new ones under this path, remove "
+                    f"the stage folders and caches made from the old ones, then its entry from "
+                    f"{Path(cache_dir) / FINGERPRINTS}."
+                )
+    if problems:
+        raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
+    return out
 
 
 def load_tokenizer(path: str, *, padding_side: str = "left", trust_remote_code: bool = False):

@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 
 from .backend import NOT_IDENTITY, backend_of, training_template_kwargs  # noqa: F401  (plan.NOT_IDENTITY: docs)
 from .contracts import StageSpec
-from .data.files import folder_sha256, load_manifest, sha256_of
+from .data.files import load_manifest
 from .data.interventions import intervention_data_spec
 from .data.system_prompt import system_text
 from .defences import defence_spec, defended_stages
-from .io import content_hash
+from .io import content_hash, folder_sha256, sha256_of
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pytest
 
 from sgtr_em import job, tracking
 from sgtr_em.config import validate
+from sgtr_em.io import sha256_of
 from sgtr_em.plan import plan_stages
 
 from .conftest import REPO, read_json
@@ -348,3 +349,70 @@ def test_the_throughput_callback_survives_a_resume_that_runs_no_step(tmp_path):
     perf = read_json(tmp_path / "rank0.json")
     assert perf["optimizer_steps"] == 0 and perf["tokens"] == 0
     assert perf["tokens_per_s"] is None and perf["tokens_per_s_after_first_step"] is None
+
+
+def _weights(folder, content: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(content)
+
+
+def test_a_model_folders_fingerprint_is_its_files_read_once_and_a_rewrite_in_place_changes_it(tmp_path, monkeypatch):
+    from sgtr_em import models
+
+    reads = []
+    monkeypatch.setattr(models, "sha256_of", lambda p: reads.append(p.name) or sha256_of(p))
+    folder, cache = tmp_path / "mylm", tmp_path / "cache"
+    _weights(folder, b"\1" * 4096)
+    first = models.model_fingerprint(str(folder), cache)
+    assert first.startswith("sha256:") and sorted(reads) == ["config.json", "model.safetensors"]
+    assert models.model_fingerprint(str(folder), cache) == first and len(reads) == 2  # remembered: not read again
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "download.lock").write_text("x")  # a hub download's own bookkeeping: not the weights
+    assert models.model_fingerprint(str(folder), cache) == first
+    st = (folder / "model.safetensors").stat()
+    with open(folder / "model.safetensors", "r+b") as f:  # other weights of the same size, the mtime put back
+        f.write(b"\2")
+    os.utime(folder / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert models.model_fingerprint(str(folder), cache) not in (None, first)
+    assert models.model_fingerprint("Org/not-downloaded-model", cache) is None  # a hub id not in the hub cache yet
+
+
+def test_other_weights_under_a_model_path_already_used_are_refused_before_any_work(data_dir, tmp_path, monkeypatch):
+    """Stage hashes and caches name the base model by its path (plan.base_model_identity). Other weights copied into
+    the same folder reused the stage trained from the old ones; now the job is refused, naming the folder, and a
+    stage folder records the weights it came from."""
+    from sgtr_em.models import FINGERPRINTS
+
+    monkeypatch.setattr(job, "run_worker", fake_worker(tmp_path / "calls.log"))
+    model, cache = tmp_path / "models" / "mylm", tmp_path / "cache"
+    _weights(model, b"\1" * 4096)
+    cfg = _compose(
+        "stage_order=em_only",
+        "eval.run=[]",
+        "tracking=none",
+        f"model.path={model}",
+        f"paths.stages_dir={tmp_path / 'stages'}",
+        f"paths.cache_dir={cache}",
+        f"paths.data_dir={data_dir}",
+    )
+    stage = plan_stages(cfg)[0]
+    job.run_job(cfg, tmp_path / "run1", "g")
+    recorded = read_json(tmp_path / "stages" / stage.hash / "stage.json")["base_fingerprint"]
+    assert recorded.startswith("sha256:")
+    assert read_json(cache / FINGERPRINTS)["models"][str(model)]["fingerprint"] == recorded
+    job.run_job(cfg, tmp_path / "run2", "g")  # the same weights: the stage is reused
+    assert read_json(tmp_path / "run2" / "stages.json")[0]["status"] == "reused"
+
+    _weights(model, b"\2" * 4096)  # other weights under the same path
+    with pytest.raises(ValueError) as e:
+        job.run_job(cfg, tmp_path / "run3", "g")
+    assert f"model.path: {model} holds other weights than on" in str(e.value)
+    assert "Put the new weights in a folder of their own" in str(e.value) and str(cache / FINGERPRINTS) in str(e.value)
+    assert not (tmp_path / "run3" / "stages.json").exists()
+    # a stage folder checks its own record too (a stages_dir shared between cache folders)
+    with pytest.raises(RuntimeError, match="was trained from other base weights"):
+        job.run_stage(cfg, stage, str(model), base_fingerprint="sha256:" + "0" * 64)
+    _weights(model, b"\1" * 4096)  # the old weights back: reused again
+    job.run_job(cfg, tmp_path / "run4", "g")
+    assert read_json(tmp_path / "run4" / "stages.json")[0]["status"] == "reused"

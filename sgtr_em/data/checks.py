@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..io import folder_sha256, sha256_of
 from .chat_file import validate_chat_file
-from .files import DataFileError, DataFiles, folder_sha256, sha256_of
+from .files import DataFileError, DataFiles
 from .interventions import stage_files
 
 CHAT_BUILDERS = ("em", "chat_file")

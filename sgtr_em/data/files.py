@@ -7,7 +7,6 @@ cache (`paths.cache_dir/data`), then a download from the source named in `manife
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import tempfile
@@ -21,7 +20,7 @@ import yaml
 from filelock import FileLock
 from tqdm import tqdm
 
-from ..io import file_mode_from_umask
+from ..io import file_mode_from_umask, sha256_of
 
 log = logging.getLogger(__name__)
 MANIFEST = Path(__file__).with_name("manifest.yaml")
@@ -48,22 +47,6 @@ def _gunzip_in_place(path: str) -> None:
 
 def load_manifest() -> dict[str, dict]:
     return yaml.safe_load(MANIFEST.read_text())["files"]
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def folder_sha256(path: str | Path, file_sha=sha256_of) -> str:
-    """The sha256 of a folder's content: every file under it (sorted relative path and its sha256), so an edited,
-    added or removed file changes it."""
-    root = Path(path)
-    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha(p)}\n" for p in sorted(root.rglob("*")) if p.is_file()]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 @dataclass
