@@ -1,7 +1,8 @@
 """Weights & Biases: one run per job, offline by default (no account needed), online when asked.
 
 The run's top-level config holds the group choices (model, em_dataset, intervention, stage_order,
-system_prompt, seed) and its job type is the condition (the run name without the seed), so the default W&B
+system_prompt, seed) and the other overrides that say what it computes (`condition_overrides`), and its job type
+is the condition (the run name without the seed: the groups, then those overrides), so the default W&B
 view compares conditions: the group is the sweep, "group by job type" averages the seeds, and tags
 (`intervention:sgtr`, ...) filter. The full resolved config sits under `cfg`. When tracking is off, a DummyRun takes the calls, so the pipeline never branches on it.
 The API key is read by wandb from WANDB_API_KEY and never enters the config.
@@ -33,6 +34,14 @@ from .preflight import redact
 log = logging.getLogger(__name__)
 
 GROUP_KEYS = ("model", "em_dataset", "intervention", "stage_order", "system_prompt")
+# A condition is the config groups (seed excluded), in this order, then any other command-line override that says
+# what a job computes (e.g. training.learning_rate): its W&B job type, and a report's condition fields.
+CONDITION_KEYS = (*GROUP_KEYS, "defence")  # defence: absent from jobs older than defences, which read as "none"
+SEED_KEY = "seed"
+# Overrides that say where and how fast a job runs, not what it computes (e.g. compute.micro_batch_size with the same
+# optimizer batch, a data folder, W&B mode): never condition fields, so runs of one condition on other hardware or
+# resumed with other settings still pool their seeds.
+RUN_ONLY_PREFIXES = ("hydra", "compute", "deepspeed", "paths", "tracking", "download")
 RUN_STATE = "wandb_run.json"  # the job's W&B run id and the stages already logged to it
 
 
@@ -62,14 +71,30 @@ def group_keys(cfg) -> tuple:
     return (*GROUP_KEYS, "defence") if defended else GROUP_KEYS
 
 
-def run_name(cfg) -> str:
-    return "-".join([*(str(cfg[k].name) for k in group_keys(cfg)), f"s{cfg.seed}"])
+def condition_overrides(overrides) -> dict[str, str]:
+    """{key: value} of the command-line overrides that say what a job computes (not its groups, seed, or how it ran)."""
+    out = {}
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if key not in (*CONDITION_KEYS, SEED_KEY) and key.split(".")[0] not in RUN_ONLY_PREFIXES:
+            out[key] = value
+    return out
 
 
-def condition_name(cfg) -> str:
-    """The run name without the seed: the W&B job type, so a sweep's runs group by condition (W&B allows 64
-    characters; a longer name keeps its start and a hash of the whole)."""
-    name = "-".join(str(cfg[k].name) for k in group_keys(cfg))
+def _condition_parts(cfg, overrides) -> list[str]:
+    extra = condition_overrides(overrides)
+    return [*(str(cfg[k].name) for k in group_keys(cfg)), *(f"{k}={extra[k]}" for k in sorted(extra))]
+
+
+def run_name(cfg, overrides=()) -> str:
+    return "-".join([*_condition_parts(cfg, overrides), f"s{cfg.seed}"])
+
+
+def condition_name(cfg, overrides=()) -> str:
+    """The run name without the seed: the W&B job type, so a sweep's runs group by condition, two learning rates
+    apart (W&B allows 64 characters; a longer name keeps its start and a hash of the whole)."""
+    name = "-".join(_condition_parts(cfg, overrides))
     return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
@@ -105,15 +130,18 @@ def start_run(cfg, resolved: dict, run_dir: Path, group: str):
         return DummyRun()
     import wandb
 
-    config = {k: str(cfg[k].name) for k in (*GROUP_KEYS, "defence") if cfg.get(k) is not None}
-    config.update(seed=cfg.seed, cfg=resolved, overrides=command_line_overrides(run_dir))
+    overrides = command_line_overrides(run_dir)
+    extra = condition_overrides(overrides)  # the dashboard groups by it beside the groups (report/dashboard.py)
+    config = {k: str(cfg[k].name) for k in CONDITION_KEYS if cfg.get(k) is not None}
+    config.update(seed=cfg.seed, cfg=resolved, overrides=overrides)
+    config["condition_overrides"] = ",".join(f"{k}={extra[k]}" for k in sorted(extra))
     sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # a sweep agent's run: its project and entity are the sweep's
     kwargs = dict(
         project=None if sweep else t.project,
         entity=None if sweep else t.entity,
         group=t.group or group,
-        name=run_name(cfg),
-        job_type=condition_name(cfg),
+        name=run_name(cfg, overrides),
+        job_type=condition_name(cfg, overrides),
         tags=run_tags(cfg),
         config=config,
         dir=str(run_dir),

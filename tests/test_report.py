@@ -250,8 +250,11 @@ def test_dashboard_definition_names_every_panel_and_grouping(capsys):
         ["Results by condition (mean +/- s.e. over seeds)", "Training loss per stage", "Evaluations after each stage"]
     )
     [runset] = spec["spec"]["section"]["runSets"]
-    # W&B groups by the config groups and the defence (its config holds `defence` since sgtr_em/tracking.py records it)
-    assert runset["grouping"] == [{"section": "config", "name": f"{k}.value"} for k in (*GROUP_KEYS, "defence")]
+    # W&B groups by the config groups, the defence (its config holds `defence` since sgtr_em/tracking.py records it)
+    # and the overrides that change what a job computes (two learning rates are two conditions)
+    assert runset["grouping"] == [
+        {"section": "config", "name": f"{k}.value"} for k in (*GROUP_KEYS, "defence", "condition_overrides")
+    ]
     assert runset["filters"]["filters"] == [
         {"key": {"section": "run", "name": "group"}, "op": "=", "value": "smollm2-16-33-00", "disabled": False}
     ]

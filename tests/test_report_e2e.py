@@ -13,12 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from sgtr_em import tracking
 from sgtr_em.report import aggregate
 from sgtr_em.report.collect import job_from_wandb_run, jobs_from_folder
 from sgtr_em.report.tables import metric_csv
 from sgtr_em.tracking import read_offline_run
 
 from .conftest import REPO, read_json
+from .test_config import _compose
 from .test_e2e import TINY
 
 pytestmark = pytest.mark.slow
@@ -78,8 +80,11 @@ def test_two_seed_sweep_then_report(run_cli, tmp_path):
     runs = []
     for job in ("0", "1"):
         run = read_offline_run(sweep / job)
-        assert run["run"]["job_type"] == "smollm2-aesthetic_unpopular-sgtr-em_only-default"
+        # the condition (the sizes' overrides in it, the seed not): both seeds group under one job type
+        condition = tracking.condition_name(_compose("stage_order=em_only"), run["config"]["overrides"])
+        assert run["run"]["job_type"] == condition != "smollm2-aesthetic_unpopular-sgtr-em_only-default"
         runs.append(SimpleNamespace(config=run["config"], summary_metrics=run["summary"], id=run["id"]))
+    assert len({read_offline_run(sweep / job)["run"]["job_type"] for job in ("0", "1")}) == 1
     sources = (jobs_from_folder(sweep), [job_from_wandb_run(r) for r in runs])
     for key in ("self_recognition/accuracy", "em/misaligned_rate_mo", "em/mean_aligned"):
         a, b = (aggregate.summarise(aggregate.group_conditions(jobs), key) for jobs in sources)

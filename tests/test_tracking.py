@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from sgtr_em import tracking
@@ -35,11 +36,15 @@ def test_offline_run_reads_back(tmp_path):
         assert len(part) < len(whole) and [r.SerializeToString() for r in part] == [
             r.SerializeToString() for r in whole[: len(part)]
         ]
-    assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"
+    assert tracking.run_name(cfg) == "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3"  # no overrides given
+    # the condition is the groups and the overrides that say what the job computes: two learning rates are two
+    # conditions on the dashboard, as in a report (the seed is not one)
+    assert back["config"]["condition_overrides"] == "training.learning_rate=2e-5"
+    condition = "smollm2-aesthetic_unpopular-sgtr-em_only-default-training.learning_rate=2e-5"
     assert back["run"] == {
-        "name": "smollm2-aesthetic_unpopular-sgtr-em_only-default-s3",
+        "name": f"{condition}-s3",
         "group": "g",
-        "job_type": "smollm2-aesthetic_unpopular-sgtr-em_only-default",  # the condition: seeds group
+        "job_type": f"{condition[:55]}-{hashlib.sha1(condition.encode()).hexdigest()[:8]}",  # W&B's 64 characters
         "tags": [
             "model:smollm2",
             "em_dataset:aesthetic_unpopular",
@@ -76,6 +81,14 @@ def test_a_job_folder_keeps_its_run_and_logs_a_stage_once(tmp_path, monkeypatch)
 def test_a_sweep_agents_run_id_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_RUN_ID", "agent123")
     assert tracking.job_run_id(tmp_path) == "agent123"
+
+
+def test_a_conditions_name_is_its_groups_then_the_overrides_that_change_what_it_computes():
+    cfg = _compose("stage_order=em_only")
+    plain = "smollm2-aesthetic_unpopular-sgtr-em_only-default"
+    assert tracking.condition_name(cfg, ["stage_order=em_only", "seed=2", "compute=cpu", "paths.data_dir=/d"]) == plain
+    assert tracking.condition_name(cfg, ["lora.r=8"]) == f"{plain}-lora.r=8"
+    assert tracking.run_name(cfg, ["lora.r=8", "+eval.x=1"]) == f"{plain}-eval.x=1-lora.r=8-s0"  # sorted
 
 
 def test_a_long_condition_name_fits_the_job_type_limit():

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..evaluation.stats import mean_ci
+from ..tracking import CONDITION_KEYS
 from .collect import Job
-from .metrics import CONDITION_KEYS
 
 INTERVALS = {"t": "95 % t-interval over seeds", "bootstrap": "95 % bootstrap percentile interval over seeds"}
 BOOTSTRAP_SAMPLES = 10_000

@@ -15,8 +15,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from ..io import read_json
-from ..tracking import command_line_overrides, flatten
-from .metrics import CONDITION_KEYS, RUN_ONLY_PREFIXES, SEED_KEY
+from ..tracking import CONDITION_KEYS, SEED_KEY, command_line_overrides, condition_overrides, flatten
 
 
 @dataclass
@@ -47,17 +46,6 @@ def unfinished_job_dirs(root: str | Path) -> list[str]:
         p.parent.parent for p in root.rglob(".hydra/config.yaml") if not (p.parent.parent / "metrics.json").exists()
     }
     return [str(d) for d in sorted(dirs, key=lambda p: _natural(p.relative_to(root)))]
-
-
-def condition_overrides(overrides: Iterable[str]) -> dict[str, str]:
-    """{key: value} of the command-line overrides that say what a job computes (not its groups, seed, or how it ran)."""
-    out = {}
-    for item in overrides:
-        key, _, value = str(item).partition("=")
-        key = key.lstrip("+~")
-        if key not in (*CONDITION_KEYS, SEED_KEY) and key.split(".")[0] not in RUN_ONLY_PREFIXES:
-            out[key] = value
-    return out
 
 
 def job_from_folder(job_dir: str | Path) -> Job:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .metrics import BY_KEY, CONDITION_KEYS
+from ..tracking import CONDITION_KEYS
+from .metrics import BY_KEY
 
 # Bar charts of each run group's summary: mean +/- standard error over the group's runs (the seeds).
 BAR_METRICS = (
@@ -74,7 +75,8 @@ def workspace(entity: str, project: str, group: Optional[str] = None):
             ws.Section(name="Evaluations after each stage", panels=per_stage, is_open=False),
         ],
         runset_settings=ws.RunsetSettings(
-            groupby=[ws.Config(k) for k in CONDITION_KEYS], filters=ws.And(ws.Metric("Group") == group) if group else ""
+            groupby=[ws.Config(k) for k in (*CONDITION_KEYS, "condition_overrides")],
+            filters=ws.And(ws.Metric("Group") == group) if group else "",
         ),
         settings=ws.WorkspaceSettings(max_runs=100),
     )

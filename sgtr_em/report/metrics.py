@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..tracking import GROUP_KEYS
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -66,14 +64,6 @@ BY_KEY = {m.key: m for m in METRICS}
 # undefined on small models).
 FIGURE_METRICS = ("em/misaligned_rate", "em/misaligned_rate_mo", "self_recognition/headline")
 
-# A condition is the config groups that vary across the sweep (seed excluded), in this order, then any other
-# command-line override that varies (e.g. training.learning_rate).
-CONDITION_KEYS = (*GROUP_KEYS, "defence")  # defence: absent from jobs older than defences, which read as "none"
-SEED_KEY = "seed"
-# Overrides that say where and how fast a job runs, not what it computes (e.g. compute.micro_batch_size with the same
-# optimizer batch, a data folder, W&B mode): never condition fields, so runs of one condition on other hardware or
-# resumed with other settings still pool their seeds.
-RUN_ONLY_PREFIXES = ("hydra", "compute", "deepspeed", "paths", "tracking", "download")
 
 # stage_order values drawn as the two sides of the reversal-vs-prevention figure.
 ORDERS = {"reversal": "Reversal (EM -> intervention)", "prevention": "Prevention (intervention -> EM)"}
