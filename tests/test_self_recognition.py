@@ -95,3 +95,29 @@ def test_a_writers_summary_cache_names_its_template_arguments(tmp_path, smollm2_
     plain = sr.eval_writer(context(tmp_path, smollm2_path, data_dir, *over))
     fr = sr.eval_writer(context(tmp_path, smollm2_path, data_dir, *over, "+model.chat_template_kwargs.lang=fr"))
     assert plain.model == fr.model and plain.key != fr.key
+
+
+def test_every_arm_and_the_base_model_are_scored_on_the_same_held_out_articles(data_dir):
+    """eval=smoke evaluates SR on XSUM, which SGTR trains on. Excluding the job's own training articles gave the SGTR
+    arm other articles than the arms without SGTR (and their base models). The eval reads the tail of the order whose
+    head SGTR trains on: one set for every arm, disjoint from every training sample."""
+    from sgtr_em.data.files import DataFiles
+
+    files = DataFiles(data_dir, data_dir, download=False)
+
+    def ids(*over):
+        cfg = OmegaConf.to_container(_compose(f"paths.data_dir={data_dir}", *over), resolve=True)
+        e = cfg["eval"]["self_recognition"]
+        articles = read_json(files.path(f"articles/{e['articles']}_train_articles.json"))
+        others = {s: read_json(files.path(sr.summary_file(e["articles"], s))) for s in e["other_sources"]}
+        trained = sr.training_articles(cfg, articles, files, cfg["seed"])
+        return sr.eval_article_ids(cfg, articles, others, files, cfg["seed"]), trained
+
+    sgtr, trained = ids()  # the default: SGTR on 12 XSUM articles, SR on 3 held-out XSUM articles
+    assert len(sgtr) == 3 and len(trained) == 12 and not set(sgtr) & trained
+    for arm in ("intervention=none", "intervention=word_count", "defence=kl", "stage_order=base"):
+        assert ids(arm)[0] == sgtr, arm
+    assert len(set(ids("intervention=none", "eval.self_recognition.max_articles=null")[0])) == 1000
+    with pytest.raises(ValueError, match="no xsum article is held out: the intervention trains on 1000 of its 1000"):
+        ids("intervention.max_articles=null")  # SGTR on all of them: no training article is evaluated
+    assert ids("seed=1")[0] != sgtr  # a seed draws its own articles, as its training sample

@@ -191,17 +191,32 @@ def training_articles(cfg: dict, articles: dict, files, seed: int) -> set[str]:
     return set(sample_article_ids([a for a in articles if all(a in o for o in others)], i["max_articles"], seed))
 
 
+def eval_article_ids(cfg: dict, articles: dict, others: dict, files, seed: int) -> list[str]:
+    """The articles evaluated: the tail of the seeded order whose head an SGTR-family intervention trains on
+    (`training_articles`; every source covers every article in the paper's data, so both orders are one), so every
+    arm of a grid (none, SGTR, a defence) and the base model are scored on the same articles, held out from any
+    training sample that leaves room for them. The training articles are excluded all the same
+    (`exclude_training_articles`), which only bites when training and evaluation together ask for more articles
+    than there are."""
+    e = cfg["eval"][NAME]
+    excluded = training_articles(cfg, articles, files, seed) if e.get("exclude_training_articles", True) else set()
+    order = sample_article_ids(articles, None, seed)[::-1]
+    ids = [a for a in order if a not in excluded and all(a in o for o in others.values())]
+    if not ids:
+        raise ValueError(
+            f"eval.self_recognition: no {e['articles']} article is held out: the intervention trains on "
+            f"{len(excluded)} of its {len(articles)}. Evaluate on another article set (cnn), or train on fewer "
+            "(intervention.max_articles)"
+        )
+    return ids[: e["max_articles"]]
+
+
 def generate(ctx) -> list[dict]:
     e, prompts, sp = ctx.ecfg(NAME), ctx.cfg["prompts"], ctx.cfg["system_prompt"]
     ds = e["articles"]
     articles = read_json(ctx.files.path(f"articles/{ds}_train_articles.json"))
     others = {s: read_json(ctx.files.path(summary_file(ds, s))) for s in e["other_sources"]}
-    held_out = (
-        set(articles) - training_articles(ctx.cfg, articles, ctx.files, ctx.seed)
-        if e.get("exclude_training_articles", True)
-        else set(articles)
-    )
-    ids = sample_article_ids([a for a in held_out if all(a in o for o in others.values())], e["max_articles"], ctx.seed)
+    ids = eval_article_ids(ctx.cfg, articles, others, ctx.files, ctx.seed)
     own = own_summaries(
         eval_writer(ctx),
         ds,
