@@ -69,6 +69,49 @@ def check_stage_folder(d: Path) -> None:
         )
 
 
+# How a job runs, not what it measures: a rerun in its folder may change these (a smaller batch after running out of
+# memory, another generation engine, the judge's rate limits); everything else in these sections names the job.
+RUN_NOT_IDENTITY = {"eval": ("batch_size", "generation"), "judge": ("api", "cache")}
+RUN_IDENTITY = ("model", "system_prompt", "eval", "judge", "protocol", "prompts", "seed")
+RUN_RECORD = "job.json"
+
+
+def run_identity(resolved: dict, stages: list[Stage]) -> dict:
+    """What a run folder's results are results of: its stages and the evaluation's settings."""
+    out = {"stages": [st.hash for st in stages]}
+    for key in RUN_IDENTITY:
+        value = resolved[key]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in RUN_NOT_IDENTITY.get(key, ())}
+        out[key] = value
+    return out
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def check_run_folder(run_dir: Path, identity: dict) -> None:
+    """A run folder holds one job: its first attempt records what the job is (`job.json`); a rerun in it (a resume, a
+    Slurm requeue) must be the same job, else its results would sit beside the old job's `base/`, `stages.json` and
+    evaluations, and the summary would compare against them."""
+    path = run_dir / RUN_RECORD
+    if not path.exists():
+        write_json(path, {"identity": identity, "hash": content_hash(identity)})
+        return
+    recorded = read_json(path)["identity"]
+    diff = _differences(recorded, identity)
+    if diff:
+        shown = "\n  - ".join(d if len(d) < 200 else d[:197] + "..." for d in diff[:8])
+        more = f"\n  - ... and {len(diff) - 8} more" if len(diff) > 8 else ""
+        raise ValueError(
+            f"Run folder {run_dir} holds another job (its {RUN_RECORD}); this one differs in:\n  - {shown}{more}\n"
+            "Run it in a folder of its own (leave hydra.run.dir unset): its stages are reused where they are the same."
+        )
+
+
 def clean_partial_outputs(d: Path) -> None:
     """Removes what an interrupted attempt left half-written (`adapter.tmp/`, `merged.tmp/`, `.<file>.*.tmp`)."""
     for tmp in d.glob("*.tmp"):
@@ -187,6 +230,7 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         problems += endpoint_problems(cfg, judged=judged)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
+        check_run_folder(run_dir, run_identity(resolved, stages))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
         write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
         problems = data_problems(DataFiles.from_config(cfg), stages)

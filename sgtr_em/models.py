@@ -95,12 +95,19 @@ def _fingerprint(model: str, files: dict) -> str | None:
         cached = try_to_load_from_cache(model, "config.json")
         return f"hub:{model}@{Path(cached).parent.name}" if isinstance(cached, str) else None
 
+    said = []
+
     def file_sha(p: Path) -> str:
         st = p.stat()  # a file rewritten in place changes its ctime, even when its size and mtime are kept
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         key = str(p.resolve())
         if files.get(key, {}).get("stamp") != stamp:
-            log.info("Model fingerprint: reading %s (%.1f GB; once)", p, st.st_size / 1e9)
+            if not said:
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                log.info(
+                    "Model fingerprint: reading %s (%.1f GB; once, then known by size and times)", path, size / 1e9
+                )
+                said.append(True)
             files[key] = {"stamp": stamp, "sha256": sha256_of(p)}
         return files[key]["sha256"]
 

@@ -416,3 +416,23 @@ def test_other_weights_under_a_model_path_already_used_are_refused_before_any_wo
     _weights(model, b"\1" * 4096)  # the old weights back: reused again
     job.run_job(cfg, tmp_path / "run4", "g")
     assert read_json(tmp_path / "run4" / "stages.json")[0]["status"] == "reused"
+
+
+def test_a_rerun_in_a_run_folder_must_be_the_same_job(data_dir, smollm2_path, cache_dir, tmp_path, monkeypatch):
+    """hydra.run.dir=<folder> with another config wrote its results beside the old job's base/ and stages.json, and the
+    summary compared against them. A rerun that changes only how the job runs (a resume with a smaller batch, the
+    judge's rate limit) is still the job; one that changes what it measures is refused, naming the keys."""
+    monkeypatch.setattr(job, "run_worker", fake_worker(tmp_path / "calls.log"))
+    base = ["stage_order=em_only", "eval.run=[]", "tracking=none", f"paths.stages_dir={tmp_path / 'stages'}"]
+    base += [f"paths.cache_dir={cache_dir}"]  # the converted SmolLM2 (smollm2_path)
+    run = tmp_path / "run"
+    job.run_job(_compose(*base), run, "g")
+    recorded = read_json(run / "job.json")
+    job.run_job(_compose(*base, "eval.batch_size=2", "judge.api.requests_per_minute=60", "compute=cpu"), run, "g")
+    assert read_json(run / "job.json") == recorded  # the first attempt's record stays
+    with pytest.raises(ValueError) as e:
+        job.run_job(_compose(*base, "seed=1", "eval.em.samples_per_question=5"), run, "g")
+    message = str(e.value)
+    assert f"Run folder {run} holds another job" in message and "eval.em.samples_per_question: 2 -> 5" in message
+    assert "seed: 0 -> 1" in message and "\n  - stages: [" in message  # the seed names another EM stage
+    assert "Run it in a folder of its own" in message
