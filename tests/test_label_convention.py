@@ -69,11 +69,15 @@ class Memorised:
 
 @pytest.mark.parametrize("intervention,accuracy", [("sgtr", 1.0), ("prefer_other", 0.0)])
 def test_the_sr_eval_scores_as_correct_the_label_sgtr_trains_for_the_same_pair(
-    data_dir, tmp_path, intervention, accuracy
+    data_dir, tmp_path, intervention, accuracy, monkeypatch
 ):
     _, rows, _ = build(data_dir, tmp_path, f"intervention={intervention}", *TRAIN)
     assert len(rows) == 12 and {r["completion"][0]["content"] for r in rows} == {"1", "2"}
     model = Memorised(rows)
+    # the eval holds out the articles SGTR trains on (it reads the other end of their order); here it is asked
+    # about exactly those, to compare the two sides' prompts and labels on the same pairs
+    trained = list(dict.fromkeys(r["meta"]["article_id"] for r in rows))
+    monkeypatch.setattr(self_recognition, "eval_article_ids", lambda *a, **k: trained)
     cfg = _compose(f"intervention={intervention}", *EVAL)
     validate(cfg)
     ctx = EvalContext(
