@@ -72,14 +72,11 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def folder_sha256(path: str | Path, file_sha=sha256_of, *, hidden: bool = True) -> str:
+def folder_sha256(path: str | Path, file_sha=sha256_of) -> str:
     """The sha256 of a folder's content: every file under it (sorted relative path and its sha256), so an edited,
-    added or removed file changes it. hidden=False leaves out names starting with a dot (a hub download's `.cache/`)."""
+    added or removed file changes it."""
     root = Path(path)
-    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
-    if not hidden:
-        files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha(p)}\n" for p in files]
+    lines = [f"{p.relative_to(root).as_posix()}\0{file_sha(p)}\n" for p in sorted(root.rglob("*")) if p.is_file()]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 

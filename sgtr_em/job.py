@@ -69,27 +69,30 @@ def check_stage_folder(d: Path) -> None:
         )
 
 
-# How a job runs, not what it measures: a rerun in its folder may change these (a smaller batch after running out of
-# memory, another generation engine, the judge's rate limits); everything else in these sections names the job.
-RUN_NOT_IDENTITY = {"eval": ("batch_size", "generation"), "judge": ("api", "cache")}
+# What a run folder's results are results of, besides its stages, less how it runs (tracking.RUN_ONLY_PREFIXES: a
+# rerun may use a smaller batch after running out of memory, another generation engine, the judge's rate limits).
 RUN_IDENTITY = ("model", "system_prompt", "eval", "judge", "protocol", "prompts", "seed")
 RUN_RECORD = "job.json"
 
 
+def _without_run_only(value, prefix: str):
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: _without_run_only(v, f"{prefix}.{k}") for k, v in value.items() if not tracking.run_only(f"{prefix}.{k}")
+    }
+
+
 def run_identity(resolved: dict, stages: list[Stage]) -> dict:
     """What a run folder's results are results of: its stages and the evaluation's settings."""
-    out = {"stages": [st.hash for st in stages]}
-    for key in RUN_IDENTITY:
-        value = resolved[key]
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in RUN_NOT_IDENTITY.get(key, ())}
-        out[key] = value
-    return out
+    return {"stages": [st.hash for st in stages], **{k: _without_run_only(resolved[k], k) for k in RUN_IDENTITY}}
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:
+    """The keys whose values differ; a key only one side has is a setting added or removed by a code update between
+    the attempts (a requeue after `git pull`), not another job."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [d for k in sorted(set(old) & set(new)) for d in _differences(old[k], new[k], f"{prefix}{k}.")]
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
@@ -127,8 +130,8 @@ def check_base_fingerprint(d: Path, fingerprint: str | None) -> None:
     recorded = read_json(d / "stage.json").get("base_fingerprint")
     if recorded and fingerprint and recorded != fingerprint:
         raise RuntimeError(
-            f"Stage folder {d} was trained from other base weights ({recorded[:23]}...) than model.path holds now "
-            f"({fingerprint[:23]}...): the path is the same, the files are not. Put the new weights in a folder of "
+            f"Stage folder {d} was trained from other base weights ({recorded}) than model.path holds now "
+            f"({fingerprint}): the path is the same, the files are not. Put the new weights in a folder of "
             f"their own, or remove {d} to train the stage from them."
         )
 
@@ -153,6 +156,8 @@ def run_stage(
     with held:  # released on leaving the block
         check_stage_folder(d)
         check_base_fingerprint(d, base_fingerprint)  # done, or resumed from a checkpoint of those weights
+        if base_fingerprint is None and (d / "stage.json").exists():  # not known now (a hub id not downloaded yet)
+            base_fingerprint = read_json(d / "stage.json").get("base_fingerprint")  # keep what the folder recorded
         if (d / "done").exists():
             log.info("Stage %s (%s %s) is done already: reusing it", stage.hash, stage.kind, stage.name)
             return d, "reused"
@@ -230,9 +235,7 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         problems += endpoint_problems(cfg, judged=judged)
         if problems:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
-        check_run_folder(run_dir, run_identity(resolved, stages))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
-        write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
         problems = data_problems(DataFiles.from_config(cfg), stages)
         if problems:
             raise ValueError("Cannot build the training data:\n  - " + "\n  - ".join(problems))
@@ -242,6 +245,8 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
         if cfg.judge.backend == "local" and cfg.judge.model:
             uses["judge.model"] = str(cfg.judge.model)
         resolved["model_fingerprints"] = check_model_fingerprints(uses, cfg.paths.cache_dir)
+        check_run_folder(run_dir, run_identity(resolved, stages))  # after every check: a refused job pins nothing
+        write_json(run_dir / "data_files.json", resolved["data_files"])  # the checksums of every data file read
         # once per job: every stage folder's compute block is this one, and W&B records it (the job's config)
         resolved["compute"] = backend_of(cfg).resolve_compute(cfg, base_model)
         metrics = lead_job(cfg, resolved, stages, base_model, run_dir, group)

@@ -8,6 +8,7 @@ could be neither trained nor saved.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 from huggingface_hub import try_to_load_from_cache
 
-from .io import folder_sha256, read_json, replace_dir, sha256_of, write_json
+from .io import json_sha256, read_json, replace_dir, sha256_of, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 FINGERPRINTS = "model_fingerprints.json"  # under paths.cache_dir: each model's fingerprint, each weight file's sha256
+# The files `from_pretrained` reads from a model folder's top level: weights, configs, tokenizer, remote code. A README,
+# a GGUF or Meta's `original/` checkpoint beside them changes nothing that loads.
+MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.model", "*.tiktoken", "*.jinja", "*.py", "*.txt")
+NOT_MODEL_FILES = ("training_args.bin",)
+VERSION_KEYS = ("transformers_version",)  # written by whichever transformers saved the folder: not the weights
 
 
 @contextlib.contextmanager
@@ -84,40 +90,70 @@ def _fingerprint_store(cache_dir: str | Path):
     path = Path(cache_dir) / FINGERPRINTS
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        store = read_json(path) if path.exists() else {}
+        try:
+            store = read_json(path) if path.exists() else {}
+        except ValueError as e:
+            raise ValueError(
+                f"{path} is not valid JSON ({e}): fix it, or remove it to record every model afresh"
+            ) from e
         yield store
         write_json(path, store)
 
 
-def _fingerprint(model: str, files: dict) -> str | None:
-    path = Path(model).expanduser()
-    if not path.is_dir():  # a hub id: the snapshot the hub cache holds (None: not downloaded yet)
-        cached = try_to_load_from_cache(model, "config.json")
-        return f"hub:{model}@{Path(cached).parent.name}" if isinstance(cached, str) else None
+def _model_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name not in NOT_MODEL_FILES and any(p.match(g) for g in MODEL_FILES))
 
+
+def _hub_snapshot(model: str) -> Path | None:
+    """A hub id's snapshot folder in the hub cache, once its weights are all there (None: not downloaded yet)."""
+    cached = try_to_load_from_cache(model, "config.json")
+    if not isinstance(cached, str):
+        return None
+    folder = Path(cached).parent
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():  # sharded: every shard the index names
+            shards = set(read_json(folder / index)["weight_map"].values())
+            return folder if all((folder / s).is_file() for s in shards) else None
+    return folder if any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")) else None
+
+
+def _fingerprint(model: str, files: dict) -> str | None:
+    folder = Path(model).expanduser()
+    if not folder.is_dir():  # a hub id: the snapshot the hub cache holds
+        folder = _hub_snapshot(model)
+        if folder is None:
+            return None
     said = []
 
     def file_sha(p: Path) -> str:
-        st = p.stat()  # a file rewritten in place changes its ctime, even when its size and mtime are kept
+        target = p.resolve()
+        if p.is_symlink() and target.parent.name == "blobs":  # the hub cache: files named by their content's hash
+            return target.name
+        st = target.stat()  # a file rewritten in place changes its ctime, even when its size and mtime are kept
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        key = str(p.resolve())
+        key = str(target)
         if files.get(key, {}).get("stamp") != stamp:
             if not said:
-                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                size = sum(f.stat().st_size for f in _model_files(folder))
                 log.info(
-                    "Model fingerprint: reading %s (%.1f GB; once, then known by size and times)", path, size / 1e9
+                    "Model fingerprint: reading %s (%.1f GB; once, then known by size and times)", folder, size / 1e9
                 )
                 said.append(True)
-            files[key] = {"stamp": stamp, "sha256": sha256_of(p)}
+            if p.name.endswith("config.json"):  # config.json, generation_config.json: less the saving library's version
+                text = {k: v for k, v in read_json(p).items() if k not in VERSION_KEYS}
+                files[key] = {"stamp": stamp, "sha256": json_sha256(text)}
+            else:
+                files[key] = {"stamp": stamp, "sha256": sha256_of(p)}
         return files[key]["sha256"]
 
-    return "sha256:" + folder_sha256(path, file_sha, hidden=False)
+    lines = "".join(f"{p.name}\0{file_sha(p)}\n" for p in _model_files(folder))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
 def model_fingerprint(model: str, cache_dir: str | Path) -> str | None:
-    """What weights `model` names: a local folder's content (the sha256 of every file but dot-files, each file's
-    remembered under cache_dir by path, size, mtime, ctime and inode, so a 65 GB folder is read once), a hub id's
-    snapshot commit in the hub cache, or None for a hub id not downloaded yet."""
+    """What weights `model` names: the content of the files a model folder loads from (MODEL_FILES; each local file's
+    sha256 remembered under cache_dir by path, size, mtime, ctime and inode, so a 65 GB folder is read once; a hub
+    snapshot's files by the content hashes the hub cache names them by), or None for a hub id not downloaded yet."""
     with _fingerprint_store(cache_dir) as store:
         return _fingerprint(model, store.setdefault("files", {}))
 
@@ -125,28 +161,27 @@ def model_fingerprint(model: str, cache_dir: str | Path) -> str | None:
 def check_model_fingerprints(uses: dict[str, str], cache_dir: str | Path) -> dict[str, str | None]:
     """{key: fingerprint} of the models a job loads ({"model.path": folder or hub id, "judge.model": ...}).
 
-    Stage hashes and the summary, judge and persona caches name a model by its path, not its content. A folder whose
-    files changed since this cache folder first recorded it (other weights copied in, a hub id's newer snapshot) would
-    have them reused for other weights: refused, naming the folder and both fingerprints."""
+    Stage hashes and the summary, judge and persona caches name a model by its path as written, not its content. A
+    path whose files changed since this cache folder first recorded it (other weights copied in, a symlink moved, a hub
+    id's snapshot with other weights) would have them reused for other weights: refused, naming the path and both
+    fingerprints."""
     problems, out = [], {}
     with _fingerprint_store(cache_dir) as store:
         models = store.setdefault("models", {})
         for key, model in uses.items():
             fp = out[key] = _fingerprint(model, store.setdefault("files", {}))
-            name = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
-            seen = models.get(name)
+            seen = models.get(model)  # the path as written: what the identities name
             if fp is None:
                 continue
             if seen is None:
-                models[name] = {"fingerprint": fp, "first_seen": time.strftime("%Y-%m-%d %H:%M:%S")}
+                models[model] = {"fingerprint": fp, "first_seen": time.strftime("%Y-%m-%d %H:%M:%S")}
             elif seen["fingerprint"] != fp:
                 problems.append(
-                    f"{key}: {model} holds other weights than on {seen['first_seen']} ({seen['fingerprint'][:23]}..., "
-                    f"now {fp[:23]}...). Stage folders and caches are named by the model's path, so they would be "
-                    f"reused for the new weights. Put the new weights in a folder of their own (the old one's stages "
-                    f"and caches stay valid), or put the old ones back. To keep the new ones under this path, remove "
-                    f"the stage folders and caches made from the old ones, then its entry from "
-                    f"{Path(cache_dir) / FINGERPRINTS}."
+                    f"{key}: {model} holds other weights than on {seen['first_seen']} ({seen['fingerprint']}, now "
+                    f"{fp}). Stage folders and caches are named by the model's path, so they would be reused for the "
+                    f"new weights. Put the new weights in a folder of their own (the old one's stages and caches stay "
+                    f"valid), or put the old ones back. To keep the new ones under this path, remove the stage folders "
+                    f"and caches made from the old ones, then its entry from {Path(cache_dir) / FINGERPRINTS}."
                 )
     if problems:
         raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))

@@ -38,10 +38,34 @@ GROUP_KEYS = ("model", "em_dataset", "intervention", "stage_order", "system_prom
 # what a job computes (e.g. training.learning_rate): its W&B job type, and a report's condition fields.
 CONDITION_KEYS = (*GROUP_KEYS, "defence")  # defence: absent from jobs older than defences, which read as "none"
 SEED_KEY = "seed"
-# Overrides that say where and how fast a job runs, not what it computes (e.g. compute.micro_batch_size with the same
-# optimizer batch, a data folder, W&B mode): never condition fields, so runs of one condition on other hardware or
-# resumed with other settings still pool their seeds.
-RUN_ONLY_PREFIXES = ("hydra", "compute", "deepspeed", "paths", "tracking", "download")
+# Keys (and the keys under them) that say where and how fast a job runs, not what it computes (compute.micro_batch_size
+# with the same optimizer batch, a data folder, W&B mode, a smaller evaluation batch after running out of memory, the
+# judge's rate limits): never condition fields, so runs of one condition on other hardware or resumed with other
+# settings still pool their seeds; a rerun in a run folder may change them (job.run_identity).
+RUN_ONLY_PREFIXES = (
+    "hydra",
+    "compute",
+    "deepspeed",
+    "paths",
+    "tracking",
+    "download",
+    "eval.batch_size",
+    "eval.generation.backend",
+    "eval.generation.api",
+    "judge.api",
+    "judge.cache",
+    "training.logging_steps",  # backend.NOT_IDENTITY: outside the stage hash too
+    "training.save_steps",
+    "training.save_total_limit",
+    "training.keep_checkpoints",
+)
+PRESET_KEYS = ("experiment", "sweep")  # bundles of settings: a W&B name carries the settings' own groups, not these
+
+
+def run_only(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in RUN_ONLY_PREFIXES)
+
+
 RUN_STATE = "wandb_run.json"  # the job's W&B run id and the stages already logged to it
 
 
@@ -76,14 +100,15 @@ def condition_overrides(overrides) -> dict[str, str]:
     out = {}
     for item in overrides:
         key, _, value = str(item).partition("=")
+        deleted = key.startswith("~")
         key = key.lstrip("+~")
-        if key not in (*CONDITION_KEYS, SEED_KEY) and key.split(".")[0] not in RUN_ONLY_PREFIXES:
-            out[key] = value
+        if key not in (*CONDITION_KEYS, SEED_KEY) and not run_only(key):
+            out[key] = "~" if deleted else value
     return out
 
 
 def _condition_parts(cfg, overrides) -> list[str]:
-    extra = condition_overrides(overrides)
+    extra = {k: v for k, v in condition_overrides(overrides).items() if k not in PRESET_KEYS}
     return [*(str(cfg[k].name) for k in group_keys(cfg)), *(f"{k}={extra[k]}" for k in sorted(extra))]
 
 

@@ -365,17 +365,76 @@ def test_a_model_folders_fingerprint_is_its_files_read_once_and_a_rewrite_in_pla
     folder, cache = tmp_path / "mylm", tmp_path / "cache"
     _weights(folder, b"\1" * 4096)
     first = models.model_fingerprint(str(folder), cache)
-    assert first.startswith("sha256:") and sorted(reads) == ["config.json", "model.safetensors"]
-    assert models.model_fingerprint(str(folder), cache) == first and len(reads) == 2  # remembered: not read again
+    assert first.startswith("sha256:") and reads == ["model.safetensors"]  # config.json: read as JSON
+    assert models.model_fingerprint(str(folder), cache) == first and len(reads) == 1  # remembered: not read again
     (folder / ".cache").mkdir()
     (folder / ".cache" / "download.lock").write_text("x")  # a hub download's own bookkeeping: not the weights
+    (folder / "README.md").write_text("# my model")  # nor a model card, a GGUF, Meta's original/ checkpoint
+    (folder / "original").mkdir()
+    (folder / "original" / "consolidated.00.pth").write_bytes(b"\3" * 64)
+    (folder / "config.json").write_text('{"model_type": "llama", "transformers_version": "9.9"}')  # saved again
     assert models.model_fingerprint(str(folder), cache) == first
     st = (folder / "model.safetensors").stat()
     with open(folder / "model.safetensors", "r+b") as f:  # other weights of the same size, the mtime put back
         f.write(b"\2")
     os.utime(folder / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert models.model_fingerprint(str(folder), cache) not in (None, first)
-    assert models.model_fingerprint("Org/not-downloaded-model", cache) is None  # a hub id not in the hub cache yet
+    (folder / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')  # another architecture
+    assert len({first, models.model_fingerprint(str(folder), cache)}) == 2
+    # the record names a path as the identities do, as written: a link moved to other weights is other weights
+    _weights(tmp_path / "v2", b"\4" * 4096)
+    _weights(tmp_path / "v3", b"\5" * 4096)
+    (tmp_path / "current").symlink_to(tmp_path / "v2")
+    models.check_model_fingerprints({"model.path": str(tmp_path / "current")}, cache)
+    (tmp_path / "current").unlink()
+    (tmp_path / "current").symlink_to(tmp_path / "v3")
+    with pytest.raises(ValueError, match="holds other weights"):
+        models.check_model_fingerprints({"model.path": str(tmp_path / "current")}, cache)
+    (cache / models.FINGERPRINTS).write_text("{")  # a hand edit gone wrong: named, not a bare JSONDecodeError
+    with pytest.raises(ValueError, match=f"{cache / models.FINGERPRINTS} is not valid JSON"):
+        models.model_fingerprint(str(folder), cache)
+
+
+def _hub_snapshot(hub, repo: str, commit: str, blobs: dict[str, bytes]) -> None:
+    """A hub cache's snapshot as huggingface_hub writes it: files are links to blobs named by their content's hash."""
+    import hashlib
+
+    root = hub / f"models--{repo.replace('/', '--')}"
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "snapshots" / commit).mkdir(parents=True)
+    for name, content in blobs.items():
+        blob = root / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        (root / "snapshots" / commit / name).symlink_to(os.path.relpath(blob, root / "snapshots" / commit))
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_a_hub_models_fingerprint_is_its_snapshots_weights_not_its_commit(tmp_path, monkeypatch):
+    """A hub id's fingerprint is the content its downloaded snapshot's files are named by: a new commit that leaves the
+    weights alone (a model card edit) keeps it; other weights change it; a download not finished has none yet."""
+    from huggingface_hub import constants
+
+    from sgtr_em import models
+
+    hub, cache = tmp_path / "hub", tmp_path / "cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    repo, config = "Org/mylm", b'{"model_type": "llama"}'
+    assert models.model_fingerprint(repo, cache) is None  # not downloaded
+    _hub_snapshot(hub, repo, "a" * 40, {"config.json": config})
+    assert models.model_fingerprint(repo, cache) is None  # the config only: the weights still downloading
+    _hub_snapshot(hub, repo, "b" * 40, {"config.json": config, "model.safetensors": b"\1" * 64})
+    first = models.check_model_fingerprints({"model.path": repo}, cache)["model.path"]
+    assert first.startswith("sha256:")
+    _hub_snapshot(hub, repo, "c" * 40, {"config.json": config, "model.safetensors": b"\1" * 64, "README.md": b"v2"})
+    assert models.check_model_fingerprints({"model.path": repo}, cache)["model.path"] == first  # same weights
+    index = b'{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}'
+    shards = {"config.json": config, "model.safetensors.index.json": index, "model-00001-of-00002.safetensors": b"x"}
+    _hub_snapshot(hub, repo, "d" * 40, shards)
+    assert models.model_fingerprint(repo, cache) is None  # a shard missing: not all downloaded
+    _hub_snapshot(hub, repo, "e" * 40, {"config.json": config, "model.safetensors": b"\2" * 64})
+    with pytest.raises(ValueError, match=f"model.path: {repo} holds other weights than on .* \\({first}, now sha256:"):
+        models.check_model_fingerprints({"model.path": repo}, cache)
 
 
 def test_other_weights_under_a_model_path_already_used_are_refused_before_any_work(data_dir, tmp_path, monkeypatch):
