@@ -24,7 +24,7 @@ from .contracts import StageRuntime, write_stage
 from .data.checks import check_data
 from .data.files import DataFiles
 from .data.interventions import stage_files
-from .evaluation.registry import eval_files, eval_module
+from .evaluation.registry import eval_data_problems, eval_files, eval_module
 from .io import content_hash, read_json, read_jsonl, write_json
 from .models import check_model_fingerprints, resolve_model_path
 from .plan import Stage, final_model_identity, plan_stages
@@ -237,8 +237,9 @@ def run_job(cfg, run_dir: Path, group: str) -> dict | None:
             raise ValueError("Cannot run the job:\n  - " + "\n  - ".join(problems))
         resolved["data_files"] = check_data(DataFiles.from_config(cfg), stages, required_files(cfg, stages))
         problems = data_problems(DataFiles.from_config(cfg), stages)
+        problems += eval_data_problems(OmegaConf.to_container(cfg, resolve=True), DataFiles.from_config(cfg))
         if problems:
-            raise ValueError("Cannot build the training data:\n  - " + "\n  - ".join(problems))
+            raise ValueError("Cannot run the job on these data files:\n  - " + "\n  - ".join(problems))
         base_model = resolve_model_path(cfg.model, cfg.paths.cache_dir)
         # the weights themselves, not their path: a folder whose files changed would reuse stages and caches
         uses = {} if backend_of(cfg).api else {"model.path": base_model}

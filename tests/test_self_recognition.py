@@ -121,3 +121,21 @@ def test_every_arm_and_the_base_model_are_scored_on_the_same_held_out_articles(d
     with pytest.raises(ValueError, match="no xsum article is held out: the intervention trains on 1000 of its 1000"):
         ids("intervention.max_articles=null")  # SGTR on all of them: no training article is evaluated
     assert ids("seed=1")[0] != sgtr  # a seed draws its own articles, as its training sample
+
+
+def test_no_held_out_article_is_refused_before_any_training(data_dir, tmp_path):
+    """SGTR on every XSUM article with SR on XSUM leaves nothing to evaluate: refused when the job is planned, not
+    after its stages have trained (eval=paper evaluates only at the end)."""
+    from sgtr_em import job
+
+    cfg = _compose(
+        "intervention.max_articles=null",
+        "stage_order=intervention_only",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={tmp_path}",
+        "tracking=none",
+    )
+    with pytest.raises(ValueError) as e:
+        job.run_job(cfg, tmp_path / "run", "g")
+    assert "Cannot run the job on these data files" in str(e.value) and "no xsum article is held out" in str(e.value)
+    assert not list(tmp_path.glob("stages/*/stage.json")) and not (tmp_path / "run" / "job.json").exists()

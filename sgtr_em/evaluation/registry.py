@@ -7,6 +7,7 @@
     judge(records, judge, ctx)      only when NEEDS_JUDGE: adds the judge's verdicts to the records
     metrics(records, cfg) -> dict   pure: the same records and config give the same metrics (recompute.py)
     summary(metrics) -> str         one line for the end of a run
+    data_problems(cfg, files)       optional: what the data files alone say is wrong, before any training
 
 Adding an evaluation: a module like these, its entry in EVALS below and its name in schemas.EVAL_NAMES (and in
 schemas.OPT_IN_EVALS unless the presets' eval.run name it), a schema section in schemas.py, a section in
@@ -48,6 +49,12 @@ def eval_module(name: str, cfg) -> ModuleType:
 def eval_files(cfg) -> list[str]:
     """The data files the evaluations in `eval.run` read, as each declares (`data_files`)."""
     return [f for name in cfg["eval"]["run"] for f in eval_module(name, cfg).data_files(cfg)]
+
+
+def eval_data_problems(cfg, files) -> list[str]:
+    """What each evaluation in `eval.run` finds wrong from the data files alone (its optional `data_problems`)."""
+    modules = [eval_module(name, cfg) for name in cfg["eval"]["run"]]
+    return [p for m in modules if hasattr(m, "data_problems") for p in m.data_problems(cfg, files)]
 
 
 def evaluated(metrics: dict) -> list[str]:

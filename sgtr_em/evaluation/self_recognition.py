@@ -20,6 +20,7 @@ or a summary source in the data (e.g. `hf_qwen_32b`, the paper's precomputed one
 
 from __future__ import annotations
 
+import logging
 from statistics import mean
 from typing import Optional, Sequence
 
@@ -31,6 +32,8 @@ from ..data.system_prompt import system_text
 from ..io import content_hash, read_json
 from .choice import ESTIMATOR_KEYS, ask_options, choice_metrics, draw, score_choice
 from .stats import cluster_mean_ci, fmt, item_seed
+
+log = logging.getLogger(__name__)
 
 NAME = "self_recognition"
 NEEDS_JUDGE = False
@@ -208,7 +211,28 @@ def eval_article_ids(cfg: dict, articles: dict, others: dict, files, seed: int) 
             f"{len(excluded)} of its {len(articles)}. Evaluate on another article set (cnn), or train on fewer "
             "(intervention.max_articles)"
         )
-    return ids[: e["max_articles"]]
+    chosen = ids[: e["max_articles"]]
+    if excluded and len(chosen) == len(order[: len(chosen)]) and chosen != order[: len(chosen)]:
+        log.warning(
+            "eval.self_recognition: the intervention's %d training articles and the %d evaluated ones are more than "
+            "the %d there are; this arm is scored on other articles than an arm without SGTR would be",
+            len(excluded),
+            len(chosen),
+            len(articles),
+        )
+    return chosen
+
+
+def data_problems(cfg, files) -> list[str]:
+    """What the files alone tell before any training (registry.eval_data_problems): no article left to evaluate."""
+    e = cfg["eval"][NAME]
+    articles = read_json(files.path(f"articles/{e['articles']}_train_articles.json"))
+    others = {s: read_json(files.path(summary_file(e["articles"], s))) for s in e["other_sources"]}
+    try:
+        eval_article_ids(cfg, articles, others, files, cfg["seed"])
+    except ValueError as err:
+        return [str(err)]
+    return []
 
 
 def generate(ctx) -> list[dict]:
