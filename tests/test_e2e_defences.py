@@ -51,8 +51,9 @@ def test_kl_defence_runs_on_the_cpu_default(run_cli, tmp_path):
 @pytest.mark.extended
 @pytest.mark.parametrize("defence", ["ldifs", "interleave", "inoculation", "persona_steer"])
 def test_each_defence_runs_on_the_cpu_default(run_cli, tmp_path, defence):
+    ratio = ["defence.ratio=0.2"] if defence == "interleave" else []  # a kind that does not read it refuses it
     folder, spec = run_defence(
-        run_cli, tmp_path, defence, "defence.pool.max_prompts=4", "defence.pool.max_new_tokens=16", "defence.ratio=0.2"
+        run_cli, tmp_path, defence, "defence.pool.max_prompts=4", "defence.pool.max_new_tokens=16", *ratio
     )
     stats = read_json(folder / "data_stats.json")
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
