@@ -97,7 +97,7 @@ def test_a_writers_summary_cache_names_its_template_arguments(tmp_path, smollm2_
     assert plain.model == fr.model and plain.key != fr.key
 
 
-def test_every_arm_and_the_base_model_are_scored_on_the_same_held_out_articles(data_dir):
+def test_every_arm_and_the_base_model_are_scored_on_the_same_held_out_articles(data_dir, caplog):
     """eval=smoke evaluates SR on XSUM, which SGTR trains on. Excluding the job's own training articles gave the SGTR
     arm other articles than the arms without SGTR (and their base models). The eval reads the tail of the order whose
     head SGTR trains on: one set for every arm, disjoint from every training sample."""
@@ -118,6 +118,9 @@ def test_every_arm_and_the_base_model_are_scored_on_the_same_held_out_articles(d
     for arm in ("intervention=none", "intervention=word_count", "defence=kl", "stage_order=base"):
         assert ids(arm)[0] == sgtr, arm
     assert len(set(ids("intervention=none", "eval.self_recognition.max_articles=null")[0])) == 1000
+    crowded, trained = ids("intervention.max_articles=998")  # 998 trained + 3 evaluated > 1000: the arms differ, said
+    assert crowded == [a for a in ids("intervention=none")[0] if a not in trained][:3] and len(crowded) == 2
+    assert "this arm is scored on other articles than an arm without SGTR would be" in caplog.text
     with pytest.raises(ValueError, match="no xsum article is held out: the intervention trains on 1000 of its 1000"):
         ids("intervention.max_articles=null")  # SGTR on all of them: no training article is evaluated
     assert ids("seed=1")[0] != sgtr  # a seed draws its own articles, as its training sample

@@ -91,6 +91,13 @@ def test_a_conditions_name_is_its_groups_then_the_overrides_that_change_what_it_
     assert tracking.run_name(cfg, ["lora.r=8", "+eval.x=1"]) == f"{plain}-eval.x=1-lora.r=8-s0"  # sorted
 
 
+def test_the_settings_outside_a_stages_hash_are_outside_a_condition_too():
+    from sgtr_em.backend import NOT_IDENTITY
+
+    assert all(tracking.run_only(f"training.{k}") for k in NOT_IDENTITY)
+    assert not tracking.run_only("training.learning_rate") and not tracking.run_only("eval.generation.top_logprobs")
+
+
 def test_a_long_condition_name_fits_the_job_type_limit():
     cfg = _compose(
         "em_dataset=aesthetic_undesirable", "intervention=identity_confusion", "stage_order=intervention_only"
